@@ -1,0 +1,179 @@
+"""Dataclass configuration, YAML round trip and dotted command-line overrides.
+
+Configuration flows one way: preset YAML -> :class:`Config` -> constructors. The config a run used is
+saved beside its checkpoints (``config.yaml``), so a run directory is self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LesiondiffError
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    size: int = 128  # square side in px that images and masks are resized to for the network
+    channels: int = 0  # 0: decided from the manifest's images (1 if all grey, else 3)
+    intensity_window: list[float] | None = None  # [lo, hi] in 0..255 grey levels, clipped before scaling
+    augment: list[str] = field(default_factory=lambda: ["flip", "rot90"])
+    train_split: str = "train"
+    val_split: str = "val"
+    fold: int | None = None  # with k-fold manifests: train on folds != fold, validate on fold
+    val_max_images: int = 32
+    include_labels: list[str] | None = None  # e.g. drop BUSI "normal" from training: ["benign", "malignant"]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ensemdiff"
+    base_channels: int = 32
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 1
+    attention_levels: list[bool] = field(default_factory=lambda: [False, False, False, True])
+    num_groups: int = 8
+    dropout: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)  # design-specific constructor arguments
+
+
+@dataclass
+class DiffusionConfig:
+    mode: str = "diffusion"  # "diffusion" or "feedforward" (random noise as x_t, Dice+BCE on x0)
+    schedule: str = "linear"
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+    prediction: str = "epsilon"  # what the network's head predicts: "epsilon" or "x0"
+    objective: str = "eps_mse"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    val_every: int = 250
+    val_sampler: str = "ddim"
+    val_steps: int = 10
+    val_samples: int = 1
+    log_every: int = 25
+    seed: int = 0
+    max_minutes: float = 0.0  # wall-clock budget; 0 means no limit (stops cleanly, keeps last and best)
+    mixed_precision: str = "no"  # passed to Accelerate: "no", "fp16", "bf16"
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"
+    steps: int = 20
+    samples: int = 5
+    threshold: float = 0.5
+    seed: int = 0
+
+
+@dataclass
+class FusionConfig:
+    method: str = "mean"  # "mean", "majority" or "staple"
+    crf: bool = False  # DenseCRF refinement of the fused probability (needs pydensecrf2)
+    staple_max_iterations: int = 20
+
+
+@dataclass
+class Config:
+    preset: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        from .io_utils import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        return _build(cls, data or {}, prefix="", source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise LesiondiffError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise LesiondiffError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def override(self, assignments: list[str]) -> Config:
+        """Apply ``section.key=value`` strings (values parsed as YAML) and return a new, checked Config."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise LesiondiffError(f"override {item!r}: expected section.key=value")
+            key, raw = item.split("=", 1)
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+            node = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
+                node = node[part]
+            last = parts[-1]
+            if last not in node and not (parts[0] == "model" and len(parts) == 3 and parts[1] == "options"):
+                raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
+            node[last] = value
+        return Config.from_dict(data, source="command-line overrides")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise LesiondiffError(f"{source}: section {prefix.rstrip('.') or '<top>'} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise LesiondiffError(f"{source}: unknown config key {prefix + unknown[0]!r}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = _build(f.default_factory, value, prefix + name + ".", source)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("lesiondiff.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> Config:
+    """A preset is a partial YAML config over the defaults; its ``preset`` field is set to its name."""
+    path = resources.files("lesiondiff.presets") / f"{name}.yaml"
+    if not path.is_file():
+        raise LesiondiffError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data["preset"] = name
+    return Config.from_dict(data, source=f"preset {name}")
