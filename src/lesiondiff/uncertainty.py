@@ -1,0 +1,156 @@
+"""Uncertainty of a set of S sampled segmentations of one image: pixel maps, set distances, calibration.
+
+Pixel maps, from probabilities ``[S,H,W]`` in [0,1] (sampled probability maps or binary samples as 0/1), each
+``[H,W]`` float32:
+
+- ``coherence``: mean over samples (DiffSeg's consistency map), in [0,1].
+- ``ambiguity``: population variance over samples (``ddof=0``; DiffSeg's ambiguity map), in [0, 0.25].
+- ``entropy``: binary entropy, in bits, of the mean probability, in [0,1]; 1 bit at a mean of 0.5.
+
+Set distances, from binary masks:
+
+- ``ged``: the standard generalised energy distance (Kohl et al., "A Probabilistic U-Net", NeurIPS 2018)
+  between the samples and a set of ground-truth annotations, with ``d = 1 - IoU``.
+- ``ged_diffseg``: the quantity DiffSeg (paper 003) calls GED. It has no ground-truth term: it is the mean
+  pairwise root-mean-square pixel difference within the output set, i.e. a diversity of the outputs and not a
+  distance to the annotations. The two are not comparable and are never reported under the same name.
+
+Calibration: ``expected_calibration_error``, the binary ECE of the foreground probability over all pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import entr
+
+from .errors import LesiondiffError
+
+
+def _samples(probs: Any, name: str = "probs") -> np.ndarray:
+    """``probs`` as float64 ``[S,H,W]`` in [0,1], S >= 1."""
+    p = np.asarray(probs)
+    if p.ndim != 3 or p.shape[0] < 1:
+        raise LesiondiffError(f"{name} must be [S,H,W] with S >= 1, got shape {p.shape}")
+    p = p.astype(np.float64, copy=False)
+    if not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0:
+        raise LesiondiffError(f"{name} must hold values in [0,1]")
+    return p
+
+
+def _masks(masks: Any, name: str) -> np.ndarray:
+    """``masks`` as bool ``[N,H,W]``; 0/1 arrays are accepted, other values are not."""
+    m = np.asarray(masks)
+    if m.ndim != 3 or m.shape[0] < 1:
+        raise LesiondiffError(f"{name} must be masks [N,H,W] with N >= 1, got shape {m.shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise LesiondiffError(f"{name} must be binary masks (threshold probabilities first: prob >= 0.5)")
+        m = m.astype(bool)
+    return m
+
+
+def coherence(probs: np.ndarray) -> np.ndarray:
+    """Mean over samples: ``[S,H,W]`` in [0,1] -> ``[H,W]`` float32 in [0,1]."""
+    return _samples(probs).mean(axis=0).astype(np.float32)
+
+
+def ambiguity(probs: np.ndarray) -> np.ndarray:
+    """Population variance over samples (``ddof=0``): ``[S,H,W]`` in [0,1] -> ``[H,W]`` float32 in [0,1/4]."""
+    return _samples(probs).var(axis=0, ddof=0).astype(np.float32)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits of the mean probability ``p``: ``-p log2 p - (1-p) log2 (1-p)``.
+
+    ``[S,H,W]`` in [0,1] -> ``[H,W]`` float32 in [0,1]. ``0 log 0`` is taken as 0 exactly
+    (``scipy.special.entr``), so no clipping is needed and certain pixels score exactly 0.
+    """
+    p = _samples(probs).mean(axis=0)
+    return ((entr(p) + entr(1.0 - p)) / np.log(2.0)).astype(np.float32)
+
+
+def _iou_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[Na,Nb]`` matrix of ``1 - IoU`` of bool masks ``a [Na,H,W]``, ``b [Nb,H,W]``; 0 for two empties."""
+    fa = a.reshape(a.shape[0], -1).astype(np.float64)
+    fb = b.reshape(b.shape[0], -1).astype(np.float64)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    iou = np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
+    return 1.0 - iou
+
+
+def ged(samples: np.ndarray, ground_truths: np.ndarray) -> float:
+    """Squared generalised energy distance between sampled masks and ground-truth masks (Kohl et al. 2018).
+
+    ``D^2 = 2 E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')]`` with ``d = 1 - IoU`` (``d`` of two empty masks is 0).
+    ``samples`` is ``[S,H,W]`` and ``ground_truths`` ``[G,H,W]``, bool (or 0/1). The expectations are over
+    independent draws from the two empirical sets, i.e. means over all ``(i, j)`` pairs *including* ``i == j``
+    (which contribute 0): ``E[d(S,S')] = (1/S^2) sum_ij d(s_i, s_j)``. Returns ``D^2`` (not its root), >= 0.
+    """
+    s, y = _masks(samples, "samples"), _masks(ground_truths, "ground_truths")
+    if s.shape[1:] != y.shape[1:]:
+        raise LesiondiffError(f"samples {s.shape[1:]} and ground truths {y.shape[1:]} differ in size")
+    cross = _iou_distance(s, y).mean()
+    within_s = _iou_distance(s, s).mean()
+    within_y = _iou_distance(y, y).mean()
+    return float(2.0 * cross - within_s - within_y)
+
+
+def ged_diffseg(outputs: np.ndarray) -> float:
+    """DiffSeg's "GED" (paper 003, Eqs. 5 and 7): a diversity of the output set, with no ground-truth term.
+
+    ``D^2 = (2/N^2) sum_{i<j} d(y_i, y_j) - (1/N^2) sum_i d(y_i, y_i) - (1/N^2) sum_j d(y_j, y_j)``, where
+    ``d(P, Q) = sqrt(sum_k (p_k - q_k)^2 / (w*h))`` is the root-mean-square pixel difference. The last two
+    sums are 0, so this is the sum of ``d`` over all ordered pairs ``i != j`` divided by ``N^2`` (the mean
+    over all pairs including ``i == j``). ``outputs`` is ``[N,H,W]`` in [0,1] (binary masks, as the paper
+    uses, or probabilities). Returns the value of Eq. 5 as written (not its root); 0 when N = 1.
+
+    Differences from the standard ``ged``: no ground-truth term, RMS distance instead of ``1 - IoU``, and only
+    one of the three terms is non-zero. The paper states a range of [0, sqrt(2)/2]; for binary masks the
+    formula is at most 0.5 (half the outputs all foreground, half empty).
+    """
+    y = _samples(outputs, "outputs")
+    n = y.shape[0]
+    flat = y.reshape(n, -1)
+    sq = (flat * flat).sum(1)
+    sq_dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (flat @ flat.T), 0.0)
+    np.fill_diagonal(sq_dist, 0.0)
+    d = np.sqrt(sq_dist / flat.shape[1])
+    return float(d.sum() / n**2)
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 10) -> float:
+    """Binary expected calibration error of foreground probabilities, all pixels pooled (Guo et al. 2017).
+
+    ``probs`` (any shape, e.g. ``[H,W]`` or ``[N,H,W]``, in [0,1]) is the foreground probability of each pixel
+    and ``targets`` (same shape, bool or 0/1) its label. Pixels are put into ``n_bins`` equal-width bins of
+    ``probs``: bin m (1-based) is ``((m-1)/M, m/M]``, with 0 in the first bin. Then
+    ``ECE = sum_m (|B_m|/n) |mean(targets in B_m) - mean(probs in B_m)|`` (L1 norm, empty bins skipped).
+
+    The confidence is the foreground probability itself, not ``max(p, 1-p)``, as in torchmetrics'
+    ``binary_calibration_error``; the two agree except for probabilities exactly on a bin edge, which
+    torchmetrics puts in the bin above (and 1.0 in a bin of its own). This matches the binning of MONAI's
+    ``calibration_binning`` as implemented (its docstring describes the other side). Written in numpy
+    (float64) so that vote fractions such as 0.5 and 1.0, which sit on bin edges, bin as Guo et al. define.
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    t = np.asarray(targets)
+    if t.shape != np.asarray(probs).shape:
+        raise LesiondiffError(f"targets shape {t.shape} differs from probs shape {np.asarray(probs).shape}")
+    if p.size == 0:
+        raise LesiondiffError("expected_calibration_error needs at least one pixel")
+    if not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0:
+        raise LesiondiffError("expected_calibration_error expects probabilities in [0,1]")
+    if n_bins < 1:
+        raise LesiondiffError(f"n_bins must be >= 1, got {n_bins}")
+    if t.dtype != bool and not np.isin(t, (0, 1)).all():
+        raise LesiondiffError("expected_calibration_error expects binary targets (bool or 0/1)")
+    t = t.reshape(-1).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges[1:-1], p, side="left")  # right-closed bins, p = 0 in bin 0
+    # |B_m|/n * |acc_m - conf_m| = |sum of targets - sum of probs in B_m| / n
+    conf_sum = np.bincount(idx, weights=p, minlength=n_bins)
+    target_sum = np.bincount(idx, weights=t, minlength=n_bins)
+    return float(np.abs(target_sum - conf_sum).sum() / p.size)
