@@ -1,0 +1,94 @@
+"""Training objectives: ``(model, batch, t, noise) -> LossOutput(total, parts)``.
+
+batch: {"image": [B,C,H,W] in [-1,1], "mask": [B,1,H,W] in {-1,+1}, ...}; t: [B] integer timesteps; noise:
+[B,1,H,W] standard normal. Parts are detached scalars logged by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DiffusionConfig
+from ..models.base import Denoiser, DenoiserOutput
+from ..registry import Registry
+from .schedules import training_scheduler
+
+OBJECTIVES = Registry("objective")
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def soft_dice_loss(logits: torch.Tensor, target01: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image (smoothing ``eps`` so empty masks give a finite, small loss), averaged."""
+    p = torch.sigmoid(logits).flatten(1)
+    y = target01.flatten(1)
+    inter = (p * y).sum(1)
+    return (1 - (2 * inter + eps) / (p.sum(1) + y.sum(1) + eps)).mean()
+
+
+def dice_bce(logits: torch.Tensor, target01: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Equal-weight soft Dice + binary cross-entropy, as the feed-forward runs of the Analysing study."""
+    dice = soft_dice_loss(logits, target01)
+    bce = F.binary_cross_entropy_with_logits(logits, target01)
+    return dice + bce, {"dice": dice.detach(), "bce": bce.detach()}
+
+
+class Objective:
+    """Base: holds the forward process; subclasses implement ``__call__``."""
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        self.cfg = cfg
+        self.scheduler = training_scheduler(cfg)
+
+    def noisy(self, mask: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0 = mask)."""
+        abar = self.scheduler.alphas_cumprod.to(mask.device, mask.dtype)[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * mask + (1 - abar).sqrt() * noise
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        raise NotImplementedError
+
+
+@OBJECTIVES.register("eps_mse")
+class EpsMSE(Objective):
+    """L = || eps - eps_theta(x_t, t, image) ||^2 (Ho et al. 2020), the loss of EnsemDiff, SegDiff, MedSegDiff."""
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"])
+        mse = F.mse_loss(out.eps, noise)
+        return LossOutput(mse, {"mse": mse.detach()})
+
+
+@OBJECTIVES.register("x0_hybrid")
+class X0Hybrid(Objective):
+    """For x0-predicting designs: MSE between tanh(x0/2) and the mask in diffusion space, plus Dice + BCE."""
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"])
+        mse = F.mse_loss(out.x0_diffusion_space(), batch["mask"])
+        seg, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
+        return LossOutput(mse + seg, {"mse": mse.detach(), **parts})
+
+
+@OBJECTIVES.register("feedforward")
+class FeedForward(Objective):
+    """Feed-forward training of a diffusion architecture: x_t is replaced by pure noise and t by T-1, and the
+    head's x0 logits are trained with Dice + BCE (Analysing Diffusion Segmentation, experiment E1)."""
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        t_last = torch.full_like(t, self.cfg.num_train_timesteps - 1)
+        out: DenoiserOutput = model(noise, t_last, batch["image"])
+        total, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
+        return LossOutput(total, parts)
+
+
+def build_objective(cfg: DiffusionConfig) -> Objective:
+    name = "feedforward" if cfg.mode == "feedforward" else cfg.objective
+    return OBJECTIVES.build(name, cfg=cfg)

@@ -1,0 +1,161 @@
+"""Samplers: ``(model, image, num_samples, steps, generator) -> probs [B,S,1,H,W] in [0,1]``.
+
+All S samples of an image run as one batch, and the image condition is encoded once (``model.encode``) and
+reused for every sample and every step. The reverse-process updates come from diffusers schedulers (DDPM,
+DDIM, DPM-Solver, DPM-Solver++, UniPC), configured with the same betas the model was trained with.
+
+Choices made here where the papers are silent (configurable through the constructor):
+- timesteps use "trailing" spacing, so a 10-step run starts at t = T-1 (pure noise), as the training
+  distribution does; "leading" spacing would start at t = 900 and never see pure noise;
+- the x0 estimate is clipped to [-1, 1] at every step (masks live in {-1,+1});
+- the final sample x_0 in [-1,1] is mapped to a probability by (x_0 + 1) / 2, clipped to [0,1].
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
+
+from ..config import DiffusionConfig
+from ..models.base import Denoiser, DenoiserOutput
+from ..registry import Registry
+from .schedules import scheduler_config
+
+SAMPLERS = Registry("sampler")
+
+
+def model_output(model: Denoiser, out: DenoiserOutput) -> torch.Tensor:
+    """What the scheduler steps with: eps for epsilon designs, x0 in diffusion space for x0 designs."""
+    return out.eps if model.prediction == "epsilon" else out.x0_diffusion_space()
+
+
+def start_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, so a seed gives the same noise on any device."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+class Sampler:
+    """Base class. ``__call__`` encodes the image once and hands the batch of S samples to ``run``."""
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        self.cfg = cfg
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        model: Denoiser,
+        image: torch.Tensor,
+        num_samples: int = 1,
+        steps: int = 20,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        b, _, h, w = image.shape
+        condition = model.repeat_condition(model.encode(image), num_samples)
+        x = start_noise((b * num_samples, 1, h, w), generator, image.device)
+        probs = self.run(model, x, condition, steps, generator)
+        return probs.clamp(0, 1).reshape(b, num_samples, 1, h, w)
+
+    def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SchedulerSampler(Sampler):
+    """The reverse process through a diffusers scheduler: set_timesteps(steps), then step at every t."""
+
+    scheduler_cls: type = DDIMScheduler
+    extra: dict = {}
+
+    def __init__(self, cfg: DiffusionConfig, timestep_spacing: str = "trailing", **overrides) -> None:
+        super().__init__(cfg)
+        self.kwargs = {**scheduler_config(cfg), "timestep_spacing": timestep_spacing, **self.extra, **overrides}
+
+    def make_scheduler(self, model: Denoiser):
+        prediction_type = "epsilon" if model.prediction == "epsilon" else "sample"
+        return self.scheduler_cls(prediction_type=prediction_type, **self.kwargs)
+
+    def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
+        scheduler = self.make_scheduler(model)
+        scheduler.set_timesteps(steps, device=x.device)
+        for t in scheduler.timesteps:
+            tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+            out = model.denoise(x, tt, condition)
+            x = scheduler.step(model_output(model, out), t, x, **self.step_kwargs(generator)).prev_sample
+        return (x + 1) / 2
+
+    def step_kwargs(self, generator) -> dict:
+        return {}
+
+
+@SAMPLERS.register("ddpm")
+class DDPMSampler(SchedulerSampler):
+    """Ancestral sampling (Ho et al. 2020); with steps < T it strides over the trained timesteps."""
+
+    scheduler_cls = DDPMScheduler
+    extra = {"clip_sample": True, "clip_sample_range": 1.0}
+
+    def step_kwargs(self, generator) -> dict:
+        return {"generator": generator}
+
+
+@SAMPLERS.register("ddim")
+class DDIMSampler(SchedulerSampler):
+    """Deterministic DDIM (eta = 0; Song et al. 2021): randomness only from the starting noise."""
+
+    scheduler_cls = DDIMScheduler
+    extra = {"clip_sample": True, "clip_sample_range": 1.0}
+
+
+@SAMPLERS.register("dpmsolver")
+class DPMSolverSampler(SchedulerSampler):
+    """DPM-Solver (Lu et al. 2022), second-order multistep, noise-prediction form."""
+
+    scheduler_cls = DPMSolverMultistepScheduler
+    extra = {"algorithm_type": "dpmsolver", "solver_order": 2, "final_sigmas_type": "sigma_min"}
+
+
+@SAMPLERS.register("dpmsolver++")
+class DPMSolverPPSampler(SchedulerSampler):
+    """DPM-Solver++ (Lu et al. 2022), second-order multistep, data-prediction form with x0 clipped to [-1,1]."""
+
+    scheduler_cls = DPMSolverMultistepScheduler
+    extra = {"algorithm_type": "dpmsolver++", "solver_order": 2, "thresholding": True, "sample_max_value": 1.0}
+
+
+@SAMPLERS.register("unipc")
+class UniPCSampler(SchedulerSampler):
+    """UniPC (Zhao et al. 2023), predictor-corrector, with x0 clipped to [-1,1]."""
+
+    scheduler_cls = UniPCMultistepScheduler
+    extra = {"thresholding": True, "sample_max_value": 1.0}
+
+
+@SAMPLERS.register("oneshot")
+class OneShotSampler(Sampler):
+    """One network evaluation from pure noise at t = T-1.
+
+    For x0 designs (and feed-forward runs) the probability is sigmoid(x0 logits). For eps designs x0 is
+    recovered as (x_t - sqrt(1 - abar) eps) / sqrt(abar) and mapped to [0,1]. ``steps`` is ignored.
+    """
+
+    def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
+        t_last = self.cfg.num_train_timesteps - 1
+        tt = torch.full((x.shape[0],), t_last, device=x.device, dtype=torch.long)
+        out = model.denoise(x, tt, condition)
+        if model.prediction != "epsilon":
+            return torch.sigmoid(out.x0)
+        abar = DDPMScheduler(**scheduler_config(self.cfg)).alphas_cumprod[t_last].to(x.device)
+        x0 = ((x - (1 - abar).sqrt() * out.eps) / abar.sqrt()).clamp(-1, 1)
+        return (x0 + 1) / 2
+
+
+def build_sampler(name: str, cfg: DiffusionConfig) -> Sampler:
+    """Feed-forward runs always use the one-shot sampler: they were never trained on intermediate x_t."""
+    if cfg.mode == "feedforward":
+        name = "oneshot"
+    return SAMPLERS.build(name, cfg=cfg)

@@ -1,0 +1,27 @@
+"""Architectures. Importing this package registers every design in ``MODELS``."""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..errors import LesiondiffError
+from . import ensemdiff, unet  # noqa: F401  (registration)
+from .base import MODELS, Denoiser, DenoiserOutput, count_parameters
+
+__all__ = ["MODELS", "Denoiser", "DenoiserOutput", "build_model", "count_parameters"]
+
+
+def build_model(cfg: Config, image_channels: int) -> Denoiser:
+    """Construct the configured architecture for images with ``image_channels`` channels."""
+    m = cfg.model
+    prediction = "x0" if cfg.diffusion.mode == "feedforward" else cfg.diffusion.prediction
+    kwargs = dict(
+        image_channels=image_channels, base_channels=m.base_channels, channel_mult=list(m.channel_mult),
+        num_res_blocks=m.num_res_blocks, attention_levels=list(m.attention_levels), num_groups=m.num_groups,
+        dropout=m.dropout, prediction=prediction, **m.options,
+    )
+    try:
+        model = MODELS.build(m.name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise LesiondiffError(f"model {m.name!r}: {exc}") from None
+    return model
+

@@ -1,0 +1,85 @@
+"""The Denoiser interface every architecture implements, and the registry of architectures.
+
+A Denoiser has two steps. ``encode(image)`` computes the condition once per image: the image itself for
+designs that concatenate it, encoder features for designs with a separate image encoder. ``denoise(x_t, t,
+condition)`` runs at every sampling step. Samplers call ``encode`` once and ``denoise`` per step, so all S
+samples and all steps of one image share the condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+MODELS = Registry("model")
+
+Condition = Any  # a tensor, or a tuple/list/dict of tensors whose first dimension is the batch
+
+
+@dataclass
+class DenoiserOutput:
+    """What one network evaluation returns.
+
+    eps: predicted noise [B,1,H,W], or None for designs that predict only x0.
+    x0:  the clean-mask estimate as logits [B,1,H,W], or None. Probability = sigmoid(x0); the value in
+         diffusion space ({-1,+1} masks) is tanh(x0 / 2) = 2 * sigmoid(x0) - 1. Logits, not the diffusion-space
+         value, so that BCE and Dice losses are computed stably.
+    aux: design-specific extras by name (two-branch predictions, prior logits, a second decoder's output).
+    """
+
+    eps: torch.Tensor | None = None
+    x0: torch.Tensor | None = None
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def x0_diffusion_space(self) -> torch.Tensor:
+        if self.x0 is None:
+            raise ValueError("this output has no x0 prediction")
+        return torch.tanh(self.x0 / 2)
+
+
+class Denoiser(nn.Module):
+    """Base class: subclasses implement ``encode`` and ``denoise``.
+
+    ``prediction`` says what the main head predicts ("epsilon" or "x0"); samplers read it.
+    """
+
+    prediction: str = "epsilon"
+
+    def encode(self, image: torch.Tensor) -> Condition:
+        """image [B,C,H,W] in [-1,1] -> condition reused across samples and steps."""
+        return image
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition: Condition) -> DenoiserOutput:
+        """x_t [B,1,H,W] noisy mask, t [B] integer timesteps in [0, T) -> DenoiserOutput."""
+        raise NotImplementedError
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> DenoiserOutput:
+        return self.denoise(x_t, t, self.encode(image))
+
+    @staticmethod
+    def repeat_condition(condition: Condition, repeats: int) -> Condition:
+        """Repeat every tensor of a condition ``repeats`` times along the batch (image-major order)."""
+        if repeats == 1:
+            return condition
+        if isinstance(condition, torch.Tensor):
+            return condition.repeat_interleave(repeats, dim=0)
+        if isinstance(condition, dict):
+            return {k: Denoiser.repeat_condition(v, repeats) for k, v in condition.items()}
+        if isinstance(condition, (list, tuple)):
+            return type(condition)(Denoiser.repeat_condition(v, repeats) for v in condition)
+        return condition
+
+    def head_output(self, y: torch.Tensor, aux: dict | None = None) -> DenoiserOutput:
+        """Place a single head's output where ``prediction`` says it belongs."""
+        if self.prediction == "epsilon":
+            return DenoiserOutput(eps=y, aux=aux or {})
+        return DenoiserOutput(x0=y, aux=aux or {})
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
