@@ -34,6 +34,9 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(base, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # Samplers pass one timestep for the whole batch of S samples: embed it once and broadcast.
+        if t.numel() > 1 and bool((t == t[0]).all()):
+            return self.mlp(timestep_embedding(t[:1], self.base)).expand(t.numel(), -1)
         return self.mlp(timestep_embedding(t, self.base))
 
 

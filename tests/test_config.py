@@ -1,0 +1,59 @@
+import pytest
+
+from lesiondiff.config import Config, load_preset, preset_names
+from lesiondiff.errors import LesiondiffError
+from lesiondiff.registry import Registry
+
+
+def test_presets_load_and_round_trip(tmp_path):
+    assert {"ensemdiff", "unet"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_preset(name)
+        assert cfg.preset == name
+        cfg.save(tmp_path / f"{name}.yaml")
+        assert Config.load(tmp_path / f"{name}.yaml") == cfg
+
+
+def test_ensemdiff_preset_is_the_papers_setting():
+    cfg = load_preset("ensemdiff")
+    d = cfg.diffusion
+    assert (d.schedule, d.num_train_timesteps, d.beta_start, d.beta_end) == ("linear", 1000, 1e-4, 2e-2)
+    assert (d.prediction, d.objective, cfg.train.lr) == ("epsilon", "eps_mse", 1e-4)
+    assert load_preset("unet").diffusion.mode == "feedforward"
+
+
+def test_overrides_parse_values_and_reject_unknown_keys():
+    cfg = Config().override(["train.steps=12", "data.augment=[flip]", "data.intensity_window=[30, 235]",
+                             "model.options.extra=3"])
+    assert cfg.train.steps == 12 and cfg.data.augment == ["flip"] and cfg.data.intensity_window == [30, 235]
+    assert cfg.model.options == {"extra": 3}
+    with pytest.raises(LesiondiffError, match="unknown config key 'train.stepz'"):
+        Config().override(["train.stepz=3"])
+    with pytest.raises(LesiondiffError, match="unknown config key 'nope.x'"):
+        Config().override(["nope.x=1"])
+    with pytest.raises(LesiondiffError, match="expected section.key=value"):
+        Config().override(["train.steps"])
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(LesiondiffError, match=r"bad\.yaml: unknown config key 'train\.stepz'"):
+        Config.load(path)
+    with pytest.raises(LesiondiffError, match="unknown preset"):
+        load_preset("nope")
+
+
+def test_registry_builds_and_lists():
+    reg = Registry("thing")
+
+    @reg.register("a")
+    def make_a(x=1):
+        return ("a", x)
+
+    assert reg.build("a", x=2) == ("a", 2)
+    assert reg.names() == ["a"] and "a" in reg
+    with pytest.raises(LesiondiffError, match="unknown thing 'b'; known: a"):
+        reg.get("b")
+    with pytest.raises(ValueError):
+        reg.register("a")(make_a)
