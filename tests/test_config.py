@@ -57,3 +57,12 @@ def test_registry_builds_and_lists():
         reg.get("b")
     with pytest.raises(ValueError):
         reg.register("a")(make_a)
+
+
+def test_values_are_checked_against_field_types():
+    cfg = Config().override(["train.lr=3e-4", "train.steps=10.0", "data.fold=null"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.steps, int) and cfg.data.fold is None
+    with pytest.raises(LesiondiffError, match="config key 'train.steps' must be int, got 'many'"):
+        Config().override(["train.steps=many"])
+    with pytest.raises(LesiondiffError, match="'fusion.crf' must be bool"):
+        Config().override(["fusion.crf=3"])

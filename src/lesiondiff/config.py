@@ -7,6 +7,7 @@ saved beside its checkpoints (``config.yaml``), so a run directory is self-descr
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -152,6 +153,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
     if not isinstance(data, dict):
         raise LesiondiffError(f"{source}: section {prefix.rstrip('.') or '<top>'} must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise LesiondiffError(f"{source}: unknown config key {prefix + unknown[0]!r}; known: {', '.join(fields)}")
@@ -161,8 +163,36 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             kwargs[name] = _build(f.default_factory, value, prefix + name + ".", source)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(prefix + name, value, hints[name], source)
     return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Check a scalar against its field's type: YAML reads 3e-4 as a string, and a typo should fail here, not
+    deep inside an optimizer."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            return str(value)
+    except (TypeError, ValueError):
+        name = getattr(base, "__name__", str(base))
+        raise LesiondiffError(f"{source}: config key {key!r} must be {name}, got {value!r}") from None
+    return value
 
 
 def preset_names() -> list[str]:

@@ -1,0 +1,285 @@
+"""The ``lesiondiff`` command line: data, train, predict, evaluate, report, demo, bench, presets.
+
+Errors meant for the user (bad files, unknown keys, missing checkpoints) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import LesiondiffError
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. train.steps=500 data.size=64 (values parsed as YAML)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lesiondiff", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="index a dataset folder or generate phantoms").add_subparsers(
+        dest="data_command", required=True)
+    idx = data.add_parser("index", help="recognise a folder's layout and write a manifest with splits")
+    idx.add_argument("path")
+    idx.add_argument("-o", "--output", required=True, help="manifest CSV to write")
+    idx.add_argument("--layout", default=None, help="force a layout instead of detecting it")
+    idx.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
+    idx.add_argument("--seed", type=int, default=0)
+    idx.add_argument("--folds", type=int, default=0, help="also assign k folds to the non-test rows")
+    idx.add_argument("--skip-bad", action="store_true",
+                     help="skip unreadable or mismatched pairs (counted and listed) instead of stopping")
+    idx.add_argument("--no-check", action="store_true", help="do not decode every image and mask while indexing")
+    syn = data.add_parser("synth", help="generate the synthetic ultrasound phantom set (generic layout)")
+    syn.add_argument("--n", type=int, default=200)
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--size", type=int, default=128)
+    syn.add_argument("--seed", type=int, default=0)
+
+    tr = sub.add_parser("train", help="train a preset on a manifest")
+    tr.add_argument("--preset", default=None, help="ensemdiff, unet, ... (see: lesiondiff presets)")
+    tr.add_argument("--config", default=None, help="a YAML config file instead of a preset")
+    tr.add_argument("--manifest", default=None)
+    tr.add_argument("--out", required=True, help="run directory")
+    tr.add_argument("--mode", choices=["diffusion", "feedforward"], default=None,
+                    help="feedforward: train the architecture with random noise as x_t and Dice + BCE")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda, then mps, then cpu)")
+    _add_overrides(tr)
+
+    pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
+    pr.add_argument("--run", required=True)
+    pr.add_argument("inputs", nargs="*", help="image files or folders")
+    pr.add_argument("--manifest", default=None)
+    pr.add_argument("--split", default=None)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--samples", type=int, default=None)
+    pr.add_argument("--sampler", default=None, help="ddpm, ddim, dpmsolver, dpmsolver++, unipc, oneshot")
+    pr.add_argument("--steps", type=int, default=None)
+    pr.add_argument("--fusion", default=None, help="mean, majority or staple")
+    pr.add_argument("--crf", action="store_true", help="refine the fused probability with DenseCRF")
+    pr.add_argument("--threshold", type=float, default=None)
+    pr.add_argument("--seed", type=int, default=None)
+    pr.add_argument("--checkpoint", default="best", help="best or last")
+    pr.add_argument("--device", default=None)
+
+    ev = sub.add_parser("evaluate", help="score predictions against a manifest split")
+    ev.add_argument("--pred", required=True)
+    ev.add_argument("--manifest", required=True)
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--out", default=None, help="where metrics.csv and summary.json go (default: --pred)")
+
+    rp = sub.add_parser("report", help="write report.html from a run, its predictions and their evaluation")
+    rp.add_argument("--run", default=None)
+    rp.add_argument("--pred", default=None)
+    rp.add_argument("--manifest", default=None)
+    rp.add_argument("--split", default="test")
+    rp.add_argument("--out", required=True)
+
+    de = sub.add_parser("demo", help="phantoms -> train -> predict -> evaluate -> report, on the CPU in minutes")
+    de.add_argument("--out", default="lesiondiff-demo")
+    de.add_argument("--preset", default="ensemdiff")
+    de.add_argument("--n", type=int, default=200, help="phantom images")
+    de.add_argument("--minutes", type=float, default=3.0, help="training budget")
+    de.add_argument("--size", type=int, default=64, help="network input size")
+    de.add_argument("--device", default=None)
+    _add_overrides(de)
+
+    be = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    sp = be.add_parser("speed", help="training and sampling speed on this device")
+    sp.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    sp.add_argument("--samples", type=int, default=10)
+    sp.add_argument("--batch", type=int, default=8)
+    sp.add_argument("--preset", default="ensemdiff")
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--no-monai", action="store_true", help="skip MONAI's DiffusionModelUNet reference")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--json", default=None, help="also write the results as JSON")
+
+    sub.add_parser("presets", help="list presets")
+    return parser
+
+
+def _config(args) -> Config:  # noqa: F821
+    from .config import Config, load_preset
+
+    if args.config:
+        cfg = Config.load(args.config)
+    else:
+        cfg = load_preset(args.preset or "ensemdiff")
+    extra = list(args.overrides)
+    if getattr(args, "manifest", None):
+        extra.insert(0, f"data.manifest={args.manifest}")
+    if getattr(args, "mode", None):
+        extra.insert(0, f"diffusion.mode={args.mode}")
+        if args.mode == "feedforward":
+            extra[1:1] = ["sample.sampler=oneshot", "sample.samples=1"]
+    return cfg.override(extra)
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "synth":
+        from .data.synthetic import generate
+
+        out = generate(Path(args.out), n=args.n, size=args.size, seed=args.seed)
+        print(f"wrote {args.n} phantom images ({args.size} px, seed {args.seed}) to {out} (generic layout)")
+        return 0
+    from .data.layouts import check_records, index_folder
+    from .data.manifest import Manifest, assign_splits, summarize
+
+    result = index_folder(Path(args.path), args.layout)
+    if not args.no_check:
+        good, bad = check_records(result.records, on_error="skip" if args.skip_bad else "raise")
+        result.records = good
+        result.skipped.extend(bad)
+    rows = assign_splits(result.records, ratios=tuple(args.ratios), seed=args.seed, k_folds=args.folds)
+    manifest = Manifest.from_records(rows) if not isinstance(rows, Manifest) else rows
+    manifest.write(Path(args.output))
+    print(summarize(manifest if not result.skipped else result))
+    print(f"split: seed {args.seed}, ratios {'/'.join(str(r) for r in args.ratios)}, stratified by label, "
+          f"grouped by case{f', {args.folds} folds' if args.folds else ''}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import Config
+    from .engine.train import Trainer
+
+    if args.resume:
+        cfg_path = Path(args.out) / "config.yaml"
+        cfg = Config.load(cfg_path).override(list(args.overrides))
+    else:
+        if not (args.manifest or args.config):
+            raise LesiondiffError("train needs --manifest (or a --config that names data.manifest)")
+        cfg = _config(args)
+    summary = Trainer(cfg, args.out, device=args.device, resume=args.resume).fit()
+    print(json.dumps(summary, indent=2))
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def cmd_predict(args) -> int:
+    from .engine.predict import Predictor, collect_inputs
+
+    overrides = [f"{k}={v}" for k, v in (("sample.samples", args.samples), ("sample.sampler", args.sampler),
+                                          ("sample.steps", args.steps), ("fusion.method", args.fusion),
+                                          ("sample.threshold", args.threshold), ("sample.seed", args.seed))
+                 if v is not None]
+    if args.crf:
+        overrides.append("fusion.crf=true")
+    if (args.manifest is None) != (args.split is None) and args.manifest is None:
+        raise LesiondiffError("--split needs --manifest")
+    predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides)
+    items = collect_inputs(args.inputs, args.manifest, args.split)
+    rows = predictor.run(items, args.out, checkpoint=args.checkpoint)
+    print(f"wrote {len(rows)} predictions to {args.out} (masks, probabilities, uncertainty maps, overlays)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .engine.evaluate import evaluate, format_table
+
+    summary = evaluate(args.pred, args.manifest, args.split, args.out)
+    print(format_table(summary))
+    print(f"wrote {Path(args.out or args.pred) / 'metrics.csv'} and summary.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    summary = None
+    if args.pred and (Path(args.pred) / "summary.json").is_file():
+        summary = json.loads((Path(args.pred) / "summary.json").read_text())
+    path = write_report(args.out, run=args.run, pred_dir=args.pred, summary=summary, manifest=args.manifest,
+                        split=args.split)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import load_preset
+    from .data.layouts import index_folder
+    from .data.manifest import Manifest, assign_splits
+    from .data.synthetic import generate
+    from .engine.evaluate import evaluate, format_table
+    from .engine.predict import Predictor, collect_inputs
+    from .engine.train import Trainer
+    from .report import write_report
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    data_dir = out / "phantoms"
+    print(f"[1/5] generating {args.n} phantom ultrasound images in {data_dir}")
+    generate(data_dir, n=args.n, size=128, seed=0)
+    manifest_path = out / "manifest.csv"
+    Manifest.from_records(assign_splits(index_folder(data_dir).records, seed=0)).write(manifest_path)
+    run = out / "run"
+    cfg = load_preset(args.preset).override([
+        f"data.manifest={manifest_path}", f"data.size={args.size}", "train.steps=100000",
+        f"train.max_minutes={args.minutes}", "train.val_every=200", "train.batch_size=16", "train.lr=3e-4",
+        "data.val_max_images=16", *args.overrides])
+    print(f"[2/5] training {args.preset} at {args.size} px for up to {args.minutes} min on this machine")
+    resume = (run / "checkpoints" / "last.safetensors").is_file()
+    summary = Trainer(cfg, run, device=args.device, resume=resume).fit()
+    if summary["status"] == "interrupted":
+        print(summary["message"])
+        return 130
+    print(f"[3/5] sampling the test split: {cfg.sample.samples} samples per image, {cfg.sample.sampler} "
+          f"{cfg.sample.steps} steps, {cfg.fusion.method} fusion")
+    predictor = Predictor.from_run(run, "best", args.device)
+    pred_dir = out / "predictions"
+    predictor.run(collect_inputs([], str(manifest_path), "test"), pred_dir, checkpoint="best")
+    print("[4/5] evaluating")
+    result = evaluate(pred_dir, manifest_path, "test")
+    print(format_table(result))
+    print("[5/5] writing the report")
+    path = write_report(out, run=run, pred_dir=pred_dir, summary=result, manifest=manifest_path, split="test",
+                        title="lesiondiff demo: synthetic ultrasound phantoms")
+    print(f"done in {time.perf_counter() - t0:.0f} s: fused Dice {result['fused']['all']['dice']['mean']:.3f} on "
+          f"{result['n_images']} test phantoms; open {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_speed
+
+    run_speed(sizes=args.sizes, samples=args.samples, batch=args.batch, preset=args.preset, repeats=args.repeats,
+              monai=not args.no_monai, device=args.device, json_path=args.json)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .config import load_preset, preset_names
+
+    for name in preset_names():
+        cfg = load_preset(name)
+        print(f"{name:<12} model {cfg.model.name}, {cfg.diffusion.mode}, objective "
+              f"{'feedforward' if cfg.diffusion.mode == 'feedforward' else cfg.diffusion.objective}, "
+              f"sampler {cfg.sample.sampler}")
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
+            "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench, "presets": cmd_presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LesiondiffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: reading images and masks, indexing dataset layouts, manifests and splits."""

@@ -1,0 +1,342 @@
+"""Read any 2D image or binary mask robustly; write PNGs atomically.
+
+Images come back as float32 ``[H,W,C]`` in ``[0,255]`` with ``C`` 1 (grey) or 3 (RGB); masks as bool
+``[H,W]``. Files are decoded with Pillow (PNG, JPEG, TIFF, GIF, BMP, WebP, ...) except medical volumes
+(NIfTI ``.nii``/``.nii.gz``, DICOM ``.dcm``, MetaImage ``.mha``/``.mhd``, NRRD ``.nrrd``), which go through
+SimpleITK. Every failure (missing file, truncated or corrupt data, unsupported format, a volume without a
+slice index) raises :class:`LesiondiffError` with one line that starts with the file's path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import LesiondiffError
+from ..io_utils import atomic_write
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd")
+"""Suffixes read with SimpleITK; all others go through Pillow."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", *VOLUME_SUFFIXES)
+"""Suffixes that layouts treat as image or mask files."""
+
+_LOSSY_FORMATS = {"JPEG", "MPO"}
+_EXIF_ORIENTATION = 0x0112
+
+
+class FileError(LesiondiffError):
+    """A :class:`LesiondiffError` about one file; ``path`` and ``reason`` are kept apart for reports."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = _one_line(reason)
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``"case_0000.nii.gz" -> ("case_0000", ".nii.gz")``; the suffix is lower-cased."""
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], suffix
+    stem, dot, ext = name.rpartition(".")
+    return (stem, f".{ext.lower()}") if dot and stem else (name, "")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for a non-hidden file name with one of :data:`IMAGE_SUFFIXES` (the file is not opened)."""
+    name = Path(path).name
+    return not name.startswith(".") and split_name(name)[1] in IMAGE_SUFFIXES
+
+
+def _is_volume(path: Path) -> bool:
+    return split_name(path.name)[1] in VOLUME_SUFFIXES
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise FileError(path, "no such file")
+    if path.is_dir():
+        raise FileError(path, "is a folder, not an image file")
+
+
+# --- Pillow -------------------------------------------------------------------------------------------
+
+
+def _open_pil(path: Path, slice_index: int | None) -> Image.Image:
+    """Open, select the frame, decode fully (so truncation is caught here) and apply EXIF orientation."""
+    _check_file(path)
+    try:
+        img = Image.open(path)
+    except Image.UnidentifiedImageError:
+        raise FileError(path, "unsupported or unrecognised image format") from None
+    except Exception as e:  # Pillow raises many types for bad headers; none may escape
+        raise FileError(path, f"cannot open image ({e})") from None
+    with img:  # closes the file of multi-frame images, which load() leaves open
+        frames = getattr(img, "n_frames", 1)
+        if slice_index is not None and not 0 <= slice_index < frames:
+            raise FileError(path, f"no slice {slice_index} (the file has {frames})")
+        try:
+            if slice_index:
+                img.seek(slice_index)
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # in place keeps ``img.format`` (a copy drops it)
+        except Exception as e:
+            raise FileError(path, f"corrupt or truncated image ({e})") from None
+    return img
+
+
+def _pil_image_array(img: Image.Image) -> np.ndarray:
+    """Pillow image -> float32 [H,W,1|3] in [0,255] (channels not yet collapsed)."""
+    mode = img.mode
+    if mode == "1":
+        arr = np.asarray(img, dtype=np.float32) * 255.0
+    elif mode in ("L", "LA"):
+        arr = np.asarray(img.getchannel("L") if mode == "LA" else img, dtype=np.float32)
+    elif mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):
+        # 16-bit data use the full 0..65535 range: 65535 / 257 == 255 keeps the mapping exact and linear.
+        arr = np.asarray(img).astype(np.float32) / 257.0
+    elif mode in ("I", "F"):
+        arr = _minmax(np.asarray(img))
+    elif mode in ("RGB", "RGBA", "RGBX"):
+        arr = np.asarray(img, dtype=np.float32)[..., :3]
+    else:  # P, PA, CMYK, YCbCr, LAB, HSV, I;16 variants Pillow cannot convert directly, ...
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _pil_mask_array(img: Image.Image) -> np.ndarray:
+    """Pillow image -> bool [H,W]; see :func:`read_mask` for the rules."""
+    mode = img.mode
+    if mode == "1":
+        return np.asarray(img, dtype=bool)
+    if mode in ("P", "PA"):
+        return np.asarray(img.getchannel("P") if mode == "PA" else img) > 0
+    if mode.startswith("I") or mode == "F":
+        return np.asarray(img) > 0
+    if mode in ("L", "LA"):
+        arr = np.asarray(img.getchannel("L") if mode == "LA" else img)
+    elif mode in ("RGB", "RGBA", "RGBX"):
+        arr = np.asarray(img)[..., :3].max(axis=2)
+    else:
+        arr = np.asarray(img.convert("RGB")).max(axis=2)
+    if img.format not in _LOSSY_FORMATS and arr.max(initial=0) < 128:
+        # A lossless mask with no value above 127 is a label map (0/1 or class indices), not a 0/255 mask.
+        return arr > 0
+    return arr > 127
+
+
+# --- SimpleITK ----------------------------------------------------------------------------------------
+
+
+def _sitk_reader(path: Path):
+    import SimpleITK as sitk
+
+    _check_file(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    return reader
+
+
+def _volume_size(path: Path) -> tuple[int, ...]:
+    """(X, Y[, Z]) from the header only."""
+    reader = _sitk_reader(path)
+    try:
+        reader.ReadImageInformation()
+    except Exception as e:
+        raise FileError(path, f"cannot read image header ({_sitk_reason(e)})") from None
+    size = tuple(int(s) for s in reader.GetSize())
+    return size[:2] if len(size) > 2 and all(s == 1 for s in size[2:]) else size
+
+
+def _sitk_reason(e: Exception) -> str:
+    """SimpleITK's messages open with a C++ source location; keep the part after ``ERROR:``."""
+    text = _one_line(str(e))
+    return text.split("ERROR:", 1)[-1].strip() or type(e).__name__
+
+
+def _read_volume(path: Path, slice_index: int | None) -> tuple[np.ndarray, float, float]:
+    """A 2D slice as [H,W] or [H,W,C] (the file's dtype), plus the whole file's min and max."""
+    import SimpleITK as sitk
+
+    reader = _sitk_reader(path)
+    try:
+        arr = sitk.GetArrayFromImage(reader.Execute())
+    except Exception as e:
+        raise FileError(path, f"corrupt or unreadable file ({_sitk_reason(e)})") from None
+    vector = reader.GetNumberOfComponents() > 1
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    spatial = arr.shape[:-1] if vector else arr.shape
+    # Singleton trailing axes (e.g. a 2D image stored as X*Y*1) are 2D.
+    while len(spatial) > 2 and spatial[0] == 1:
+        arr, spatial = arr[0], spatial[1:]
+    if len(spatial) == 3:
+        depth = spatial[0]
+        if slice_index is None:
+            raise FileError(path, f"is a 3D volume with {depth} slices; give a slice index (0..{depth - 1})")
+        if not 0 <= slice_index < depth:
+            raise FileError(path, f"no slice {slice_index} (the volume has {depth})")
+        arr = arr[slice_index]
+    elif len(spatial) != 2:
+        raise FileError(path, f"has {len(spatial)} spatial dimensions; only 2D images and 3D volumes are read")
+    elif slice_index not in (None, 0):
+        raise FileError(path, f"no slice {slice_index} (the image is 2D)")
+    if vector and arr.shape[-1] not in (3, 4):
+        raise FileError(path, f"has {arr.shape[-1]} components per pixel; expected 1, 3 or 4")
+    return arr, lo, hi
+
+
+def _minmax(arr: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    lo = float(arr.min()) if lo is None else lo
+    hi = float(arr.max()) if hi is None else hi
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)
+    return ((arr.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.float32)
+
+
+# --- public API ---------------------------------------------------------------------------------------
+
+
+def _collapse_grey(arr: np.ndarray) -> np.ndarray:
+    if arr.shape[2] == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+        return arr[..., :1]
+    return arr
+
+
+def read_image(path: str | Path, slice_index: int | None = None) -> np.ndarray:
+    """Read an image as float32 ``[H,W,C]`` in ``[0,255]``, ``C`` 1 or 3.
+
+    - Grey ``L`` as is; 1-bit as 0/255; ``LA`` drops alpha.
+    - 16-bit (``I;16*`` modes, and 16-bit PNGs Pillow opens as ``I``): divided by 257, so 65535 -> 255.
+      Other integer or float data (32-bit ``I``/``F`` TIFFs, medical volumes) are min-max scaled to
+      ``[0,255]`` (a constant image becomes all zeros); for a volume the min and max are the whole file's,
+      so slices of one volume share a scale.
+    - RGB as is; RGBA drops alpha (no compositing); palette, CMYK, YCbCr and the rest are converted to RGB.
+    - EXIF orientation is applied (``ImageOps.exif_transpose``), so shapes are as a viewer shows them.
+    - An RGB image whose three channels are identical everywhere is returned with ``C=1``.
+    - ``slice_index`` picks a slice of a 3D volume (required for volumes, which otherwise raise) or a
+      frame of a multi-page TIFF/GIF (first frame by default). NIfTI/DICOM slices are array ``[z]`` of
+      SimpleITK's ``[z,y,x]`` order, rows are ``y``; no reorientation is done.
+    """
+    path = Path(path)
+    if _is_volume(path):
+        arr, lo, hi = _read_volume(path, slice_index)
+        out = _minmax(arr[..., :3] if arr.ndim == 3 else arr, lo, hi)
+    else:
+        out = _pil_image_array(_open_pil(path, slice_index))
+    return _collapse_grey(out[..., None] if out.ndim == 2 else out)
+
+
+def read_mask(path: str | Path, slice_index: int | None = None) -> np.ndarray:
+    """Read a binary mask as bool ``[H,W]``.
+
+    - Palette (``P``) masks: palette index > 0 (the colours are ignored).
+    - 1-bit: nonzero. 16-bit, 32-bit and float masks, and NIfTI/DICOM label maps: > 0.
+    - Grey ``L``/``LA`` and colour masks (max over R, G, B; alpha ignored): > 127. JPEG masks always use
+      > 127, which removes compression noise. A lossless 8-bit mask whose values are all below 128 is a
+      label map (0/1 or class indices), so > 0 is used for it; > 127 would make it empty.
+    - EXIF orientation is applied, as for images.
+    """
+    path = Path(path)
+    if _is_volume(path):
+        arr = _read_volume(path, slice_index)[0]
+        return (arr.max(axis=-1) if arr.ndim == 3 else arr) > 0
+    return _pil_mask_array(_open_pil(path, slice_index))
+
+
+def read_masks(
+    paths: Sequence[str | Path], shape: tuple[int, int] | None = None, slice_index: int | None = None
+) -> np.ndarray:
+    """Union of several mask files as bool ``[H,W]``.
+
+    ``shape`` ``(H, W)`` is the image's size: each mask must match it, else a :class:`LesiondiffError`
+    ``"<mask>: mask is WxH but its image is WxH"``. With no paths, ``shape`` is required and an all-False
+    mask is returned.
+    """
+    if not paths:
+        if shape is None:
+            raise ValueError("read_masks needs a shape when there are no mask paths")
+        return np.zeros(tuple(shape), bool)
+    union: np.ndarray | None = None
+    first = ""
+    for p in paths:
+        mask = read_mask(p, slice_index)
+        if shape is not None and mask.shape != tuple(shape):
+            raise FileError(p, f"mask is {_wxh(mask.shape)} but its image is {_wxh(shape)}")
+        if union is None:
+            union, first = mask.copy(), str(p)
+        elif mask.shape != union.shape:
+            raise FileError(p, f"mask is {_wxh(mask.shape)} but {first} is {_wxh(union.shape)}")
+        else:
+            union |= mask
+    assert union is not None
+    return union
+
+
+def _wxh(shape: Iterable[int]) -> str:
+    h, w = tuple(shape)[:2]
+    return f"{w}x{h}"
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` from the header only (after EXIF orientation), without decoding the pixels."""
+    path = Path(path)
+    if _is_volume(path):
+        size = _volume_size(path)
+        return size[1], size[0]
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            # Pillow's PNG getexif() decodes the whole image to look for a late eXIf chunk: only ask
+            # when the header already held one.
+            cheap = img.format != "PNG" or "exif" in img.info
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if cheap else 1
+    except Image.UnidentifiedImageError:
+        raise FileError(path, "unsupported or unrecognised image format") from None
+    except Exception as e:
+        raise FileError(path, f"cannot read image header ({e})") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def num_slices(path: str | Path) -> int:
+    """Slices of a 3D volume, or frames of a multi-page TIFF/GIF; 1 for a 2D image (header only)."""
+    path = Path(path)
+    if _is_volume(path):
+        size = _volume_size(path)
+        return size[2] if len(size) > 2 else 1
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1))
+    except Exception as e:
+        raise FileError(path, f"cannot read image header ({_one_line(str(e))})") from None
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write uint8 ``[H,W]`` (grey) or ``[H,W,3]`` (RGB) as PNG, atomically."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f"write_png expects uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"write_png expects [H,W] or [H,W,3], got {list(array.shape)}")
+    img = Image.fromarray(np.ascontiguousarray(array))
+    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+
+
+def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write a bool ``[H,W]`` mask as an 8-bit grey PNG with values 0 and 255, atomically."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"write_mask_png expects [H,W], got {list(mask.shape)}")
+    write_png(path, np.where(mask.astype(bool), 255, 0).astype(np.uint8))

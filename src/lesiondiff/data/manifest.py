@@ -1,0 +1,317 @@
+"""The manifest: one CSV row per image, with its masks, label, patient/case group, split and fold.
+
+Columns: ``id, image, masks, label, case, dataset, split, fold``, then each ``extra`` key of the records
+(e.g. ``fov``, ``source_split``) as its own column. ``masks`` is ``;``-joined absolute paths (empty means an
+all-background mask); ``split`` is ``train``, ``val``, ``test`` or empty; ``fold`` is ``0..k-1`` or ``-1``.
+
+In memory a row is a plain ``dict``: the columns above, with ``masks`` as ``list[str]`` and ``fold`` as
+``int``. Splits come from :func:`assign_splits`: seeded, stratified by label and grouped by case.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LesiondiffError
+from ..io_utils import atomic_write_text
+from .io import FileError, image_size
+from .layouts import IndexResult, Record
+
+COLUMNS = ("id", "image", "masks", "label", "case", "dataset", "split", "fold")
+SPLITS = ("train", "val", "test")
+
+Row = dict[str, Any]
+
+
+def _as_row(item: Record | Row) -> Row:
+    """A normalised row dict from a :class:`Record` or a (possibly CSV-shaped) row dict."""
+    src = asdict(item) if isinstance(item, Record) else dict(item)
+    extra = {str(k): str(v) for k, v in (src.pop("extra", None) or {}).items()}
+    masks = src.get("masks") or []
+    if isinstance(masks, str):
+        masks = [m for m in masks.split(";") if m]
+    fold = src.get("fold")
+    row: Row = {
+        "id": str(src["id"]),
+        "image": str(src["image"]),
+        "masks": [str(m) for m in masks],
+        "label": str(src.get("label") or ""),
+        "case": str(src.get("case") or src["id"]),
+        "dataset": str(src.get("dataset") or ""),
+        "split": str(src.get("split") or ""),
+        "fold": -1 if fold in (None, "") else int(fold),
+    }
+    for key, value in {**src, **extra}.items():
+        if key not in row and value not in (None, ""):
+            row[key] = str(value)
+    return row
+
+
+class Manifest:
+    """A list of row dicts (see the module docstring) that reads and writes the manifest CSV."""
+
+    def __init__(self, rows: Iterable[Record | Row] = ()) -> None:
+        self._rows = [_as_row(r) for r in rows]
+
+    @classmethod
+    def from_records(cls, items: Iterable[Record | Row]) -> Manifest:
+        """From layout records (split '' and fold -1) or rows from :func:`assign_splits`."""
+        return cls(items)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows())
+
+    @property
+    def columns(self) -> list[str]:
+        extras = sorted({k for r in self._rows for k in r} - set(COLUMNS))
+        return [*COLUMNS, *extras]
+
+    def rows(self, split: str | None = None, fold: int | None = None, exclude_fold: int | None = None) -> list[Row]:
+        """Copies of the rows, optionally only ``split``, only ``fold``, or all but ``exclude_fold``."""
+        return [
+            {**r, "masks": list(r["masks"])}
+            for r in self._rows
+            if (split is None or r["split"] == split)
+            and (fold is None or r["fold"] == fold)
+            and (exclude_fold is None or r["fold"] != exclude_fold)
+        ]
+
+    def write(self, path: str | Path) -> None:
+        """Write the CSV atomically (temp file, then rename)."""
+        columns = self.columns
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", restval="")
+        writer.writeheader()
+        for r in self._rows:
+            bad = next((m for m in r["masks"] if ";" in m), None)
+            if bad:
+                raise LesiondiffError(f"{bad}: a mask path may not contain ';' (the manifest's separator)")
+            writer.writerow({**r, "masks": ";".join(r["masks"])})
+        atomic_write_text(Path(path), buffer.getvalue())
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        """Read a manifest CSV; relative image/mask paths are taken relative to the CSV's folder.
+
+        Raises :class:`LesiondiffError` naming the file (and line) when it is missing, not CSV, lacks a
+        required column, has a row of the wrong length, a bad fold or split, or a duplicate id.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise LesiondiffError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+        rows: list[Row] = []
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f, restkey="\0extra", strict=True)
+                header = reader.fieldnames
+                if not header:
+                    raise LesiondiffError(f"{path}: empty file; expected a header with {','.join(COLUMNS)}")
+                missing = [c for c in COLUMNS if c not in header]
+                if missing:
+                    raise LesiondiffError(
+                        f"{path}: not a manifest: missing column(s) {', '.join(missing)} "
+                        f"(expected {','.join(COLUMNS)})"
+                    )
+                for raw in reader:
+                    rows.append(_parse_row(path, reader.line_num, raw, len(header)))
+        except UnicodeDecodeError:
+            raise LesiondiffError(f"{path}: not a text CSV file") from None
+        except csv.Error as e:
+            raise LesiondiffError(f"{path}: malformed CSV ({e})") from None
+        seen: set[str] = set()
+        for r in rows:
+            if r["id"] in seen:
+                raise LesiondiffError(f"{path}: duplicate id {r['id']!r}")
+            seen.add(r["id"])
+        return cls(rows)
+
+
+def _parse_row(path: Path, line: int, raw: dict, n_columns: int) -> Row:
+    where = f"{path}: line {line}"
+    if "\0extra" in raw or any(v is None for v in raw.values()):
+        n = n_columns + len(raw.get("\0extra", [])) - sum(v is None for v in raw.values())
+        raise LesiondiffError(f"{where}: {n} fields, but the header has {n_columns}")
+    if not raw["id"] or not raw["image"]:
+        raise LesiondiffError(f"{where}: id and image may not be empty")
+    if raw["split"] not in ("", *SPLITS):
+        raise LesiondiffError(f"{where}: split must be one of {', '.join(SPLITS)} or empty, got {raw['split']!r}")
+    try:
+        fold = int(raw["fold"]) if raw["fold"].strip() else -1
+    except ValueError:
+        raise LesiondiffError(f"{where}: fold must be an integer, got {raw['fold']!r}") from None
+    base = path.resolve().parent
+    row = _as_row({**raw, "fold": fold})
+    row["image"] = str(base / row["image"])
+    row["masks"] = [str(base / m) for m in row["masks"]]
+    return row
+
+
+# --- splits -------------------------------------------------------------------------------------------
+
+
+def _quotas(n: int, ratios: Sequence[float], prior: Sequence[int]) -> list[int]:
+    """Largest-remainder integer shares of ``n``; every part with a positive ratio gets at least one item
+    when ``n`` allows (else the parts with the largest ratios do). Ties go to the part with the fewest
+    items so far (``prior``), so many small strata do not all round towards the same part."""
+    exact = [n * r for r in ratios]
+    counts = [int(np.floor(q)) for q in exact]
+    order = sorted(range(len(ratios)), key=lambda j: (-(exact[j] - counts[j]), prior[j], j))
+    for j in order[: n - sum(counts)]:
+        counts[j] += 1
+    # Small strata: the min(n, parts) parts with the largest ratios get one item each.
+    eligible = sorted((j for j, r in enumerate(ratios) if r > 0), key=lambda j: (-ratios[j], prior[j], j))[:n]
+    for j in eligible:
+        if counts[j] == 0:
+            donors = [i for i in range(len(counts)) if counts[i] > (1 if i in eligible else 0)]
+            donor = max(donors, key=lambda i: (counts[i] - exact[i], -i))
+            counts[donor] -= 1
+            counts[j] = 1
+    return counts
+
+
+def _distribute(
+    groups: list[list[Row]], ratios: Sequence[float], totals: list[int], rng: np.random.Generator
+) -> tuple[list[int], list[list[Row]]]:
+    """Shuffle ``groups`` and give each to a part (index) so that row counts follow ``ratios``; largest
+    groups are placed first, each into the part furthest below its quota. Returns (part of each shuffled
+    group, shuffled groups) and adds the parts' row counts to ``totals``."""
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    sizes = [len(g) for g in groups]
+    target = _quotas(sum(sizes), ratios, totals)
+    current = [0] * len(ratios)
+    parts = [j for j, r in enumerate(ratios) if r > 0]
+    out = [0] * len(groups)
+    for i in sorted(range(len(groups)), key=lambda i: -sizes[i]):
+        j = max(parts, key=lambda p: (target[p] - current[p], -p))
+        current[j] += sizes[i]
+        out[i] = j
+    for j, c in enumerate(current):
+        totals[j] += c
+    return out, groups
+
+
+def _strata(rows: list[Row], stratify: bool) -> dict[str, list[list[Row]]]:
+    """Rows grouped by case, groups by label (a group's label is its most common one; ties: first name)."""
+    cases: dict[str, list[Row]] = {}
+    for r in rows:
+        cases.setdefault(r["case"], []).append(r)
+    strata: dict[str, list[list[Row]]] = {}
+    for case in sorted(cases):
+        group = cases[case]
+        counts = Counter(r["label"] for r in group)
+        label = min(counts, key=lambda lb: (-counts[lb], lb)) if stratify else ""
+        strata.setdefault(label, []).append(group)
+    return dict(sorted(strata.items()))
+
+
+def assign_splits(
+    items: Iterable[Record | Row],
+    ratios: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    stratify: bool = True,
+    k_folds: int = 0,
+) -> list[Row]:
+    """Rows with ``split`` in train/val/test (and ``fold``), sorted by id.
+
+    ``ratios`` (train, val, test) must be non-negative and sum to 1. Within each label stratum (one stratum
+    when ``stratify`` is False) the cases are shuffled with ``numpy.random.default_rng(seed)`` and given to
+    the splits with largest-remainder row quotas, so every split with a positive ratio gets at least one
+    case of each label that has enough cases. All rows of a case share a split. With ``k_folds`` >= 2 the
+    non-test rows also get folds ``0..k-1`` the same way (test rows keep ``-1``); the train/val/test split
+    does not depend on ``k_folds``. The result depends only on the ids, cases, labels and ``seed``.
+    """
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise LesiondiffError(f"split ratios (train, val, test) must be >= 0 and sum to 1, got {ratios}")
+    if k_folds < 0 or k_folds == 1:
+        raise LesiondiffError(f"k_folds must be 0 (no folds) or at least 2, got {k_folds}")
+    rows = sorted((_as_row(i) for i in items), key=lambda r: r["id"])
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        dupe = next(i for i, c in Counter(ids).items() if c > 1)
+        raise LesiondiffError(f"duplicate id {dupe!r}: ids must be unique to split")
+    rng = np.random.default_rng(seed)
+    totals = [0, 0, 0]
+    for groups in _strata(rows, stratify).values():
+        parts, shuffled = _distribute(groups, ratios, totals, rng)
+        for j, group in zip(parts, shuffled):
+            for r in group:
+                r["split"], r["fold"] = SPLITS[j], -1
+    if k_folds:
+        pool = [r for r in rows if r["split"] != "test"]
+        n_cases = len({r["case"] for r in pool})
+        if n_cases < k_folds:
+            raise LesiondiffError(f"{k_folds} folds need at least {k_folds} non-test cases; there are {n_cases}")
+        fold_totals = [0] * k_folds
+        for groups in _strata(pool, stratify).values():
+            parts, shuffled = _distribute(groups, [1.0 / k_folds] * k_folds, fold_totals, rng)
+            for j, group in zip(parts, shuffled):
+                for r in group:
+                    r["fold"] = j
+    return rows
+
+
+# --- summary ------------------------------------------------------------------------------------------
+
+
+def _counts(values: Iterable[str]) -> str:
+    counts = Counter(values)
+    return ", ".join(f"{k or '(none)'} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def summarize(source: IndexResult | Manifest, sizes: bool = True, max_skipped: int = 20) -> str:
+    """A multi-line, human-readable report of an index result or a manifest.
+
+    Lists the layout and root (index results), counts per dataset, label, split and fold, the image size
+    range (from file headers; ``sizes=False`` skips reading them), mask file counts and the skipped files
+    with their reasons (the first ``max_skipped``, then ``and N more``).
+    """
+    lines: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    if isinstance(source, IndexResult):
+        rows = [_as_row(r) for r in source.records]
+        skipped = list(source.skipped)
+        lines += [f"layout: {source.layout}", f"root: {source.root}"]
+    else:
+        rows = source.rows()
+    lines.append(f"records: {len(rows)}")
+    lines.append(f"datasets: {_counts(r['dataset'] for r in rows)}")
+    lines.append(f"labels: {_counts(r['label'] for r in rows) if any(r['label'] for r in rows) else 'none'}")
+    if any(r["split"] for r in rows):
+        for split in (*SPLITS, ""):
+            part = [r for r in rows if r["split"] == split]
+            if part:
+                lines.append(f"split {split or '(none)'}: {len(part)} ({_counts(r['label'] for r in part)})")
+        folds = Counter(r["fold"] for r in rows if r["fold"] >= 0)
+        if folds:
+            lines.append("folds: " + ", ".join(f"{k}: {v}" for k, v in sorted(folds.items())))
+    n_masks = sum(len(r["masks"]) for r in rows)
+    multi = sum(len(r["masks"]) > 1 for r in rows)
+    empty = sum(not r["masks"] for r in rows)
+    lines.append(f"mask files: {n_masks} ({multi} records with more than one, {empty} with none)")
+    if sizes and rows:
+        shapes = []
+        for r in rows:
+            try:
+                shapes.append(image_size(r["image"]))
+            except FileError as e:
+                skipped.append((e.path, e.reason))
+        if shapes:
+            hs, ws = [s[0] for s in shapes], [s[1] for s in shapes]
+            lines.append(f"image size: H {min(hs)}-{max(hs)}, W {min(ws)}-{max(ws)} px")
+    lines.append(f"skipped: {len(skipped)}")
+    lines += [f"  {path}: {reason}" for path, reason in skipped[:max_skipped]]
+    if len(skipped) > max_skipped:
+        lines.append(f"  and {len(skipped) - max_skipped} more")
+    return "\n".join(lines)

@@ -1,0 +1,261 @@
+"""The Trainer: one loop for every design, objective and mode, with EMA, validation and exact resume.
+
+Run directory layout (the seam to the Predictor):
+    config.yaml                 the full config used, with the resolved channel count
+    checkpoints/last.safetensors  written every ``val_every`` steps, on Ctrl-C / SIGTERM and at the end
+    checkpoints/best.safetensors  the step with the highest validation Dice so far
+    log.csv                     step, losses, validation Dice, elapsed seconds
+    summary.json                what the run reached
+Validation: the EMA weights sample each validation image once (``train.val_samples``) with a fixed seed and a
+few-step sampler; masks are thresholded at 0.5 and Dice is averaged per image at the training resolution.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import signal
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data.dataset import SplitData, load_rows, select_rows
+from ..data.manifest import Manifest
+from ..data.transforms import Augment
+from ..diffusion.objectives import build_objective
+from ..diffusion.samplers import build_sampler
+from ..errors import LesiondiffError
+from ..io_utils import atomic_write_text
+from ..models import build_model, count_parameters
+from .checkpoint import Checkpoint, save_checkpoint
+
+
+def make_accelerator(device: str | None, mixed_precision: str = "no") -> Accelerator:
+    """cuda, then mps, then cpu, unless ``device`` says otherwise. Multi-GPU comes from ``accelerate launch``."""
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+
+
+def dice_at_threshold(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per-image Dice of probs [N,1,H,W] >= threshold against masks [N,1,H,W] in {-1,+1}; empty vs empty is 1."""
+    pred = (probs >= threshold).flatten(1).float()
+    gt = (masks > 0).flatten(1).float()
+    denom = pred.sum(1) + gt.sum(1)
+    return torch.where(denom == 0, torch.ones_like(denom), 2 * (pred * gt).sum(1) / denom.clamp_min(1))
+
+
+class EMA:
+    """Exponential moving average of the weights, with the usual warm-up decay min(d, (1+n)/(10+n))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | Path, device: str | None = None, resume: bool = False) -> None:
+        self.out = Path(out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        last = self.ckpt_dir / "last.safetensors"
+        if resume and not last.is_file():
+            raise LesiondiffError(f"{last}: checkpoint not found; nothing to resume")
+        if not resume and last.is_file():
+            raise LesiondiffError(f"{self.out}: already holds a run; pass --resume to continue it or choose another --out")
+        self.cfg = cfg
+        self.accelerator = make_accelerator(device, cfg.train.mixed_precision)
+        self.device = self.accelerator.device
+        torch.manual_seed(cfg.train.seed)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+
+        manifest = Manifest.read(cfg.data.manifest)
+        self.train_data = load_rows(select_rows(manifest, cfg.data, "train"), cfg.data, cfg.data.channels,
+                                    desc="loading train")
+        cfg.data.channels = self.train_data.images.shape[1]
+        val_rows = select_rows(manifest, cfg.data, "val")[: cfg.data.val_max_images]
+        self.val_data = load_rows(val_rows, cfg.data, cfg.data.channels, desc="loading val") if val_rows else None
+
+        model = build_model(cfg, cfg.data.channels)
+        self.n_params = count_parameters(model)
+        self.ema = EMA(model, cfg.train.ema_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ema.model.to(self.device)
+        self.objective = build_objective(cfg.diffusion)
+        self.val_sampler = build_sampler(cfg.train.val_sampler, cfg.diffusion)
+        self.augment = Augment(cfg.data.augment) if cfg.data.augment else None
+
+        self.step, self.best, self.best_step, self.elapsed = 0, -1.0, -1, 0.0
+        self.perm, self.pos = torch.randperm(len(self.train_data), generator=self.gen), 0
+        self.log_rows: list[dict] = []
+        if resume:
+            self._restore(Checkpoint(last))
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+        cfg.save(self.out / "config.yaml")
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def _next_batch(self) -> dict:
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        need = self.cfg.train.batch_size * world
+        if self.pos + need > len(self.perm):
+            self.perm, self.pos = torch.randperm(len(self.train_data), generator=self.gen), 0
+        index = self.perm[self.pos: self.pos + need][rank::world]
+        self.pos += need
+        batch = self.train_data.batch(index)
+        if self.augment is not None:
+            pairs = [self.augment(im, m, self.gen) for im, m in zip(batch["image"], batch["mask"])]
+            batch = {"image": torch.stack([p[0] for p in pairs]), "mask": torch.stack([p[1] for p in pairs])}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"step": self.step, "pos": self.pos, "best": self.best, "best_step": self.best_step,
+                "elapsed": self.elapsed, "preset": self.cfg.preset}
+
+    def _save(self, name: str) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        rng = {"torch": torch.get_rng_state(), "gen": self.gen.get_state(), "perm": self.perm}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_checkpoint(self.ckpt_dir / f"{name}.safetensors", self.accelerator.unwrap_model(self.model),
+                        self.ema.model, self.optimizer, rng, self._state())
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        ckpt.load_module(self.accelerator.unwrap_model(self.model), "model")
+        ckpt.load_module(self.ema.model, "ema")
+        ckpt.load_optimizer(self.optimizer)
+        rng = ckpt.rng()
+        torch.set_rng_state(rng["torch"])
+        self.gen.set_state(rng["gen"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        self.perm = rng["perm"]
+        s = ckpt.state
+        self.step, self.pos, self.best, self.best_step, self.elapsed = (
+            s["step"], s["pos"], s["best"], s["best_step"], s["elapsed"])
+        log = self.out / "log.csv"
+        if log.is_file():
+            with log.open() as f:
+                self.log_rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+
+    def _write_log(self) -> None:
+        if not self.accelerator.is_main_process or not self.log_rows:
+            return
+        keys = list(dict.fromkeys(k for r in self.log_rows for k in r))
+        lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in self.log_rows]
+        atomic_write_text(self.out / "log.csv", "\n".join(lines) + "\n")
+
+    # ---- validation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, data: SplitData | None = None, chunk: int = 16) -> float:
+        data = data if data is not None else self.val_data
+        if data is None:
+            return float("nan")
+        model = self.ema.model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed)
+        dices = []
+        for start in range(0, len(data), chunk):
+            batch = data.batch(torch.arange(start, min(start + chunk, len(data))), self.device)
+            probs = self.val_sampler(model, batch["image"], self.cfg.train.val_samples, self.cfg.train.val_steps, gen)
+            dices.append(dice_at_threshold(probs.mean(1), batch["mask"]))
+        return float(torch.cat(dices).mean())
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg.train
+        stop = {"signal": None}
+
+        def on_term(signum, frame):  # turn a kill into the same clean stop as Ctrl-C
+            stop["signal"] = signum
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
+        t_start = time.perf_counter() - self.elapsed
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.cfg.preset}", unit="step",
+                   disable=not self.accelerator.is_main_process)
+        status, running = "finished", {}
+        try:
+            while self.step < cfg.steps:
+                self.model.train()
+                batch = self._next_batch()
+                b = batch["mask"].shape[0]
+                t = torch.randint(0, self.cfg.diffusion.num_train_timesteps, (b,), generator=self.gen).to(self.device)
+                noise = torch.randn(batch["mask"].shape, generator=self.gen).to(self.device)
+                with self.accelerator.autocast():
+                    loss = self.objective(self.model, batch, t, noise)
+                self.accelerator.backward(loss.total)
+                if cfg.grad_clip > 0:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.ema.update(self.accelerator.unwrap_model(self.model), self.step)
+                self.step += 1
+                self.elapsed = time.perf_counter() - t_start
+                for k, v in {"loss": loss.total.detach(), **loss.parts}.items():
+                    running[k] = running.get(k, 0.0) + float(v)
+                bar.update(1)
+                out_of_time = self.elapsed >= budget
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
+                    n = cfg.log_every if self.step % cfg.log_every == 0 else max(1, self.step % cfg.log_every)
+                    row = {"step": self.step, **{k: f"{v / n:.5f}" for k, v in running.items()},
+                           "elapsed_s": f"{self.elapsed:.1f}"}
+                    running = {}
+                    if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
+                        row["val_dice"] = f"{self._validate_and_save():.4f}"
+                    self.log_rows.append(row)
+                    self._write_log()
+                    bar.set_postfix(loss=row["loss"], val_dice=f"{self.best:.3f}")
+                if out_of_time:
+                    status = "time budget reached"
+                    break
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._save("last")
+            self._write_log()
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+        summary = self._summary(status)
+        if status == "interrupted":
+            summary["message"] = (f"interrupted at step {self.step}; continue with: lesiondiff train --out {self.out} "
+                                  "--resume")
+        return summary
+
+    def _validate_and_save(self) -> float:
+        dice = self.validate()
+        improved = self.val_data is None or dice > self.best
+        if improved:
+            self.best, self.best_step = (dice if self.val_data is not None else -1.0), self.step
+        self._save("last")
+        if improved:
+            self._save("best")
+        return dice
+
+    def _summary(self, status: str) -> dict:
+        summary = {
+            "status": status, "preset": self.cfg.preset, "step": self.step, "steps": self.cfg.train.steps,
+            "elapsed_s": round(self.elapsed, 1), "parameters": self.n_params,
+            "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
+            "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
+            "val_protocol": (f"EMA weights, {self.cfg.train.val_sampler} {self.cfg.train.val_steps} steps, "
+                             f"{self.cfg.train.val_samples} sample(s), seed {self.cfg.train.seed}, threshold 0.5, "
+                             f"per-image mean Dice at {self.cfg.data.size} px on split "
+                             f"{self.cfg.data.val_split if self.cfg.data.fold is None else f'fold {self.cfg.data.fold}'}"),
+        }
+        if self.accelerator.is_main_process:
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        return summary

@@ -1,0 +1,111 @@
+"""The command line as a user meets it: one-line errors naming the file, non-zero exits, no tracebacks."""
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lesiondiff.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for needle in needles:
+        assert str(needle) in err
+
+
+def generic_folder(root, n=4, size=32):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        img = (np.random.default_rng(i).random((size, size)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"case{i}.png")
+        mask = np.zeros((size, size), np.uint8)
+        mask[8:20, 8:20] = 255
+        Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
+    return root
+
+
+def test_index_generic_folder_writes_manifest(tmp_path, capsys):
+    root = generic_folder(tmp_path / "d", n=10)
+    code, out, _ = run(capsys, "data", "index", root, "-o", tmp_path / "m.csv", "--seed", "1")
+    assert code == 0 and (tmp_path / "m.csv").is_file()
+    assert "generic" in out and "seed 1" in out
+
+
+def test_corrupt_image_stops_or_is_skipped(tmp_path, capsys):
+    root = generic_folder(tmp_path / "d", n=6)
+    bad = root / "images" / "case2.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    code, _, err = run(capsys, "data", "index", root, "-o", tmp_path / "m.csv")
+    assert_one_line_error(code, err, bad)
+    code, out, _ = run(capsys, "data", "index", root, "-o", tmp_path / "m.csv", "--skip-bad")
+    assert code == 0 and "case2" in out
+
+
+def test_mask_size_mismatch_names_the_mask(tmp_path, capsys):
+    root = generic_folder(tmp_path / "d", n=4)
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "masks" / "case1.png")
+    code, _, err = run(capsys, "data", "index", root, "-o", tmp_path / "m.csv")
+    assert_one_line_error(code, err, root / "masks" / "case1.png")
+
+
+def test_empty_and_unrecognised_folders(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "data", "index", tmp_path / "empty", "-o", tmp_path / "m.csv")
+    assert_one_line_error(code, err, tmp_path / "empty", "empty")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "notes.txt").write_text("hello")
+    code, _, err = run(capsys, "data", "index", tmp_path / "odd", "-o", tmp_path / "m.csv")
+    assert_one_line_error(code, err, tmp_path / "odd", "unrecognised layout")
+
+
+def test_missing_checkpoint_and_run(tmp_path, capsys):
+    code, _, err = run(capsys, "predict", "--run", tmp_path / "nope", tmp_path, "--out", tmp_path / "p")
+    assert_one_line_error(code, err, tmp_path / "nope")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(__file__, run_dir / "unused.txt")
+    from lesiondiff.config import load_preset
+
+    load_preset("ensemdiff").save(run_dir / "config.yaml")
+    code, _, err = run(capsys, "predict", "--run", run_dir, tmp_path, "--out", tmp_path / "p")
+    assert_one_line_error(code, err, "last.safetensors", "checkpoint not found")
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    root = generic_folder(tmp_path / "d", n=6)
+    run(capsys, "data", "index", root, "-o", tmp_path / "m.csv")
+    code, _, err = run(capsys, "train", "--preset", "ensemdiff", "--manifest", tmp_path / "m.csv", "--out",
+                       tmp_path / "r", "train.stepz=3")
+    assert_one_line_error(code, err, "train.stepz")
+    code, _, err = run(capsys, "train", "--preset", "nope", "--manifest", tmp_path / "m.csv", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "unknown preset 'nope'")
+
+
+def test_missing_manifest_and_resume_without_run(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--preset", "ensemdiff", "--manifest", tmp_path / "none.csv", "--out",
+                       tmp_path / "r")
+    assert_one_line_error(code, err, tmp_path / "none.csv")
+    code, _, err = run(capsys, "train", "--out", tmp_path / "r", "--resume")
+    assert_one_line_error(code, err, tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_small(tmp_path, capsys):
+    code, out, _ = run(capsys, "demo", "--out", tmp_path / "demo", "--n", "40", "--minutes", "0.1", "--size", "32",
+                       "model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+                       "sample.steps=2", "sample.samples=2", "train.val_every=5")
+    assert code == 0
+    assert (tmp_path / "demo/report.html").is_file() and (tmp_path / "demo/figures/examples.png").is_file()
+    html = (tmp_path / "demo/report.html").read_text()
+    assert "threshold 0.5" in html and "mean +- population std" in html
+    assert "fused Dice" in out
