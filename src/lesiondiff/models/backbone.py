@@ -62,7 +62,11 @@ class UNetBody(nn.Module):
                 if attn:
                     blocks.append(AttentionBlock(c, groups=num_groups))
             self.up.append(blocks)
-            self.upsample.append(Upsample(c) if level > 0 else nn.Identity())
+            if level > 0:
+                self.upsample.append(Upsample(c, chans[level - 1]))
+                cin = chans[level - 1]
+            else:
+                self.upsample.append(nn.Identity())
         self.out = nn.Sequential(norm(cin, num_groups), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
         self.multiple = 2 ** (len(chans) - 1)
 

@@ -94,9 +94,15 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """3x3 convolution from ``cin`` to ``cout`` channels at the coarse resolution, then nearest 2x upsampling.
+
+    Convolving before upsampling costs a quarter of convolving after it; at the finest level, where most of a
+    U-Net's time goes, that is the largest single saving of this body.
+    """
+
+    def __init__(self, cin: int, cout: int | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(cin, cout or cin, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return F.interpolate(self.conv(x), scale_factor=2.0, mode="nearest")
