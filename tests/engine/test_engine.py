@@ -86,7 +86,7 @@ def test_train_predict_evaluate(manifest, tmp_path, preset, fusion):
         samples = npz["samples"]
         assert samples.shape == (3, 32, 32)
         if preset == "unet":  # a feed-forward U-Net ignores the noise: its samples are identical
-            assert np.array_equal(samples[0], samples[1])
+            assert np.allclose(samples[0], samples[1], atol=2e-3)
         assert np.allclose(npz["coherence"], samples.astype(np.float32).mean(0), atol=1e-3)
     summary = evaluate(tmp_path / "pred", manifest, "test")
     assert summary["n_images"] == len(items)
