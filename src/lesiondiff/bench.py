@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from .config import load_preset
-from .diffusion.samplers import build_sampler
+from .diffusion.samplers import auto_max_batch, build_sampler
 from .models import build_model, count_parameters
 
 MONAI_CANDIDATES = [(32, 64, 64, 64), (32, 64, 96, 96), (32, 64, 128, 128), (64, 64, 128, 128)]
@@ -120,12 +120,15 @@ def bench_size(cfg, size: int, channels: int, samples: int, batch: int, sample_s
         t_s = torch.zeros(samples, dtype=torch.long, device=dev)
         row["ms_per_image_nfe_in_batch"] = 1000 * _median_time(lambda: model.denoise(x_s, t_s, cond_s),
                                                                repeats) / samples
-    sampler = build_sampler(cfg.sample.sampler, cfg.diffusion)
+    one_batch = build_sampler(cfg.sample.sampler, cfg.diffusion, max_batch=samples)
+    chunked = build_sampler(cfg.sample.sampler, cfg.diffusion)  # the default: automatic chunks
     gen = torch.Generator().manual_seed(0)
-    batched = _median_time(lambda: sampler(model, img, samples, sample_steps, gen), repeats)
-    single = _median_time(lambda: [sampler(model, img, 1, sample_steps, gen) for _ in range(samples)], repeats)
-    row.update({"sample_steps": sample_steps, "batched_s": batched, "singles_s": single,
-                "batched_over_singles": batched / single})
+    batched = _median_time(lambda: one_batch(model, img, samples, sample_steps, gen), repeats)
+    auto = _median_time(lambda: chunked(model, img, samples, sample_steps, gen), repeats)
+    single = _median_time(lambda: [one_batch(model, img, 1, sample_steps, gen) for _ in range(samples)], repeats)
+    row.update({"sample_steps": sample_steps, "batched_s": batched, "auto_s": auto, "singles_s": single,
+                "auto_max_batch": auto_max_batch(size, size), "batched_over_singles": batched / single,
+                "auto_over_singles": auto / single})
     return row
 
 
@@ -142,4 +145,5 @@ def _print_row(r: dict) -> None:
     print(f"  network evaluation: {r['ms_per_nfe_batch1']:.1f} ms at batch 1, "
           f"{r['ms_per_image_nfe_in_batch']:.1f} ms per image in a batch of {r['samples']}")
     print(f"  S={r['samples']} samples x {r['sample_steps']} steps: batched {r['batched_s']:.2f} s vs "
-          f"{r['samples']} single runs {r['singles_s']:.2f} s -> {r['batched_over_singles']:.2f}x")
+          f"{r['samples']} single runs {r['singles_s']:.2f} s -> {r['batched_over_singles']:.2f}x; "
+          f"default chunks of {r['auto_max_batch']}: {r['auto_s']:.2f} s -> {r['auto_over_singles']:.2f}x")

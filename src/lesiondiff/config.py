@@ -80,6 +80,7 @@ class SampleConfig:
     samples: int = 5
     threshold: float = 0.5
     seed: int = 0
+    max_batch: int = 0  # most samples per network evaluation; 0: automatic by image size (see samplers.py)
 
 
 @dataclass

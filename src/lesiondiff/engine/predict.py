@@ -104,7 +104,7 @@ class Predictor:
         self.cfg = cfg
         self.model = model
         self.device = next(model.parameters()).device
-        self.sampler = build_sampler(cfg.sample.sampler, cfg.diffusion)
+        self.sampler = build_sampler(cfg.sample.sampler, cfg.diffusion, cfg.sample.max_batch)
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | None = None,

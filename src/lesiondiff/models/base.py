@@ -62,23 +62,38 @@ class Denoiser(nn.Module):
         return self.denoise(x_t, t, self.encode(image))
 
     @staticmethod
-    def repeat_condition(condition: Condition, repeats: int) -> Condition:
-        """Repeat every tensor of a condition ``repeats`` times along the batch (image-major order)."""
+    def take_condition(condition: Condition, index: torch.Tensor) -> Condition:
+        """Rows ``index`` of every tensor of a condition (a tensor, or a dict/list/tuple of them)."""
+        if isinstance(condition, torch.Tensor):
+            return condition.index_select(0, index)
+        if isinstance(condition, dict):
+            return {k: Denoiser.take_condition(v, index) for k, v in condition.items()}
+        if isinstance(condition, (list, tuple)):
+            return type(condition)(Denoiser.take_condition(v, index) for v in condition)
+        return condition
+
+    @staticmethod
+    def repeat_condition(condition: Condition, repeats: int, batch: int | None = None) -> Condition:
+        """Repeat every tensor of a condition ``repeats`` times along the batch, image-major."""
         if repeats == 1:
             return condition
-        if isinstance(condition, torch.Tensor):
-            return condition.repeat_interleave(repeats, dim=0)
-        if isinstance(condition, dict):
-            return {k: Denoiser.repeat_condition(v, repeats) for k, v in condition.items()}
-        if isinstance(condition, (list, tuple)):
-            return type(condition)(Denoiser.repeat_condition(v, repeats) for v in condition)
-        return condition
+        if batch is None:
+            batch = _first_tensor(condition).shape[0]
+        device = _first_tensor(condition).device
+        return Denoiser.take_condition(condition, torch.arange(batch, device=device).repeat_interleave(repeats))
 
     def head_output(self, y: torch.Tensor, aux: dict | None = None) -> DenoiserOutput:
         """Place a single head's output where ``prediction`` says it belongs."""
         if self.prediction == "epsilon":
             return DenoiserOutput(eps=y, aux=aux or {})
         return DenoiserOutput(x0=y, aux=aux or {})
+
+
+def _first_tensor(condition: Condition) -> torch.Tensor:
+    if isinstance(condition, torch.Tensor):
+        return condition
+    values = condition.values() if isinstance(condition, dict) else condition
+    return next(_first_tensor(v) for v in values)
 
 
 def count_parameters(model: nn.Module) -> int:
