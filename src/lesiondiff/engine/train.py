@@ -185,7 +185,8 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, on_term)
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         t_start = time.perf_counter() - self.elapsed
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.cfg.preset}", unit="step",
+        desc = f"train {self.cfg.preset}" + (f" (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes > 0 else "")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step",
                    disable=not self.accelerator.is_main_process)
         status, running = "finished", {}
         try:
@@ -218,7 +219,7 @@ class Trainer:
                         row["val_dice"] = f"{self._validate_and_save():.4f}"
                     self.log_rows.append(row)
                     self._write_log()
-                    bar.set_postfix(loss=row["loss"], val_dice=f"{self.best:.3f}")
+                    bar.set_postfix(loss=row["loss"], **({"best_val_dice": f"{self.best:.3f}"} if self.best >= 0 else {}))
                 if out_of_time:
                     status = "time budget reached"
                     break
