@@ -20,7 +20,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lesiondiff", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lesiondiff", description="Diffusion-model segmentation of lesions in 2D medical images.",
+        epilog="Run 'lesiondiff COMMAND --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="index a dataset folder or generate phantoms").add_subparsers(
