@@ -22,16 +22,18 @@ class UNetBody(nn.Module):
 
     def __init__(
         self,
-        base_channels: int,
-        channel_mult: list[int],
-        num_res_blocks: int,
-        attention_levels: list[bool],
-        out_channels: int,
-        temb_dim: int | None,
+        base_channels: int = 32,
+        channel_mult: list[int] = (1, 2, 4, 4),
+        num_res_blocks: int = 1,
+        attention_levels: list[bool] = (False, False, False, True),
         num_groups: int = 8,
         dropout: float = 0.0,
+        *,
+        out_channels: int = 1,
+        temb_dim: int | None = None,
     ) -> None:
         super().__init__()
+        channel_mult, attention_levels = list(channel_mult), list(attention_levels)
         if len(attention_levels) != len(channel_mult):
             raise ValueError("attention_levels needs one entry per channel_mult level")
         chans = [base_channels * m for m in channel_mult]

@@ -20,25 +20,15 @@ from .blocks import TimeEmbedding
 
 @MODELS.register("ensemdiff")
 class EnsemDiff(Denoiser):
-    def __init__(
-        self,
-        image_channels: int,
-        base_channels: int = 32,
-        channel_mult: list[int] = (1, 2, 4, 4),
-        num_res_blocks: int = 1,
-        attention_levels: list[bool] = (False, False, False, True),
-        num_groups: int = 8,
-        dropout: float = 0.0,
-        prediction: str = "epsilon",
-    ) -> None:
+    def __init__(self, image_channels: int, prediction: str = "epsilon", base_channels: int = 32, **body) -> None:
+        """``body``: the UNetBody layout (channel_mult, num_res_blocks, attention_levels, num_groups, dropout)."""
         super().__init__()
         self.prediction = prediction
         temb_dim = 4 * base_channels
         self.time = TimeEmbedding(base_channels, temb_dim)
         self.mask_in = nn.Conv2d(1, base_channels, 3, padding=1)
         self.image_in = nn.Conv2d(image_channels, base_channels, 3, padding=1, bias=False)
-        self.body = UNetBody(base_channels, list(channel_mult), num_res_blocks, list(attention_levels), 1,
-                             temb_dim, num_groups, dropout)
+        self.body = UNetBody(base_channels, temb_dim=temb_dim, **body)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_in(image)

@@ -17,23 +17,13 @@ from .base import MODELS, Denoiser, DenoiserOutput
 class UNet(Denoiser):
     prediction = "x0"
 
-    def __init__(
-        self,
-        image_channels: int,
-        base_channels: int = 32,
-        channel_mult: list[int] = (1, 2, 4, 4),
-        num_res_blocks: int = 1,
-        attention_levels: list[bool] = (False, False, False, True),
-        num_groups: int = 8,
-        dropout: float = 0.0,
-        prediction: str = "x0",
-    ) -> None:
+    def __init__(self, image_channels: int, prediction: str = "x0", base_channels: int = 32, **body) -> None:
+        """``body``: the UNetBody layout (channel_mult, num_res_blocks, attention_levels, num_groups, dropout)."""
         super().__init__()
         if prediction != "x0":
             raise ValueError("the feed-forward U-Net predicts x0 only")
         self.image_in = nn.Conv2d(image_channels, base_channels, 3, padding=1)
-        self.body = UNetBody(base_channels, list(channel_mult), num_res_blocks, list(attention_levels), 1,
-                             None, num_groups, dropout)
+        self.body = UNetBody(base_channels, **body)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_in(image)
