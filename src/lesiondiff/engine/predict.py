@@ -6,6 +6,8 @@ coherence (mean), ambiguity (variance) and entropy maps, and writes, under ``out
     <id>_probs.npz      samples [S,h,w] float16 at the network size, fused/coherence/ambiguity/entropy [h,w],
                         original_size, threshold
     <id>_overlay.png    the image with the fused contour (yellow) and the ambiguity map (red), long side <= 1024 px
+    <id>_maps.png       coherence (viridis, 0..1), ambiguity (magma, 0..0.25) and entropy (magma, 0..1 bit) side
+                        by side, each at the overlay's size
     predictions.csv     one row per image: id, source image, output files, and how they were made
 The fused probability is computed at the network size and resized (bilinear) to the original size before
 thresholding. Each image's noise is seeded from the run seed and the image id, so results do not depend on
@@ -145,10 +147,11 @@ class Predictor:
         buffer = _io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write(out / f"{pred.id}_probs.npz", lambda tmp: tmp.write_bytes(buffer.getvalue()))
-        write_png(out / f"{pred.id}_overlay.png", overlay(pred.image, fused_full >= thr,
-                                                          resize_prob(arrays["ambiguity"], pred.original_size)))
+        over = overlay(pred.image, fused_full >= thr, resize_prob(arrays["ambiguity"], pred.original_size))
+        write_png(out / f"{pred.id}_overlay.png", over)
+        write_png(out / f"{pred.id}_maps.png", uncertainty_panel(arrays, over.shape[:2]))
         return {"id": pred.id, "mask": f"{pred.id}_mask.png", "probs": f"{pred.id}_probs.npz",
-                "overlay": f"{pred.id}_overlay.png"}
+                "overlay": f"{pred.id}_overlay.png", "maps": f"{pred.id}_maps.png"}
 
     def run(self, items: list[tuple[str, str]], out: str | Path, checkpoint: str = "") -> list[dict]:
         out = Path(out)
@@ -163,12 +166,24 @@ class Predictor:
                 "threshold": s.threshold, "seed": s.seed, "size": self.cfg.data.size, "checkpoint": checkpoint,
                 "preset": self.cfg.preset}
         buffer = _io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["id", "image", "mask", "probs", "overlay"])
+        writer = csv.DictWriter(buffer, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(out / "predictions.csv", buffer.getvalue())
         atomic_write_text(out / "predict.json", json.dumps(meta, indent=2))
         return rows
+
+
+def uncertainty_panel(maps: dict[str, np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 [h, 3w + 8]: coherence, ambiguity and entropy, colour-mapped on fixed ranges and resized to hw."""
+    from matplotlib import colormaps
+
+    panels = []
+    for key, cmap, top in (("coherence", "viridis", 1.0), ("ambiguity", "magma", 0.25), ("entropy", "magma", 1.0)):
+        values = np.clip(resize_prob(maps[key], hw) / top, 0, 1)
+        panels.append((colormaps[cmap](values)[..., :3] * 255).astype(np.uint8))
+        panels.append(np.full((hw[0], 4, 3), 255, np.uint8))
+    return np.concatenate(panels[:-1], axis=1)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, amb: np.ndarray, max_side: int = 1024) -> np.ndarray:
