@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .data.dataset import mask_paths
 from .data.io import read_image, read_masks
@@ -72,8 +73,6 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
             maps = {k: resize_prob(npz[k], image.shape[:2]) for k in ("coherence", "ambiguity", "entropy")}
         gt_paths = mask_paths(row) if "masks" in row else []
         gt = read_masks(gt_paths, shape=image.shape[:2]) if gt_paths else None
-        from PIL import Image
-
         over = np.asarray(Image.open(pred_dir / p["overlay"]).convert("RGB"))
         cells = [(image[..., 0] if image.shape[2] == 1 else image / 255.0, "gray", None),
                  (gt if gt is not None else np.zeros(image.shape[:2]), "gray", None),
