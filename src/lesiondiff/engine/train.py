@@ -246,13 +246,18 @@ class Trainer:
             self._save("best")
         return dice
 
+    def _val_sampling(self) -> str:
+        if self.cfg.diffusion.mode == "feedforward":
+            return "one network evaluation (feed-forward)"
+        return f"{self.cfg.train.val_sampler} {self.cfg.train.val_steps} steps"
+
     def _summary(self, status: str) -> dict:
         summary = {
             "status": status, "preset": self.cfg.preset, "step": self.step, "steps": self.cfg.train.steps,
             "elapsed_s": round(self.elapsed, 1), "parameters": self.n_params,
             "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
-            "val_protocol": (f"EMA weights, {self.cfg.train.val_sampler} {self.cfg.train.val_steps} steps, "
+            "val_protocol": (f"EMA weights, {self._val_sampling()}, "
                              f"{self.cfg.train.val_samples} sample(s), seed {self.cfg.train.seed}, threshold 0.5, "
                              f"per-image mean Dice at {self.cfg.data.size} px on split "
                              f"{self.cfg.data.val_split if self.cfg.data.fold is None else f'fold {self.cfg.data.fold}'}"),
