@@ -40,8 +40,8 @@ def start_noise(shape: tuple[int, ...], generator: torch.Generator | None, devic
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
-# Measured on a 2-core CPU (benchmarks/speed.py): 10 samples in one batch cost 0.58x of 10 single runs at 64 px
-# and 0.78x at 128 px, but 1.38x at 256 px, where a batch no longer fits the caches. Batches are therefore cut
+# Measured on a 2-core CPU (benchmarks/speed.py): 10 samples in one batch cost 0.60x of 10 single runs at 64 px
+# and 0.80x at 128 px, but 1.32x at 256 px, where a batch no longer fits the caches. Batches are therefore cut
 # into chunks of at most this many pixels unless ``max_batch`` says otherwise.
 AUTO_BATCH_PIXELS = 10 * 128 * 128
 
