@@ -64,8 +64,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         with np.load(pred_dir / p["probs"]) as npz:
             samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
             coh = resize_prob(npz["coherence"], gt.shape)
-        if threshold is not None:
-            with np.load(pred_dir / p["probs"]) as npz:
+            if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
                 fused = resize_prob(npz["fused"], gt.shape) >= thr
         label = row.get("label", "")
         per_image.append({"id": row["id"], "label": label, "which": "fused", **binary_metrics(fused, gt)})
