@@ -30,7 +30,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..data.io import read_image, write_mask_png, write_png
+from ..data.io import is_image_file, read_image, split_name, write_mask_png, write_png
 from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
 from ..diffusion.samplers import build_sampler
@@ -41,8 +41,6 @@ from ..models import Denoiser, build_model
 from ..uncertainty import ambiguity, coherence, entropy
 from .checkpoint import Checkpoint
 from .train import make_accelerator
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".nii", ".gz", ".dcm"}
 
 
 @dataclass
@@ -81,13 +79,13 @@ def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | 
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and "_mask" not in f.stem)
+            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
+                           and "_mask" not in split_name(f.name)[0])
             if not files:
                 raise LesiondiffError(f"{p}: empty folder (no images found)")
-            items += [(f.stem, str(f)) for f in files]
+            items += [(split_name(f.name)[0], str(f)) for f in files]
         elif p.is_file():
-            items.append((p.stem, str(p)))
+            items.append((split_name(p.name)[0], str(p)))
         else:
             raise LesiondiffError(f"{p}: no such file or folder")
     if not items:
