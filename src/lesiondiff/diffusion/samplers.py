@@ -24,7 +24,7 @@ from diffusers import (
 from ..config import DiffusionConfig
 from ..models.base import Denoiser, DenoiserOutput
 from ..registry import Registry
-from .schedules import scheduler_config
+from .schedules import alphas_cumprod, scheduler_config
 
 SAMPLERS = Registry("sampler")
 
@@ -164,13 +164,17 @@ class OneShotSampler(Sampler):
     recovered as (x_t - sqrt(1 - abar) eps) / sqrt(abar) and mapped to [0,1]. ``steps`` is ignored.
     """
 
+    def __init__(self, cfg: DiffusionConfig, max_batch: int = 0) -> None:
+        super().__init__(cfg, max_batch)
+        self.abar_last = alphas_cumprod(cfg)[-1]
+
     def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
         t_last = self.cfg.num_train_timesteps - 1
         tt = torch.full((x.shape[0],), t_last, device=x.device, dtype=torch.long)
         out = model.denoise(x, tt, condition)
         if model.prediction != "epsilon":
             return torch.sigmoid(out.x0)
-        abar = DDPMScheduler(**scheduler_config(self.cfg)).alphas_cumprod[t_last].to(x.device)
+        abar = self.abar_last.to(x.device)
         x0 = ((x - (1 - abar).sqrt() * out.eps) / abar.sqrt()).clamp(-1, 1)
         return (x0 + 1) / 2
 
