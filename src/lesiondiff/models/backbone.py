@@ -1,9 +1,14 @@
-"""A lean residual U-Net body shared by the concatenation designs (EnsemDiff, the feed-forward U-Net).
+"""A lean residual U-Net body shared by the designs (EnsemDiff, SegDiff, MedSegDiff, the feed-forward U-Net).
 
 Compared with the improved-diffusion U-Net (and MONAI's DiffusionModelUNet) it keeps one skip connection per
 resolution level instead of one per block, and puts attention only where ``attention_levels`` asks (by default
 the lowest resolution). Most of the compute of a U-Net is at full resolution; this layout moves the parameters
 to the coarse levels, which is what makes it fast on a CPU at a given parameter count.
+
+Designs with a separate image encoder join it to the body through ``merge(level, h) -> h``, called at the input
+of every encoder level (level 0 at full resolution, after the design's stem; level l after l downsamplings) and
+once more at the input of the bottleneck (level ``len(channel_mult)``). ``level_channels`` and
+``level_strides`` give the channels and the downsampling factor of ``h`` at each of those points.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ class UNetBody(nn.Module):
                 self.upsample.append(nn.Identity())
         self.out = nn.Sequential(norm(cin, num_groups), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
         self.multiple = 2 ** (len(chans) - 1)
+        n = len(chans)
+        self.level_channels = [base_channels] + chans[:-1] + [chans[-1]]
+        self.level_strides = [2 ** min(level, n - 1) for level in range(n + 1)]
 
     @staticmethod
     def _run(blocks: nn.ModuleList, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
@@ -78,12 +86,17 @@ class UNetBody(nn.Module):
             h = block(h, temb) if isinstance(block, ResBlock) else block(h)
         return h
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, merge=None) -> torch.Tensor:
+        """``merge``: optional ``(level, h) -> h`` joining condition features at each level (see the module)."""
         skips = []
-        for blocks, down in zip(self.down, self.downsample):
+        for level, (blocks, down) in enumerate(zip(self.down, self.downsample)):
+            if merge is not None:
+                h = merge(level, h)
             h = self._run(blocks, h, temb)
             skips.append(h)
             h = down(h)
+        if merge is not None:
+            h = merge(len(self.down), h)
         h = self._run(self.mid, h, temb)
         for blocks, up in zip(self.up, self.upsample):
             h = self._run(blocks, torch.cat([h, skips.pop()], dim=1), temb)

@@ -65,7 +65,10 @@ class Denoiser(nn.Module):
     def take_condition(condition: Condition, index: torch.Tensor) -> Condition:
         """Rows ``index`` of every tensor of a condition (a tensor, or a dict/list/tuple of them)."""
         if isinstance(condition, torch.Tensor):
-            return condition.index_select(0, index)
+            rows = condition.index_select(0, index)
+            if condition.dim() == 4 and condition.is_contiguous(memory_format=torch.channels_last):
+                rows = rows.contiguous(memory_format=torch.channels_last)  # index_select drops the layout
+            return rows
         if isinstance(condition, dict):
             return {k: Denoiser.take_condition(v, index) for k, v in condition.items()}
         if isinstance(condition, (list, tuple)):

@@ -1,4 +1,4 @@
-"""Shared building blocks: timestep embedding, residual, attention, up/down sampling.
+"""Shared building blocks: timestep embedding, residual, attention, up/down sampling, RRDB, FF-Parser.
 
 The residual block and attention follow improved-diffusion (Nichol & Dhariwal, 2021), which the
 diffusion-segmentation papers built on. Attention uses ``scaled_dot_product_attention`` so PyTorch picks
@@ -106,3 +106,97 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self.conv(x), scale_factor=2.0, mode="nearest")
+
+
+class DenseBlock(nn.Module):
+    """Five 3x3 convolutions, each seeing the block input and all earlier outputs (ESRGAN's dense block)."""
+
+    def __init__(self, channels: int, growth: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(channels + i * growth, growth, 3, padding=1) for i in range(4)]
+            + [nn.Conv2d(channels + 4 * growth, channels, 3, padding=1)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for conv in self.convs[:-1]:
+            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
+        return self.convs[-1](torch.cat(feats, 1))
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block (Wang et al., ESRGAN, 2018), the unit of SegDiff's image encoder.
+
+    Three dense blocks, each added back to its input scaled by ``beta`` (0.2, as ESRGAN), and the whole added
+    back to the block input scaled by ``beta`` again.
+    """
+
+    def __init__(self, channels: int, growth: int = 16, beta: float = 0.2) -> None:
+        super().__init__()
+        self.beta = beta
+        self.dense = nn.ModuleList([DenseBlock(channels, growth) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for block in self.dense:
+            h = h + self.beta * block(h)
+        return x + self.beta * h
+
+
+class FFParser(nn.Module):
+    """MedSegDiff's feature-frequency parser: ``irfft2(rfft2(x) * W)`` with a learnable complex map W [C,h,w].
+
+    Wu et al. (MIDL 2023) learn W at one fixed feature size. Here W lives on a reference frequency grid of
+    ``size`` x ``size`` pixels (``size // 2 + 1`` columns of the real FFT), stored with its rows centred
+    (fftshift), and is resampled bilinearly to the grid of the features it meets. One module then serves any
+    image size, and a map learnt at one size is the same filter in normalised frequency at another. W starts at
+    1 + 0j, the identity. The FFT runs in float32 with orthonormal scaling.
+    """
+
+    def __init__(self, channels: int, size: int = 32) -> None:
+        super().__init__()
+        self.real = nn.Parameter(torch.ones(channels, size, size // 2 + 1))
+        self.imag = nn.Parameter(torch.zeros(channels, size, size // 2 + 1))
+
+    def filter(self, rows: int, cols: int) -> torch.Tensor:
+        """The complex map resampled to a ``rows`` x ``cols`` real-FFT grid, in FFT (unshifted) row order."""
+        w = torch.stack([self.real, self.imag])  # [2, C, h, w]
+        if w.shape[-2:] != (rows, cols):
+            c = w.shape[1]
+            w = F.interpolate(w.reshape(1, 2 * c, *w.shape[-2:]), size=(rows, cols), mode="bilinear",
+                              align_corners=True).reshape(2, c, rows, cols)
+        w = torch.fft.ifftshift(w, dim=-2)
+        return torch.complex(w[0].float(), w[1].float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        spectrum = torch.fft.rfft2(x.float(), norm="ortho")
+        out = torch.fft.irfft2(spectrum * self.filter(*spectrum.shape[-2:]), s=(h, w), norm="ortho")
+        return out.to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+class ConditionPyramid(nn.Module):
+    """An image encoder whose outputs match a UNetBody's merge points (``level_channels``/``level_strides``).
+
+    ``stem`` maps the image to features at full resolution with ``level_channels[0]`` channels; every further
+    level downsamples (3x3 stride-2 convolution, where the body downsamples) and applies one time-free
+    ResBlock to reach that level's channel count. Returns one feature map per merge point.
+    """
+
+    def __init__(self, stem: nn.Module, level_channels: list[int], level_strides: list[int],
+                 groups: int = 8) -> None:
+        super().__init__()
+        self.stem = stem
+        self.levels = nn.ModuleList()
+        for i in range(1, len(level_channels)):
+            cin, cout = level_channels[i - 1], level_channels[i]
+            down = level_strides[i] > level_strides[i - 1]
+            self.levels.append(nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride=2 if down else 1, padding=1), ResBlock(cin, cout, None, groups)))
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        feats = [self.stem(image)]
+        for level in self.levels:
+            feats.append(level(feats[-1]))
+        return feats
