@@ -114,3 +114,31 @@ def test_ece_bin_edges_hand_computed():
     assert _torchmetrics_ece(probs, targets) == pytest.approx(0.1)
     # perfectly calibrated certain predictions
     assert expected_calibration_error(np.array([0.0, 1.0]), np.array([False, True])) == 0.0
+
+
+def test_reliability_bins_hand_computed_and_pooled_equals_concatenation():
+    from lesiondiff.uncertainty import ece_from_bins, merge_bins, reliability_bins, reliability_table
+
+    probs = np.array([0.5, 0.55, 0.55, 0.0])
+    targets = np.array([1, 0, 1, 0])
+    b = reliability_bins(probs, targets, n_bins=10)
+    assert b["count"].tolist() == [1, 0, 0, 0, 1, 2, 0, 0, 0, 0]  # right-closed: 0.5 in (0.4, 0.5]
+    np.testing.assert_allclose(b["conf_sum"][[0, 4, 5]], [0.0, 0.5, 1.1])
+    assert b["target_sum"][[0, 4, 5]].tolist() == [0, 1, 1]
+    assert ece_from_bins(b) == pytest.approx(expected_calibration_error(probs, targets))
+    table = reliability_table(b)
+    assert table[5] == {"lo": 0.5, "hi": pytest.approx(0.6), "count": 2, "mean_prob": pytest.approx(0.55),
+                        "frac_fg": 0.5}
+    assert table[1]["mean_prob"] is None and table[1]["count"] == 0
+
+    rng = np.random.default_rng(1)
+    images = [(rng.random((h, w)), rng.random((h, w)) < 0.3) for h, w in [(4, 5), (8, 3), (6, 6)]]
+    pooled = merge_bins(reliability_bins(p, t) for p, t in images)
+    concat = expected_calibration_error(np.concatenate([p.ravel() for p, _ in images]),
+                                        np.concatenate([t.ravel() for _, t in images]))
+    assert ece_from_bins(pooled) == pytest.approx(concat, abs=1e-12)
+    assert pooled["count"].sum() == 20 + 24 + 36
+    # the pooled figure weighs pixels, the mean of per-image ECEs weighs images: not the same number
+    assert ece_from_bins(pooled) != pytest.approx(np.mean([expected_calibration_error(p, t) for p, t in images]))
+    with pytest.raises(LesiondiffError, match="merge"):
+        merge_bins([reliability_bins(probs, targets, 10), reliability_bins(probs, targets, 5)])

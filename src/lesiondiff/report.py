@@ -18,7 +18,8 @@ from .io_utils import atomic_path, atomic_write_text
 from .metrics import METRIC_NAMES
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are only written to files)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +31,7 @@ def _pyplot():
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def training_figure(run: Path, path: Path) -> bool:
@@ -41,7 +42,7 @@ def training_figure(run: Path, path: Path) -> bool:
         rows = list(csv.DictReader(f))
     if not rows:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
     steps = [int(r["step"]) for r in rows]
     ax[0].plot(steps, [float(r["loss"]) for r in rows])
@@ -62,7 +63,7 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
                                                              list(preds.items())[:n]]
     if not chosen:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     titles = ["image", "ground truth", "fused mask + ambiguity", "coherence (mean)", "ambiguity (variance)",
               "entropy (bits)"]
     fig, axes = plt.subplots(len(chosen), 6, figsize=(15, 2.6 * len(chosen)), squeeze=False)
@@ -90,6 +91,47 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
     return True
 
 
+def reliability_title(summary: dict) -> str:
+    """The title of a summary's reliability diagram: split, images, S and the pooled ECE."""
+    c = summary["calibration"]
+    return (f"reliability, split {summary['split']}: {summary['n_images']} images, S = {c['n_samples']}, "
+            f"pooled ECE {c['ece_pooled']:.4f}")
+
+
+def reliability_figure(calibration: dict, path: Path, title: str) -> bool:
+    """Reliability diagram of a summary's ``calibration`` section (pooled bins over the split).
+
+    Top: the observed foreground fraction of each non-empty bin, as a bar over the bin's range and as a point
+    at the bin's mean predicted probability (the mean of the S samples), with the diagonal of perfect
+    calibration. Bottom: pixels per bin on a log axis, so the few pixels in the middle bins are
+    visible next to the millions near 0 and 1. Returns False when there are no bins to draw.
+    """
+    bins = calibration.get("bins") or []
+    full = [b for b in bins if b["count"]]
+    if not full:
+        return False
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1.3]})
+    width = bins[0]["hi"] - bins[0]["lo"]
+    top.bar([b["lo"] for b in full], [b["frac_fg"] for b in full], width=width, align="edge", color="#9ecae1",
+            edgecolor="#3182bd", label="observed foreground fraction per bin")
+    top.plot([b["mean_prob"] for b in full], [b["frac_fg"] for b in full], "o-", color="#d62728",
+             label="(mean predicted probability, observed fraction)")
+    top.plot([0, 1], [0, 1], "--", color="0.3", label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed foreground fraction")
+    top.legend(loc="upper left", fontsize=7)
+    top.set_title(f"{title}\nECE per image {calibration['ece_per_image']['mean']:.4f} ± "
+                  f"{calibration['ece_per_image']['std']:.4f}; {calibration['n_bins']} equal-width bins",
+                  fontsize=8)
+    bottom.bar([b["lo"] for b in bins], [max(b["count"], 0) for b in bins], width=width, align="edge",
+               color="0.6", edgecolor="0.3")
+    bottom.set(yscale="log", xlim=(0, 1), xlabel=f"predicted probability ({calibration['probability']})",
+               ylabel="pixels per bin (log)")
+    _save(fig, path)
+    return True
+
+
 def _metrics_table(summary: dict) -> str:
     head = "".join(f"<th>{k}</th>" for k in METRIC_NAMES)
     body = []
@@ -99,6 +141,24 @@ def _metrics_table(summary: dict) -> str:
             cells = "".join(f"<td>{stats[k]['mean']:.3f} &plusmn; {stats[k]['std']:.3f}</td>" for k in METRIC_NAMES)
             body.append(f"<tr><th>{view} / {html.escape(group)}</th>{cells}<td>{n}</td></tr>")
     return f"<table><tr><th>view</th>{head}<th>n</th></tr>{''.join(body)}</table>"
+
+
+def _calibration_html(summary: dict, figs: Path) -> str:
+    """The calibration paragraph and, for summaries that have a ``calibration`` section, its reliability
+    diagram (redrawn from the summary's bins, so it does not matter where the evaluation wrote its own)."""
+    c = summary.get("calibration")
+    if c is None:  # summaries written before the calibration section: the per-image figure only
+        e = summary["uncertainty"]["ece"]
+        return (f"<p>Calibration: ECE per image {e['mean']:.4f} &plusmn; {e['std']:.4f} (10 equal-width bins, "
+                "coherence map).</p>")
+    e = c["ece_per_image"]
+    text = (f"<h3>Calibration</h3><p>ECE of the {html.escape(c['probability'])} (S = {c['n_samples']}), "
+            f"{c['n_bins']} equal-width bins: per image {e['mean']:.4f} &plusmn; {e['std']:.4f} (mean &plusmn; "
+            f"population std over {e['n']} images); pooled over all {c['n_pixels']} pixels of the split "
+            f"{c['ece_pooled']:.4f}.</p>")
+    if reliability_figure(c, figs / "reliability.png", reliability_title(summary)):
+        text += '<img src="figures/reliability.png" alt="reliability diagram">'
+    return text
 
 
 def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str | Path | None = None,
@@ -130,8 +190,8 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
         parts.append(f"<p>Pooled over the split (fused masks, summed pixel counts): Dice {pooled['pooled_dice']:.3f},"
                      f" IoU {pooled['pooled_iou']:.3f}. Uncertainty, per image then averaged: GED "
                      f"{u['ged']['mean']:.3f} &plusmn; {u['ged']['std']:.3f} (d = 1 - IoU, samples vs the ground "
-                     f"truth); ECE {u['ece']['mean']:.4f} &plusmn; {u['ece']['std']:.4f} (10 equal-width bins, "
-                     "coherence map).</p>")
+                     f"truth).</p>")
+        parts.append(_calibration_html(summary, figs))
     if pred_dir is not None:
         rows = Manifest.read(manifest).rows(split=split) if manifest else []
         if examples_figure(Path(pred_dir), rows, figs / "examples.png"):

@@ -15,17 +15,22 @@ Set distances, from binary masks:
   pairwise root-mean-square pixel difference within the output set, i.e. a diversity of the outputs and not a
   distance to the annotations. The two are not comparable and are never reported under the same name.
 
-Calibration: ``expected_calibration_error``, the binary ECE of the foreground probability over all pixels.
+Calibration: ``expected_calibration_error``, the binary ECE of the foreground probability over all pixels, and
+the per-bin sums behind it (``reliability_bins``), which ``merge_bins`` adds up over images so that a pooled,
+dataset-level ECE (``ece_from_bins``) and a reliability diagram come from the same binning.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from scipy.special import entr
 
 from .errors import LesiondiffError
+
+BIN_KEYS: tuple[str, ...] = ("count", "conf_sum", "target_sum")
 
 
 def _samples(probs: Any, name: str = "probs") -> np.ndarray:
@@ -121,36 +126,93 @@ def ged_diffseg(outputs: np.ndarray) -> float:
     return float(d.sum() / n**2)
 
 
-def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 10) -> float:
-    """Binary expected calibration error of foreground probabilities, all pixels pooled (Guo et al. 2017).
+def reliability_bins(probs: np.ndarray, targets: np.ndarray, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Per-bin sums of a reliability diagram: the one binning behind ``expected_calibration_error``.
 
     ``probs`` (any shape, e.g. ``[H,W]`` or ``[N,H,W]``, in [0,1]) is the foreground probability of each pixel
     and ``targets`` (same shape, bool or 0/1) its label. Pixels are put into ``n_bins`` equal-width bins of
-    ``probs``: bin m (1-based) is ``((m-1)/M, m/M]``, with 0 in the first bin. Then
-    ``ECE = sum_m (|B_m|/n) |mean(targets in B_m) - mean(probs in B_m)|`` (L1 norm, empty bins skipped).
+    ``probs``: bin m (1-based) is ``((m-1)/M, m/M]``, with 0 in the first bin. Returns, each ``[n_bins]``:
+
+    - ``count``: pixels in the bin (int64);
+    - ``conf_sum``: sum of their probabilities (float64);
+    - ``target_sum``: number of them that are foreground (float64).
+
+    The sums (not means) are returned so that bins of many images add up exactly (``merge_bins``): a pooled,
+    dataset-level ECE is ``ece_from_bins`` of the merged bins, equal to the ECE of all pixels concatenated.
+    Written in numpy (float64) so that vote fractions such as 0.5 and 1.0, which sit on bin edges, bin as
+    Guo et al. define.
+    """
+    raw = np.asarray(probs)
+    p = raw.astype(np.float64, copy=False).reshape(-1)
+    t = np.asarray(targets)
+    if t.shape != raw.shape:
+        raise LesiondiffError(f"targets shape {t.shape} differs from probs shape {raw.shape}")
+    if p.size == 0:
+        raise LesiondiffError("calibration (ECE, reliability bins) needs at least one pixel")
+    if not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0:
+        raise LesiondiffError("calibration (ECE, reliability bins) expects probabilities in [0,1]")
+    if n_bins < 1:
+        raise LesiondiffError(f"n_bins must be >= 1, got {n_bins}")
+    if t.dtype != bool and not np.isin(t, (0, 1)).all():
+        raise LesiondiffError("calibration (ECE, reliability bins) expects binary targets (bool or 0/1)")
+    t = t.reshape(-1).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges[1:-1], p, side="left")  # right-closed bins, p = 0 in bin 0
+    return {
+        "count": np.bincount(idx, minlength=n_bins).astype(np.int64),
+        "conf_sum": np.bincount(idx, weights=p, minlength=n_bins),
+        "target_sum": np.bincount(idx, weights=t, minlength=n_bins),
+    }
+
+
+def merge_bins(bins: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Element-wise sum of ``reliability_bins`` outputs with the same number of bins (pooling over images)."""
+    total: dict[str, np.ndarray] | None = None
+    for b in bins:
+        if total is not None and len(b["count"]) != len(total["count"]):
+            raise LesiondiffError(f"cannot merge {len(b['count'])} bins into {len(total['count'])}")
+        total = {k: np.asarray(b[k]).copy() for k in BIN_KEYS} if total is None else {
+            k: total[k] + np.asarray(b[k]) for k in BIN_KEYS}
+    if total is None:
+        raise LesiondiffError("merge_bins needs at least one set of bins")
+    return total
+
+
+def ece_from_bins(bins: dict[str, np.ndarray]) -> float:
+    """``ECE = sum_m (|B_m|/n) |mean(targets in B_m) - mean(probs in B_m)|``, from ``reliability_bins`` sums.
+
+    ``|B_m|/n * |acc_m - conf_m|`` equals ``|target_sum_m - conf_sum_m| / n``, so empty bins add 0.
+    """
+    n = int(np.sum(bins["count"]))
+    if n == 0:
+        raise LesiondiffError("calibration (ECE) needs at least one pixel")
+    return float(np.abs(np.asarray(bins["target_sum"]) - np.asarray(bins["conf_sum"])).sum() / n)
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 10) -> float:
+    """Binary expected calibration error of foreground probabilities, all pixels pooled (Guo et al. 2017).
+
+    ``ECE = sum_m (|B_m|/n) |mean(targets in B_m) - mean(probs in B_m)|`` (L1 norm, empty bins skipped) over
+    the equal-width, right-closed bins of ``reliability_bins`` (which states shapes and the binning).
 
     The confidence is the foreground probability itself, not ``max(p, 1-p)``, as in torchmetrics'
     ``binary_calibration_error``; the two agree except for probabilities exactly on a bin edge, which
     torchmetrics puts in the bin above (and 1.0 in a bin of its own). This matches the binning of MONAI's
-    ``calibration_binning`` as implemented (its docstring describes the other side). Written in numpy
-    (float64) so that vote fractions such as 0.5 and 1.0, which sit on bin edges, bin as Guo et al. define.
+    ``calibration_binning`` as implemented (its docstring describes the other side).
     """
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    t = np.asarray(targets)
-    if t.shape != np.asarray(probs).shape:
-        raise LesiondiffError(f"targets shape {t.shape} differs from probs shape {np.asarray(probs).shape}")
-    if p.size == 0:
-        raise LesiondiffError("expected_calibration_error needs at least one pixel")
-    if not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0:
-        raise LesiondiffError("expected_calibration_error expects probabilities in [0,1]")
-    if n_bins < 1:
-        raise LesiondiffError(f"n_bins must be >= 1, got {n_bins}")
-    if t.dtype != bool and not np.isin(t, (0, 1)).all():
-        raise LesiondiffError("expected_calibration_error expects binary targets (bool or 0/1)")
-    t = t.reshape(-1).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.searchsorted(edges[1:-1], p, side="left")  # right-closed bins, p = 0 in bin 0
-    # |B_m|/n * |acc_m - conf_m| = |sum of targets - sum of probs in B_m| / n
-    conf_sum = np.bincount(idx, weights=p, minlength=n_bins)
-    target_sum = np.bincount(idx, weights=t, minlength=n_bins)
-    return float(np.abs(target_sum - conf_sum).sum() / p.size)
+    return ece_from_bins(reliability_bins(probs, targets, n_bins))
+
+
+def reliability_table(bins: dict[str, np.ndarray]) -> list[dict[str, float | int | None]]:
+    """One row per bin of ``reliability_bins`` sums: ``lo``, ``hi`` (the bin is ``(lo, hi]``, the first also
+    holds 0), ``count``, ``mean_prob`` (mean predicted probability) and ``frac_fg`` (observed foreground
+    fraction). ``mean_prob`` and ``frac_fg`` are None for an empty bin (JSON null, not NaN)."""
+    count = np.asarray(bins["count"])
+    edges = np.linspace(0.0, 1.0, len(count) + 1)
+    rows = []
+    for m, n in enumerate(count):
+        n = int(n)
+        rows.append({"lo": float(edges[m]), "hi": float(edges[m + 1]), "count": n,
+                     "mean_prob": float(bins["conf_sum"][m] / n) if n else None,
+                     "frac_fg": float(bins["target_sum"][m] / n) if n else None})
+    return rows

@@ -7,7 +7,16 @@ Every figure is per image at the original image size, thresholded at the predict
   pairs; the expected quality of one draw (PalScDiff, Table 4, "single round");
 - ``pooled``: Dice and IoU of the fused masks from summed pixel counts over the split, labelled as pooled.
 Per class where the manifest has labels. Uncertainty: the standard GED (d = 1 - IoU) between the S samples
-and the one ground truth, and the ECE (10 equal-width bins) of the coherence map, each per image then averaged.
+and the one ground truth, per image then averaged.
+
+Calibration (``summary["calibration"]``; Guo et al. 2017, as "Analysing Diffusion Segmentation" reports it):
+the probability scored is the per-pixel mean of the S samples (the ``coherence`` array of each ``_probs.npz``),
+not the output of the fuser (the two agree for mean fusion, not for majority or STAPLE), resized bilinearly
+to the original image size like the fused mask; 10 equal-width bins, right-closed
+(``uncertainty.reliability_bins``). Two figures, never mixed up: ``ece_per_image`` (the ECE of each image, then mean +- population std over images;
+also kept as ``summary["uncertainty"]["ece"]``) and ``ece_pooled`` (one ECE over every pixel of the split,
+from the bins summed over images, so large images weigh more). The pooled bins are written to the summary
+and drawn as ``reliability.png`` beside it.
 """
 
 from __future__ import annotations
@@ -27,7 +36,11 @@ from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
-from ..uncertainty import expected_calibration_error, ged
+from ..report import reliability_figure, reliability_title
+from ..uncertainty import ece_from_bins, ged, merge_bins, reliability_bins, reliability_table
+
+N_BINS = 10
+PROBABILITY = "mean of the S samples"
 
 
 def read_predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
@@ -43,6 +56,9 @@ def read_predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
 
 def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", out: str | Path | None = None,
              threshold: float | None = None) -> dict:
+    """Score the predictions in ``pred_dir`` against ``split`` of ``manifest`` (module docstring); writes
+    ``metrics.csv``, ``summary.json`` and ``reliability.png`` to ``out`` (default: ``pred_dir``) and returns the
+    summary."""
     pred_dir = Path(pred_dir)
     out = Path(out) if out else pred_dir
     preds, meta = read_predictions(pred_dir)
@@ -55,7 +71,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
                               f"(first: {missing[0]}); predict with --manifest {manifest} --split {split}")
     thr = float(meta.get("threshold", 0.5)) if threshold is None else threshold
     per_image, per_sample, uncertainty = [], [], []
-    fused_masks, gts = [], []
+    fused_masks, gts, bins, n_samples = [], [], [], set()
     for row in tqdm(rows, desc=f"evaluate {split}", unit="img"):
         p = preds[row["id"]]
         fused = read_mask(pred_dir / p["mask"])
@@ -63,7 +79,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
         with np.load(pred_dir / p["probs"]) as npz:
             samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
-            coh = resize_prob(npz["coherence"], gt.shape)
+            coh = resize_prob(npz["coherence"], gt.shape)  # the mean of the S samples
             if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
                 fused = resize_prob(npz["fused"], gt.shape) >= thr
         label = row.get("label", "")
@@ -71,8 +87,9 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         for k, s in enumerate(samples):
             per_sample.append({"id": row["id"], "label": label, "which": f"sample_{k}",
                                **binary_metrics(s >= thr, gt)})
-        uncertainty.append({"ged": ged(samples >= thr, gt[None]),
-                            "ece": expected_calibration_error(coh, gt, n_bins=10)})
+        bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
+        n_samples.add(int(samples.shape[0]))
+        uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ece": ece_from_bins(bins[-1])})
         fused_masks.append(fused)
         gts.append(gt)
 
@@ -89,6 +106,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
                           **{lb: summarize([r for r in per_sample if r["label"] == lb]) for lb in labels}},
         "pooled": {"fused": pooled_metrics(fused_masks, gts)},
         "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ece")},
+        "calibration": calibration_summary(bins, [u["ece"] for u in uncertainty], n_samples),
     }
     out.mkdir(parents=True, exist_ok=True)
     buffer = _io.StringIO()
@@ -97,7 +115,38 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     writer.writerows(per_image + per_sample)
     atomic_write_text(out / "metrics.csv", buffer.getvalue())
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    reliability_figure(summary["calibration"], out / "reliability.png", title=reliability_title(summary))
     return summary
+
+
+def calibration_summary(bins: list[dict], ece_per_image: list[float], n_samples: set[int]) -> dict:
+    """The ``calibration`` section of a summary from each image's ``reliability_bins`` and per-image ECE."""
+    pooled = merge_bins(bins)
+    values = np.asarray(ece_per_image, dtype=np.float64)
+    return {
+        "ece_per_image": {"mean": float(values.mean()), "std": float(values.std(ddof=0)), "n": int(values.size)},
+        "ece_pooled": ece_from_bins(pooled),
+        "n_bins": len(pooled["count"]),
+        "probability": PROBABILITY,
+        "n_samples": sorted(n_samples)[0] if len(n_samples) == 1 else sorted(n_samples),
+        "n_pixels": int(pooled["count"].sum()),
+        "protocol": ("binary ECE (Guo et al. 2017) of the per-pixel mean of the S samples at the original image "
+                     f"size; {len(pooled['count'])} equal-width bins (lo, hi]; ece_per_image: per image, then mean "
+                     "+- population std over images; ece_pooled: all pixels of the split in one set of bins"),
+        "bins": reliability_table(pooled),
+    }
+
+
+def calibration_line(summary: dict) -> str:
+    """One line with both ECE figures and how they were computed (old summaries: the per-image figure only)."""
+    c = summary.get("calibration")
+    if c is None:
+        u = summary["uncertainty"]["ece"]
+        return f"calibration: ECE per image {u['mean']:.4f} ± {u['std']:.4f} (10 bins, coherence map)"
+    e = c["ece_per_image"]
+    return (f"calibration: ECE per image {e['mean']:.4f} ± {e['std']:.4f} over {e['n']} images (mean ± population "
+            f"std), pooled {c['ece_pooled']:.4f} over all {c['n_pixels']} pixels ({c['n_bins']} bins, mean of "
+            f"{c['n_samples']} samples)")
 
 
 def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
@@ -116,6 +165,7 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
     pooled = summary["pooled"]["fused"]
     lines.append(f"pooled over the split (fused): dice {pooled['pooled_dice']:.3f}, iou {pooled['pooled_iou']:.3f}")
     u = summary["uncertainty"]
-    lines.append(f"uncertainty per image: GED {u['ged']['mean']:.3f} ±{u['ged']['std']:.3f} (d = 1 - IoU), "
-                 f"ECE {u['ece']['mean']:.4f} ±{u['ece']['std']:.4f} (10 bins, coherence map)")
+    lines.append(f"uncertainty per image: GED {u['ged']['mean']:.3f} ±{u['ged']['std']:.3f} (d = 1 - IoU, "
+                 "the S samples against the ground truth)")
+    lines.append(calibration_line(summary))
     return "\n".join(lines)
