@@ -53,6 +53,11 @@ class DiffusionConfig:
     beta_end: float = 2e-2
     prediction: str = "epsilon"  # what the network's head predicts: "epsilon" or "x0"
     objective: str = "eps_mse"
+    # Training timesteps: "uniform" (t ~ U{0..T-1}) or "fingerprint" (p(t) from the slope of the training masks'
+    # recoverability curve, Analysing Diffusion Segmentation sec. 4.3; see diffusion/objectives.py).
+    timestep_sampling: str = "uniform"
+    timestep_uniform_mix: float = 0.1  # fingerprint sampling: share of the probability spread evenly over all t
+    fingerprint_sigma: float = 2.0  # px at data.size: Gaussian smoothing of x_t before thresholding it at 0
 
 
 @dataclass

@@ -6,6 +6,8 @@ Run directory layout (the seam to the Predictor):
     checkpoints/best.safetensors  the step with the highest validation Dice so far
     log.csv                     step, losses, validation Dice, elapsed seconds
     summary.json                what the run reached
+    timestep_weights.csv        t, p: the probability of drawing each training timestep (diffusion.timestep_sampling;
+                                recomputed, identically, on resume)
 Validation: the EMA weights sample each validation image once (``train.val_samples``) with a fixed seed and a
 few-step sampler; masks are thresholded at 0.5 and Dice is averaged per image at the training resolution.
 """
@@ -23,11 +25,12 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from ..analysis.fingerprint import training_slope
 from ..config import Config
 from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest
 from ..data.transforms import Augment
-from ..diffusion.objectives import build_objective
+from ..diffusion.objectives import build_objective, build_timestep_sampler
 from ..diffusion.samplers import build_sampler
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
@@ -93,6 +96,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema.model.to(self.device)
         self.objective = build_objective(cfg.diffusion)
+        self.timestep_sampler = build_timestep_sampler(cfg.diffusion, self._fingerprint_slope())
         self.val_sampler = build_sampler(cfg.train.val_sampler, cfg.diffusion)
         self.augment = Augment(cfg.data.augment) if cfg.data.augment else None
 
@@ -104,6 +108,20 @@ class Trainer:
         else:
             self.out.mkdir(parents=True, exist_ok=True)
         cfg.save(self.out / "config.yaml")
+        self._write_timestep_weights()
+
+    # ---- timesteps --------------------------------------------------------------------------------------
+    def _fingerprint_slope(self):
+        """The training masks' recoverability slope [T] when ``fingerprint`` sampling needs it: un-augmented
+        masks at data.size, noise seeded by train.seed from its own generator (the training stream is untouched)."""
+        if self.cfg.diffusion.timestep_sampling != "fingerprint" or self.cfg.diffusion.mode == "feedforward":
+            return None
+        return training_slope(self.train_data.masks, self.cfg.diffusion, seed=self.cfg.train.seed)
+
+    def _write_timestep_weights(self) -> None:
+        if self.accelerator.is_main_process:
+            lines = ["t,p"] + [f"{t},{p:.8g}" for t, p in enumerate(self.timestep_sampler.probs.tolist())]
+            atomic_write_text(self.out / "timestep_weights.csv", "\n".join(lines) + "\n")
 
     # ---- data -------------------------------------------------------------------------------------------
     def _next_batch(self) -> dict:
@@ -186,6 +204,9 @@ class Trainer:
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         t_start = time.perf_counter() - self.elapsed
         desc = f"train {self.cfg.preset}" + (f" (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes > 0 else "")
+        if self.accelerator.is_main_process:
+            print(f"{self.cfg.preset} ({self.cfg.model.name}, {self.cfg.diffusion.mode}): {self.n_params:,} "
+                  f"parameters, device {self.device}, timesteps {self.cfg.diffusion.timestep_sampling}", flush=True)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step",
                    disable=not self.accelerator.is_main_process)
         status, running = "finished", {}
@@ -194,7 +215,7 @@ class Trainer:
                 self.model.train()
                 batch = self._next_batch()
                 b = batch["mask"].shape[0]
-                t = torch.randint(0, self.cfg.diffusion.num_train_timesteps, (b,), generator=self.gen).to(self.device)
+                t = self.timestep_sampler(b, self.gen).to(self.device)
                 noise = torch.randn(batch["mask"].shape, generator=self.gen).to(self.device)
                 with self.accelerator.autocast():
                     loss = self.objective(self.model, batch, t, noise)

@@ -1,0 +1,1 @@
+"""Analyses of trained runs and data sets: timestep fingerprints (``fingerprint``)."""

@@ -1,0 +1,485 @@
+"""Timestep fingerprints: how the information in a noisy mask x_t fades with t, for a data set and for a model.
+
+After Analysing Diffusion Segmentation for Medical Images (sec. 4.2-4.3: mask error of a conditioned and an
+"unconditioned" model per timestep, per-timestep training loss, data-set fingerprints) and UniSegDiff (Fig. 1:
+gradient norm per timestep). Every curve uses the forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+with x0 the mask in {-1,+1}, and one noise draw eps per image, seeded, that is reused at every t: the curves
+then move only with t, not with fresh noise, and come out smooth without averaging many draws.
+
+Data set (no model): ``recoverability`` is the per-image Dice of threshold_0(Gaussian_sigma(x_t)) against x0,
+averaged over masks (empty vs empty scores 1); ``recoverability_slope`` is its smoothed -d/dt, high where
+the mask's information is being lost. Model (a trained run, EMA weights, eval mode): ``mask_error_conditioned``
+MSE(clip(x0_hat, -1, 1), x0) given the image; ``mask_error_unconditioned`` the same with the image replaced by
+zeros, i.e. the same trained model asked for mask completion (not a separately trained unconditioned model, as
+the paper's E3 is); ``loss_eps`` MSE(eps_hat, eps) and ``loss_x0`` MSE(x0_hat, x0) unclipped, with the other
+estimate derived through the forward process; ``grad_norm`` the L2 norm over all parameters of the gradient of
+the run's own training objective at that t. Feed-forward runs have no timesteps and are skipped.
+
+Outputs (``write_fingerprint``): fingerprint.csv (long format: source, curve, t, value, n_images),
+fingerprint.json (settings and protocol), mask_error.png, loss_per_timestep.png, grad_norm.png (with runs)
+and dataset_fingerprint.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import uniform_filter1d
+from tqdm.auto import tqdm
+
+from ..config import Config, DiffusionConfig
+from ..data.dataset import SplitData, load_rows, mask_paths
+from ..data.io import read_masks
+from ..data.manifest import Manifest
+from ..data.transforms import gaussian_blur, preprocess_mask
+from ..diffusion.objectives import build_objective
+from ..diffusion.schedules import alphas_cumprod
+from ..errors import LesiondiffError
+from ..io_utils import atomic_write_text
+from ..models import Denoiser, DenoiserOutput
+
+DEFAULT_WINDOW = 50  # timesteps over which the recoverability slope is averaged
+MODEL_CURVES = ("mask_error_conditioned", "mask_error_unconditioned", "loss_eps", "loss_x0", "grad_norm")
+DATASET_CURVES = ("recoverability", "recoverability_slope")
+_CHUNK_PIXELS = 2**22  # masks per chunk of the recoverability count: 256 at 128 px
+
+
+@dataclass
+class Curves:
+    """Per-timestep curves of one source (a data set or a run): ``values[name]`` [K] at ``timesteps`` [K]."""
+
+    source: str
+    timesteps: np.ndarray
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    n_images: dict[str, int] = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        return [{"source": self.source, "curve": name, "t": int(t), "value": float(v),
+                 "n_images": self.n_images[name]} for name, curve in self.values.items()
+                for t, v in zip(self.timesteps, curve)]
+
+
+# ---- data-set fingerprint (pure functions) ------------------------------------------------------------------
+def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of every plane of ``x`` [N,H,W] (reflected borders); sigma 0 leaves it unchanged."""
+    return gaussian_blur(x, sigma) if sigma > 0 else x
+
+
+def _seeded_noise(n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """n standard-normal draws of ``shape``, one per image in order, so image i gets the same noise whatever
+    the chunking or how many images follow it."""
+    return torch.stack([torch.randn(shape, generator=generator) for _ in range(n)]) if n else torch.zeros(0, *shape)
+
+
+def _positives(a: torch.Tensor, b: torch.Tensor, r: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """Per image, the number of pixels in ``within`` [N,P] with a + r b > 0, for every r of ``r`` [N,K] -> [N,K].
+
+    A pixel is positive for r > -a/b when b > 0 and for r < -a/b when b < 0, so sorting these flip points once
+    gives the count at any r by binary search.
+    """
+    flip = -a / torch.where(b == 0, torch.ones_like(b), b)
+    inf = torch.tensor(float("inf"), dtype=a.dtype)
+    rising = torch.where(within & (b > 0), flip, inf).sort(1).values
+    falling = torch.where(within & (b < 0), flip, -inf).sort(1).values
+    steady = (within & (b == 0) & (a > 0)).sum(1, keepdim=True)
+    return (torch.searchsorted(rising, r) + (a.shape[1] - torch.searchsorted(falling, r, right=True))
+            + steady)
+
+
+def recoverability_dice(masks: torch.Tensor | np.ndarray, alphas_cumprod: torch.Tensor | np.ndarray,
+                        timesteps, sigma: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Dice of threshold_0(Gaussian_sigma(x_t)) against each mask, per image and t: float64 [N,K].
+
+    masks [N,H,W] (or [N,1,H,W]), nonzero = lesion; x0 = +1 on the lesion, -1 elsewhere; x_t with one seeded
+    noise draw per image, the same at every t. Empty mask with empty prediction scores 1. Exact at every t and
+    independent of how many t are asked: the blur is linear, so blur(x_t) > 0 <=> blur(x0) + r_t blur(eps) > 0
+    with r_t = sqrt((1 - abar_t) / abar_t) increasing in t, and each pixel changes side at most once. At t = 0
+    the score is that of the blurred clean mask: 1 for sigma 0, below 1 for details finer than about sigma.
+    """
+    m = torch.as_tensor(masks)
+    m = (m[:, 0] if m.ndim == 4 else m).detach().cpu() > 0
+    if m.ndim != 3:
+        raise LesiondiffError(f"expected masks of shape [N,H,W], got {tuple(m.shape)}")
+    abar = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64))
+    ts = torch.as_tensor(np.asarray(timesteps, dtype=np.int64))
+    if len(ts) and (ts.min() < 0 or ts.max() >= len(abar)):
+        raise LesiondiffError(f"timesteps must lie in [0, {len(abar)}), got {int(ts.min())}..{int(ts.max())}")
+    ratio = ((1 - abar[ts]) / abar[ts]).sqrt().float()
+    gen = torch.Generator().manual_seed(seed)
+    n, h, w = m.shape
+    if sigma < 0 or (sigma > 0 and math.ceil(3 * sigma) >= min(h, w)):
+        raise LesiondiffError(f"smoothing sigma {sigma} px does not fit {h}x{w} masks (need 0 <= 3 sigma < size)")
+    chunk = max(1, _CHUNK_PIXELS // (h * w))
+    out = []
+    for start in range(0, n, chunk):
+        gt = m[start:start + chunk]
+        a = _smooth(gt.float() * 2 - 1, sigma).flatten(1)
+        b = _smooth(_seeded_noise(len(gt), (h, w), gen), sigma).flatten(1)
+        gt = gt.flatten(1)
+        r = ratio.expand(len(gt), -1).contiguous()
+        pred = _positives(a, b, r, torch.ones_like(gt)).double()
+        tp = _positives(a, b, r, gt).double()
+        denom = pred + gt.sum(1, keepdim=True)
+        out.append(torch.where(denom == 0, torch.ones_like(denom), 2 * tp / denom.clamp_min(1)))
+    return torch.cat(out).numpy() if out else np.zeros((0, len(ts)))
+
+
+def recoverability_curve(masks: torch.Tensor | np.ndarray, alphas_cumprod: torch.Tensor | np.ndarray, timesteps,
+                         sigma: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Mean over masks of ``recoverability_dice``: float64 [K]."""
+    dice = recoverability_dice(masks, alphas_cumprod, timesteps, sigma, seed)
+    if not len(dice):
+        raise LesiondiffError("no masks to fingerprint")
+    return dice.mean(0)
+
+
+def recoverability_slope(curve: np.ndarray, timesteps, window: float = DEFAULT_WINDOW) -> np.ndarray:
+    """-d(curve)/dt per timestep (central differences over the given t), then a moving average over ``window``
+    timesteps (edges repeat the end values): float64 [K], positive where information is being lost."""
+    c = np.asarray(curve, dtype=np.float64)
+    ts = np.asarray(timesteps, dtype=np.float64)
+    if len(c) < 2:
+        return np.zeros_like(c)
+    slope = -np.gradient(c, ts)
+    points = int(round(window / float(np.median(np.diff(ts))))) if window > 0 else 1
+    return uniform_filter1d(slope, size=points, mode="nearest") if points > 1 else slope
+
+
+def training_slope(masks: torch.Tensor, cfg: DiffusionConfig, seed: int = 0,
+                   window: float = DEFAULT_WINDOW) -> np.ndarray:
+    """The recoverability slope of ``masks`` [N,1,H,W] at every t = 0..T-1 of ``cfg``'s schedule, with
+    ``cfg.fingerprint_sigma``: what the ``fingerprint`` timestep sampler draws from. float64 [T]."""
+    ts = np.arange(cfg.num_train_timesteps)
+    curve = recoverability_curve(masks, alphas_cumprod(cfg), ts, cfg.fingerprint_sigma, seed)
+    return recoverability_slope(curve, ts, window)
+
+
+def first_t(condition: np.ndarray, timesteps) -> int | None:
+    """The first t where ``condition`` [K] holds, or None."""
+    hits = np.flatnonzero(condition)
+    return int(np.asarray(timesteps)[hits[0]]) if len(hits) else None
+
+
+def dataset_fingerprint(masks: torch.Tensor, source: str, cfg: DiffusionConfig, every: int = 10,
+                        sigma: float = 2.0, seed: int = 0, window: float = DEFAULT_WINDOW) -> Curves:
+    """``recoverability`` and ``recoverability_slope`` of ``masks`` at t = 0, every, 2 every, ... < T."""
+    ts = np.arange(0, cfg.num_train_timesteps, every)
+    curve = recoverability_curve(masks, alphas_cumprod(cfg), ts, sigma, seed)
+    n = len(masks)
+    values = {"recoverability": curve, "recoverability_slope": recoverability_slope(curve, ts, window)}
+    return Curves(source, ts, values, {name: n for name in values})
+
+
+def load_masks(rows: list[dict], size: int, desc: str = "reading masks") -> torch.Tensor:
+    """The union mask of every row, resized to ``size`` as ``preprocess_mask`` does: bool [N,size,size]. Images
+    are not read; a row without mask files is all background."""
+    out = []
+    for row in tqdm(rows, desc=desc, unit="mask", leave=False):
+        paths = mask_paths(row)
+        out.append(preprocess_mask(read_masks(paths), size)[0] > 0 if paths
+                   else torch.zeros(size, size, dtype=torch.bool))
+    return torch.stack(out) if out else torch.zeros(0, size, size, dtype=torch.bool)
+
+
+# ---- model curves -------------------------------------------------------------------------------------------
+def _estimates(model: Denoiser, out: DenoiserOutput, x_t: torch.Tensor, abar: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) in diffusion space, the one the head does not predict derived from x_t = sqrt(abar) x0
+    + sqrt(1 - abar) eps."""
+    if model.prediction == "epsilon":
+        eps_hat = out.eps
+        return (x_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt(), eps_hat
+    x0_hat = out.x0_diffusion_space()
+    return x0_hat, (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared error [B]."""
+    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
+
+
+def model_curves(model: Denoiser, cfg: Config, data: SplitData, source: str, every: int = 10, seed: int = 0,
+                 batch_size: int = 8, grad_batches: int = 2, progress: bool = True) -> Curves:
+    """The five ``MODEL_CURVES`` of ``model`` (built from ``cfg``) on ``data`` at t = 0, every, ... < T.
+
+    Errors and losses are per-image means, averaged over all images; ``grad_norm`` is averaged over the first
+    ``grad_batches`` batches of ``batch_size`` images, with a copy of the model in eval mode (no dropout);
+    ``grad_batches`` 0 leaves it out.
+    """
+    if cfg.diffusion.mode == "feedforward":
+        raise LesiondiffError(f"{source}: a feed-forward run has no timesteps to fingerprint")
+    device = next(model.parameters()).device
+    model.eval()
+    ts = np.arange(0, cfg.diffusion.num_train_timesteps, every)
+    abar = alphas_cumprod(cfg.diffusion).to(device)
+    n = len(data)
+    noise = _seeded_noise(n, tuple(data.masks.shape[1:]), torch.Generator().manual_seed(seed))
+    starts = list(range(0, n, batch_size))
+    grad_starts = starts[:grad_batches]
+    sums = {name: np.zeros(len(ts)) for name in MODEL_CURVES}
+    bar = tqdm(total=len(ts) * (len(starts) + len(grad_starts)), desc=f"fingerprint {source}", unit="eval",
+               leave=False, disable=not progress)
+    with torch.inference_mode():
+        for start in starts:
+            index = torch.arange(start, min(start + batch_size, n))
+            batch = data.batch(index, device)
+            x0, eps = batch["mask"].repeat(2, 1, 1, 1), noise[index].to(device).repeat(2, 1, 1, 1)
+            # one network call per t for both halves: the images, then the same images replaced by zeros
+            condition = model.encode(torch.cat([batch["image"], torch.zeros_like(batch["image"])]))
+            half = len(index)
+            for k, t in enumerate(ts):
+                a = abar[t]
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+                tt = torch.full((2 * half,), int(t), device=device, dtype=torch.long)
+                x0_hat, eps_hat = _estimates(model, model.denoise(x_t, tt, condition), x_t, a)
+                error = _mse(x0_hat.clamp(-1, 1), x0)
+                sums["mask_error_conditioned"][k] += float(error[:half].sum())
+                sums["mask_error_unconditioned"][k] += float(error[half:].sum())
+                sums["loss_eps"][k] += float(_mse(eps_hat[:half], eps[:half]).sum())
+                sums["loss_x0"][k] += float(_mse(x0_hat[:half], x0[:half]).sum())
+                bar.update(1)
+
+    objective = build_objective(cfg.diffusion)
+    grad_model = copy.deepcopy(model).eval().requires_grad_(True)
+    params = list(grad_model.parameters())
+    n_grad = 0
+    for start in grad_starts:
+        index = torch.arange(start, min(start + batch_size, n))
+        batch = data.batch(index, device)
+        eps = noise[index].to(device)
+        n_grad += len(index)
+        for k, t in enumerate(ts):
+            tt = torch.full((len(index),), int(t), device=device, dtype=torch.long)
+            loss = objective(grad_model, batch, tt, eps)
+            grads = torch.autograd.grad(loss.total, params, allow_unused=True)
+            sums["grad_norm"][k] += float(torch.sqrt(sum(g.float().pow(2).sum() for g in grads if g is not None)))
+            bar.update(1)
+    bar.close()
+    names = [name for name in MODEL_CURVES if name != "grad_norm" or grad_starts]
+    values = {name: sums[name] / (len(grad_starts) if name == "grad_norm" else n) for name in names}
+    return Curves(source, ts, values, {name: n_grad if name == "grad_norm" else n for name in names})
+
+
+# ---- orchestration, files and figures ----------------------------------------------------------------------
+def _unique(names: list[str]) -> list[str]:
+    """Names made unique by appending -2, -3, ... to repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def _split_rows(manifest: str | Path, split: str, max_images: int | None) -> tuple[Manifest, list[dict]]:
+    m = Manifest.read(manifest)
+    rows = m.rows(split=split or None)
+    if not rows:
+        raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
+    return m, rows[:max_images] if max_images else rows
+
+
+def _dataset_name(manifest: Manifest, path: str | Path) -> str:
+    """The manifest's dataset column when it holds one value, else the file's stem."""
+    values = {r["dataset"] for r in manifest.rows() if r["dataset"]}
+    return values.pop() if len(values) == 1 else Path(path).stem
+
+
+def write_fingerprint(out: str | Path, manifests: list[str] | tuple = (), runs: list[str] | tuple = (),
+                      names: list[str] | None = None, split: str = "test", size: int = 128, every: int = 10,
+                      max_images: int | None = None, sigma: float = 2.0, seed: int = 0,
+                      window: float = DEFAULT_WINDOW, device: str | None = None, checkpoint: str = "best",
+                      batch_size: int = 8, grad_batches: int = 2, progress: bool = True) -> dict:
+    """Model curves of every run (on the split of ``manifests[0]``, else of the run's own manifest) and the
+    data-set fingerprint of every manifest (else of the runs' manifests), under the noise schedule of the first
+    diffusion run (else the default linear 1e-4..2e-2, T=1000); writes the files of the module docstring under
+    ``out`` and returns what fingerprint.json holds."""
+    from ..engine.predict import load_run  # engine.train imports this module for the fingerprint sampler
+
+    if not manifests and not runs:
+        raise LesiondiffError("analyze fingerprint needs --manifest or --run")
+    if names and len(names) != len(manifests):
+        raise LesiondiffError(f"{len(names)} --name for {len(manifests)} --manifest; give one name per manifest")
+    if every < 1 or size < 8 or sigma < 0 or (max_images is not None and max_images < 1) or batch_size < 1:
+        raise LesiondiffError("need --every >= 1, --size >= 8, --sigma >= 0, --max-images >= 1 and batch size >= 1")
+    out = Path(out)
+    settings = {"split": split, "size": size, "every": every, "max_images": max_images, "sigma": sigma,
+                "seed": seed, "window": window, "checkpoint": checkpoint, "batch_size": batch_size,
+                "grad_batches": grad_batches}
+    curves: list[Curves] = []
+    run_info, skipped = [], []
+    schedule: DiffusionConfig | None = None
+    run_manifests = []
+    for run, source in zip(runs, _unique([Path(r).name for r in runs])):
+        cfg, model = load_run(run, checkpoint, device)
+        manifest = manifests[0] if manifests else cfg.data.manifest
+        run_manifests.append(manifest)
+        info = {"source": source, "run": str(run), "preset": cfg.preset, "model": cfg.model.name,
+                "mode": cfg.diffusion.mode, "prediction": model.prediction, "objective": cfg.diffusion.objective,
+                "manifest": str(manifest), "size": cfg.data.size, "timesteps": cfg.diffusion.num_train_timesteps}
+        if cfg.diffusion.mode == "feedforward":
+            skipped.append({"source": source, "run": str(run), "reason": "feed-forward run: no timesteps"})
+            continue
+        schedule = schedule or cfg.diffusion
+        _, rows = _split_rows(manifest, split, max_images)
+        data_cfg = dataclasses.replace(cfg.data, manifest=str(manifest))
+        data = load_rows(rows, data_cfg, cfg.data.channels, desc=f"loading {source}")
+        curves.append(model_curves(model, cfg, data, source, every, seed, batch_size, grad_batches, progress))
+        run_info.append({**info, "n_images": len(data), "grad_images": curves[-1].n_images.get("grad_norm", 0)})
+        del model
+    schedule = schedule or DiffusionConfig()
+
+    sources = list(manifests) or list(dict.fromkeys(run_manifests))
+    datasets, masks_by = [], []
+    for path in sources:
+        manifest, rows = _split_rows(path, split, max_images)
+        masks_by.append((_dataset_name(manifest, path), path, load_masks(rows, size, desc=f"reading {path}")))
+    given = list(names) if names and manifests else [name for name, _, _ in masks_by]
+    for name, (_, path, masks) in zip(_unique(given), masks_by):
+        fp = dataset_fingerprint(masks, name, schedule, every, sigma, seed, window)
+        curves.append(fp)
+        r, s = fp.values["recoverability"], fp.values["recoverability_slope"]
+        datasets.append({"source": name, "manifest": str(path), "n_images": len(masks),
+                         "lesion_fraction": float(masks.float().mean()) if len(masks) else 0.0,
+                         "t_below_0.9": first_t(r < 0.9, fp.timesteps),
+                         "t_below_0.5": first_t(r < 0.5, fp.timesteps),
+                         "t_steepest": int(fp.timesteps[int(np.argmax(s))])})
+    for info in run_info:
+        c = next(c for c in curves if c.source == info["source"])
+        gap = c.values["mask_error_unconditioned"] - c.values["mask_error_conditioned"]
+        info["t_image_helps"] = first_t(gap > 0.05, c.timesteps)
+
+    files = _write_outputs(out, curves, run_info, datasets, settings, schedule)
+    summary = {"settings": settings, "schedule": dataclasses.asdict(schedule), "protocol": PROTOCOL,
+               "runs": run_info, "skipped": skipped, "datasets": datasets,
+               "files": [str(f) for f in [*files, out / "fingerprint.json"]]}
+    atomic_write_text(out / "fingerprint.json", json.dumps(summary, indent=2))
+    return summary
+
+
+PROTOCOL = {
+    "noise": "one seeded standard-normal eps per image (in manifest order), reused at every t",
+    "forward": "x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, x0 the mask in {-1,+1}",
+    "recoverability": "per-image Dice of (Gaussian_sigma(x_t) > 0) vs x0 at the fingerprint size, mean over "
+                      "masks; empty vs empty = 1",
+    "recoverability_slope": "-d recoverability/dt (central differences), moving average over `window` timesteps",
+    "mask_error_conditioned": "per-image MSE(clip(x0_hat, -1, 1), x0) with the image, EMA weights, eval mode",
+    "mask_error_unconditioned": "the same trained model with the image replaced by zeros (mask completion), "
+                                "not a separately trained unconditioned model",
+    "loss_eps": "MSE(eps_hat, eps); x0 models: eps_hat = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar)",
+    "loss_x0": "MSE(x0_hat, x0) unclipped; eps models: x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)",
+    "grad_norm": "L2 norm over all parameters of the gradient of the run's training objective at fixed t, "
+                 "mean over grad_batches batches, eval mode",
+    "t_image_helps": "first t where the unconditioned mask error exceeds the conditioned one by more than 0.05",
+}
+
+
+def _write_outputs(out: Path, curves: list[Curves], runs: list[dict], datasets: list[dict], settings: dict,
+                   schedule: DiffusionConfig) -> list[Path]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["source", "curve", "t", "value", "n_images"], lineterminator="\n")
+    writer.writeheader()
+    for c in curves:
+        writer.writerows({**row, "value": f"{row['value']:.6g}"} for row in c.rows())
+    atomic_write_text(out / "fingerprint.csv", buffer.getvalue())
+    files = [out / "fingerprint.csv"]
+    model = [c for c in curves if "mask_error_conditioned" in c.values]
+    data = [c for c in curves if "recoverability" in c.values]
+    s = settings
+    common = f"{s['split']} split, seed {s['seed']}, every {s['every']} t"
+    if model:
+        n = ", ".join(f"{r['source']} n={r['n_images']}" for r in runs)
+        raw = "no smoothing (one fixed noise per image for all t)"
+        files.append(_plot_model(out / "mask_error.png", model,
+                                 [("mask_error_conditioned", "mask_error_unconditioned")],
+                                 ["mask error MSE(clip(x0_hat), x0)"], f"mask prediction error per timestep\n"
+                                 f"{common}, {n} images, {raw}; dashed: image replaced by zeros"))
+        files.append(_plot_model(out / "loss_per_timestep.png", model, [("loss_eps",), ("loss_x0",)],
+                                 ["eps loss MSE(eps_hat, eps)", "x0 loss MSE(x0_hat, x0), unclipped"],
+                                 f"loss per timestep\n{common}, {n} images, {raw}", log=(False, True)))
+        grad = [c for c in model if "grad_norm" in c.values]
+        if grad:
+            g = ", ".join(f"{r['source']} ({r['objective']}) n={r['grad_images']}" for r in runs if r["grad_images"])
+            files.append(_plot_model(out / "grad_norm.png", grad, [("grad_norm",)],
+                                     ["||grad of training objective|| (L2, all parameters)"],
+                                     f"gradient norm of each run's own objective per timestep (eval mode)\n{common}, "
+                                     f"{g} images, {raw}"))
+    if data:
+        files.append(_plot_dataset(out / "dataset_fingerprint.png", data, datasets, settings, schedule))
+    return files
+
+
+def _plot_model(path: Path, curves: list[Curves], panels: list[tuple[str, ...]], ylabels: list[str], title: str,
+                log: tuple[bool, ...] = (False, False)) -> Path:
+    from ..report import _save, pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4), squeeze=False)
+    for ax, names, ylabel, logy in zip(axes[0], panels, ylabels, log):
+        for i, c in enumerate(curves):
+            for name, style in zip(names, ("-", "--")):
+                label = c.source + (" (no image)" if name == "mask_error_unconditioned" else "")
+                ax.plot(c.timesteps, c.values[name], style, color=f"C{i}", label=label)
+        ax.set(xlabel="timestep t", ylabel=ylabel, yscale="log" if logy else "linear")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _plot_dataset(path: Path, curves: list[Curves], datasets: list[dict], s: dict, schedule: DiffusionConfig) -> Path:
+    from ..report import _save, pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4))
+    for i, (c, d) in enumerate(zip(curves, datasets)):
+        label = f"{c.source} (n={d['n_images']})"
+        axes[0].plot(c.timesteps, c.values["recoverability"], color=f"C{i}", label=label)
+        axes[1].plot(c.timesteps, c.values["recoverability_slope"], color=f"C{i}", label=label)
+    axes[0].set(xlabel="timestep t", ylabel="Dice(Gaussian(x_t) > 0, mask)", ylim=(0, 1.02),
+                title="recoverability (mean per-image Dice)")
+    axes[1].set(xlabel="timestep t", ylabel="-d recoverability / dt",
+                title=f"slope, moving average over {s['window']:g} t")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"data-set fingerprint: {s['split']} split, {s['size']} px, Gaussian sigma {s['sigma']:g} px, "
+                 f"seed {s['seed']}, every {s['every']} t, {schedule.schedule} schedule T="
+                 f"{schedule.num_train_timesteps}, no model", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def format_table(summary: dict) -> str:
+    """A short text table: per data set where recoverability falls below 0.9 and 0.5; per run where the image
+    starts to help."""
+    s = summary["settings"]
+
+    def fmt(v):
+        return "never" if v is None else str(v)
+
+    lines = [f"data-set fingerprint ({s['split']} split, {s['size']} px, sigma {s['sigma']:g} px, seed {s['seed']}, "
+             f"every {s['every']} t):",
+             f"  {'dataset':<20} {'n':>6} {'R<0.9 at t':>11} {'R<0.5 at t':>11} {'steepest t':>11}"]
+    for d in summary["datasets"]:
+        lines.append(f"  {d['source']:<20} {d['n_images']:>6} {fmt(d['t_below_0.9']):>11} "
+                     f"{fmt(d['t_below_0.5']):>11} {d['t_steepest']:>11}")
+    if summary["runs"]:
+        lines.append("model curves (unconditioned = same model, image replaced by zeros):")
+        lines.append(f"  {'run':<20} {'n':>6} {'image helps from t (gap > 0.05)':>32}")
+        for r in summary["runs"]:
+            lines.append(f"  {r['source']:<20} {r['n_images']:>6} {fmt(r['t_image_helps']):>32}")
+    lines += [f"skipped {k['source']}: {k['reason']}" for k in summary["skipped"]]
+    return "\n".join(lines)
