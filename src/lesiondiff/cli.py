@@ -54,6 +54,26 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda, then mps, then cpu)")
     _add_overrides(tr)
 
+    cp = sub.add_parser("compare", help="feed-forward vs diffusion training of presets on one budget (Table 1 form)",
+                        description="Train, predict and evaluate every preset x mode on the same manifest, split, "
+                                    "size, seed and time budget; write compare.csv, compare.md and compare.png. "
+                                    "Rerunning the same command skips finished work and resumes interrupted runs.")
+    cp.add_argument("--presets", required=True, help="comma-separated, e.g. ensemdiff,segdiff,medsegdiff,unet")
+    cp.add_argument("--modes", default="diffusion,feedforward", help="comma-separated: diffusion,feedforward")
+    cp.add_argument("--manifest", required=True)
+    cp.add_argument("--budget-minutes", type=float, required=True, help="training wall-clock budget per run")
+    cp.add_argument("--out", required=True, help="comparison folder (one subfolder per preset-mode)")
+    cp.add_argument("--size", type=int, default=128, help="network input size for every run")
+    cp.add_argument("--seed", type=int, default=0, help="training and sampling seed for every run")
+    cp.add_argument("--samples", type=int, default=5, help="S predictions per image, in both modes")
+    cp.add_argument("--sampler", default=None, help="diffusion runs (default: each preset's); feed-forward: oneshot")
+    cp.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default: each preset's)")
+    cp.add_argument("--split", default="test")
+    cp.add_argument("--max-steps", type=int, default=1_000_000, help="step cap per run (the budget usually ends it)")
+    cp.add_argument("--figure-images", type=int, default=3, help="images in compare.png (0: no figure)")
+    cp.add_argument("--device", default=None)
+    _add_overrides(cp)
+
     pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
     pr.add_argument("--run", required=True)
     pr.add_argument("inputs", nargs="*", help="image files or folders")
@@ -102,6 +122,28 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-monai", action="store_true", help="skip MONAI's DiffusionModelUNet reference")
     sp.add_argument("--device", default=None)
     sp.add_argument("--json", default=None, help="also write the results as JSON")
+
+    an = sub.add_parser("analyze", help="analyses of runs and data sets").add_subparsers(
+        dest="analyze_command", required=True)
+    fp = an.add_parser("fingerprint", help="timestep fingerprints: mask recoverability per data set; mask error, "
+                       "loss and gradient norm per timestep per run")
+    fp.add_argument("--manifest", action="append", default=[],
+                    help="a manifest to fingerprint (repeatable); runs are analysed on the first one's split")
+    fp.add_argument("--name", action="append", default=[], help="display name per --manifest (default: its dataset "
+                    "column or file stem)")
+    fp.add_argument("--run", action="append", default=[], help="a run directory for model curves (repeatable)")
+    fp.add_argument("--split", default="test")
+    fp.add_argument("--size", type=int, default=128, help="px for the data-set fingerprint (runs use their own size)")
+    fp.add_argument("--every", type=int, default=10, help="analyse t = 0, every, 2 every, ... < T")
+    fp.add_argument("--max-images", type=int, default=None, help="use only the split's first N rows")
+    fp.add_argument("--sigma", type=float, default=2.0, help="Gaussian smoothing of x_t in px at --size")
+    fp.add_argument("--window", type=float, default=50, help="moving average of the slope, in timesteps")
+    fp.add_argument("--seed", type=int, default=0)
+    fp.add_argument("--batch-size", type=int, default=8)
+    fp.add_argument("--grad-batches", type=int, default=2, help="batches averaged for the gradient norm")
+    fp.add_argument("--device", default=None)
+    fp.add_argument("--checkpoint", default="best", help="best or last")
+    fp.add_argument("--out", required=True)
 
     sub.add_parser("presets", help="list presets")
     return parser
@@ -163,6 +205,23 @@ def cmd_train(args) -> int:
     summary = Trainer(cfg, args.out, device=args.device, resume=args.resume).fit()
     print(json.dumps(summary, indent=2))
     return 130 if summary["status"] == "interrupted" else 0
+
+
+def cmd_compare(args) -> int:
+    from .engine.compare import CompareSettings, compare
+
+    settings = CompareSettings(
+        presets=[p.strip() for p in args.presets.split(",") if p.strip()],
+        modes=[m.strip() for m in args.modes.split(",") if m.strip()], manifest=args.manifest,
+        budget_minutes=args.budget_minutes, out=args.out, size=args.size, seed=args.seed, samples=args.samples,
+        sampler=args.sampler, steps=args.steps, split=args.split, max_steps=args.max_steps,
+        figure_images=args.figure_images, device=args.device, overrides=list(args.overrides))
+    result = compare(settings)
+    print(result["text"])
+    if result["status"] == "interrupted":
+        return 130
+    print(f"wrote {Path(args.out) / 'compare.csv'}, compare.md and compare.png; progress in compare.json")
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -265,6 +324,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .analysis.fingerprint import format_table, write_fingerprint
+
+    summary = write_fingerprint(
+        args.out, manifests=args.manifest, runs=args.run, names=args.name or None, split=args.split, size=args.size,
+        every=args.every, max_images=args.max_images, sigma=args.sigma, seed=args.seed, window=args.window,
+        device=args.device, checkpoint=args.checkpoint, batch_size=args.batch_size, grad_batches=args.grad_batches)
+    print(format_table(summary))
+    print(f"wrote {', '.join(Path(f).name for f in summary['files'])} to {args.out}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from .config import load_preset, preset_names
 
@@ -276,8 +347,9 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-            "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench, "presets": cmd_presets}
+COMMANDS = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "predict": cmd_predict,
+            "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench,
+            "analyze": cmd_analyze, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,488 @@
+"""Feed-forward against diffusion training of the same architectures, on the same data, split and budget.
+
+The experiment of "Analysing Diffusion Segmentation" (shared paper 004): Table 1 (IoU and ECE per method in
+feed-forward and in diffusion mode, and their difference) and Fig. 1 (mean and standard deviation of several
+predictions per method and mode). This module only orchestrates: training is ``engine.train.Trainer``,
+sampling ``engine.predict.Predictor``, scoring ``engine.evaluate.evaluate``; each combination's folders are the
+usual run, prediction and evaluation folders, so any of them can be inspected or rerun on its own.
+
+Layout of ``out/``:
+    <preset>-<mode>/train/        a run directory (config.yaml, checkpoints/, log.csv, summary.json)
+    <preset>-<mode>/predictions/  ``lesiondiff predict`` output for the split
+    <preset>-<mode>/evaluation/   metrics.csv, summary.json, reliability.png
+    compare.json                  progress and settings, rewritten atomically after every stage
+    compare.csv, compare.md       the table (Table 1 form); compare.png: the figure (Fig. 1 form)
+
+Choices, stated once here and again in the protocol line printed above the table:
+- Every combination gets the same manifest, split, network size, seed, training budget (minutes of wall clock
+  per run, ``train.max_minutes``) and step cap (``train.steps``). The config is the preset, then those
+  settings, then the user's ``section.key=value`` overrides, in that order.
+- Feed-forward mode is the same architecture with random noise as x_t and t = T-1, trained with Dice + BCE
+  (objective ``feedforward``). It is sampled with the one-shot sampler, S times with S different noise inputs:
+  that noise is the only source of its (smaller) spread, as in the paper. Diffusion runs use ``--sampler`` and
+  ``--steps``, or their preset's own when not given.
+- Predictions use the ``best`` checkpoint (highest validation Dice; ``last`` when there is none), fused by the
+  preset's fusion method, thresholded at the run's threshold (0.5 unless overridden).
+- A preset whose own YAML sets ``diffusion.mode: feedforward`` (the ``unet`` baseline) is a feed-forward
+  network: it ignores x_t and t, so training it "for diffusion" would train the same network with a different
+  loss. Its diffusion combination is skipped, with that reason, in the state, the table and the figure; its
+  feed-forward row stands as a reference, like nnU-Net and SegFormer in the paper's Table 1.
+- IoU and Dice are reported in percent (x 100, as in the paper), ECE in [0, 1]; deltas are diffusion minus
+  feed-forward (percentage points for IoU and Dice).
+- Resumable and idempotent, from the files themselves: a run whose training summary says ``finished`` or
+  ``time budget reached`` is not retrained; one with ``checkpoints/last.safetensors`` but no such summary is
+  resumed. Predictions are redone only when they miss an image of the split, were made with other sampling
+  settings, or are older than the checkpoint; an evaluation only when it is missing or older than its
+  predictions. A run trained with a different config (say another ``--size``) is refused, not mixed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config, load_preset
+from ..data.dataset import mask_paths
+from ..data.io import read_image, read_masks
+from ..data.manifest import Manifest
+from ..data.transforms import resize_prob
+from ..errors import LesiondiffError
+from ..io_utils import atomic_path, atomic_write_text
+from .evaluate import evaluate, read_predictions
+from .predict import Predictor, collect_inputs
+
+MODES = ("diffusion", "feedforward")
+DONE = ("finished", "time budget reached")
+CHECKPOINT = "best"
+
+# compare.png layout, in inches at FIGURE_DPI: one PANEL_IN square per panel, a label margin on the left, the
+# two colour bars on the right and the title on top; saved without tight cropping, so its size is exactly
+# figure_inches(rows) * FIGURE_DPI.
+PANEL_IN, LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN, FIGURE_DPI = 1.8, 0.7, 1.3, 0.95, 0.15, 100
+FIGURE_COLUMNS = ("image + ground truth", "diffusion: mean", "diffusion: std", "feed-forward: mean",
+                  "feed-forward: std")
+
+
+@dataclass
+class CompareSettings:
+    """What ``lesiondiff compare`` was asked to do; the same for every combination."""
+
+    presets: list[str]
+    manifest: str
+    budget_minutes: float
+    out: str
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    size: int = 128
+    seed: int = 0
+    samples: int = 5
+    sampler: str | None = None  # diffusion runs: None means each preset's own
+    steps: int | None = None
+    split: str = "test"
+    max_steps: int = 1_000_000
+    figure_images: int = 3
+    device: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def skip_reason(preset: str, mode: str) -> str | None:
+    """Why a combination is not run (None: it is). Only feed-forward presets in diffusion mode are skipped."""
+    if mode == "diffusion" and load_preset(preset).diffusion.mode == "feedforward":
+        return (f"{preset} is a feed-forward network (its preset sets diffusion.mode: feedforward and the model "
+                "ignores x_t and t), so it has no diffusion mode")
+    return None
+
+
+def run_config(preset: str, mode: str, s: CompareSettings) -> Config:
+    """The preset, then the shared settings, then the user's overrides (which therefore win)."""
+    return load_preset(preset).override([
+        f"data.manifest={Path(s.manifest).resolve()}", f"data.size={s.size}", f"train.seed={s.seed}",
+        f"diffusion.mode={mode}", f"train.max_minutes={s.budget_minutes}", f"train.steps={s.max_steps}",
+        *s.overrides])
+
+
+def sampling(cfg: Config, mode: str, s: CompareSettings) -> dict:
+    """Sampling settings of one combination, in the keys ``predict.json`` records them under."""
+    if mode == "feedforward":  # one network evaluation per sample; steps are meaningless, recorded as 1
+        sampler, steps = "oneshot", 1
+    else:
+        sampler, steps = s.sampler or cfg.sample.sampler, s.steps or cfg.sample.steps
+    return {"samples": s.samples, "sampler": sampler, "steps": steps, "seed": s.seed, "checkpoint": CHECKPOINT}
+
+
+# ---- the three stages ---------------------------------------------------------------------------------------
+def _check_same_config(cfg: Config, train_dir: Path) -> None:
+    saved = Config.load(train_dir / "config.yaml").to_dict()
+    wanted = cfg.to_dict()
+    if wanted["data"]["channels"] == 0:  # resolved from the images when training starts
+        wanted["data"]["channels"] = saved["data"]["channels"]
+    for section, values in wanted.items():
+        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
+            old = saved[section][key] if key else saved[section]
+            if old != value:
+                name = f"{section}.{key}" if key else section
+                raise LesiondiffError(f"{train_dir}: trained with {name}={old!r}, but this comparison asks for "
+                                      f"{value!r}; choose another --out or delete {train_dir.parent} to retrain")
+
+
+def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
+    """Train, resume or skip one combination; returns its training summary plus ``action``."""
+    from .train import Trainer
+
+    train_dir = run / "train"
+    summary_path = train_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") in DONE:
+            _check_same_config(cfg, train_dir)
+            return {**summary, "action": "skipped (already trained)"}
+    resume = (train_dir / "checkpoints" / "last.safetensors").is_file()
+    if resume:
+        _check_same_config(cfg, train_dir)
+    t = cfg.train
+    log(f"{'resuming' if resume else 'training'} (budget {t.max_minutes:g} min, at most {t.steps} steps)")
+    trainer = Trainer(cfg, train_dir, device=device, resume=resume)
+    start = trainer.step
+    summary = trainer.fit()
+    return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}
+
+
+def _checkpoint_file(train_dir: Path) -> Path:
+    best = train_dir / "checkpoints" / f"{CHECKPOINT}.safetensors"
+    return best if best.is_file() else train_dir / "checkpoints" / "last.safetensors"  # predict's fallback
+
+
+def predictions_current(pred_dir: Path, wanted: dict, ids: list[str], checkpoint: Path) -> bool:
+    """True when ``pred_dir`` covers ``ids`` with the ``wanted`` sampling settings and is newer than the
+    checkpoint it would be made from."""
+    table, meta_path = pred_dir / "predictions.csv", pred_dir / "predict.json"
+    if not (table.is_file() and meta_path.is_file()):
+        return False
+    rows, meta = read_predictions(pred_dir)
+    if any(meta.get(k) != v for k, v in wanted.items()) or not set(ids) <= set(rows):
+        return False
+    return not checkpoint.is_file() or table.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
+
+
+def predict_stage(run: Path, cfg: Config, mode: str, s: CompareSettings, items: list[tuple[str, str]]) -> str:
+    pred_dir, train_dir = run / "predictions", run / "train"
+    wanted = sampling(cfg, mode, s)
+    if predictions_current(pred_dir, wanted, [i for i, _ in items], _checkpoint_file(train_dir)):
+        return "skipped (current predictions cover the split)"
+    overrides = [f"sample.{k}={wanted[k]}" for k in ("samples", "sampler", "steps", "seed")]
+    Predictor.from_run(train_dir, CHECKPOINT, s.device, overrides).run(items, pred_dir, checkpoint=CHECKPOINT)
+    return "predicted"
+
+
+def evaluate_stage(run: Path, s: CompareSettings) -> tuple[dict, str]:
+    pred_dir, eval_dir = run / "predictions", run / "evaluation"
+    path = eval_dir / "summary.json"
+    if path.is_file() and path.stat().st_mtime_ns >= (pred_dir / "predictions.csv").stat().st_mtime_ns:
+        summary = json.loads(path.read_text())
+        if summary.get("split") == s.split and summary.get("manifest") == str(s.manifest) \
+                and "calibration" in summary:
+            return summary, "skipped (newer than its predictions)"
+    return evaluate(pred_dir, s.manifest, s.split, out=eval_dir), "evaluated"
+
+
+# ---- orchestration ------------------------------------------------------------------------------------------
+def _write_state(out: Path, state: dict) -> None:
+    state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_text(out / "compare.json", json.dumps(state, indent=2))
+
+
+def _previous_runs(out: Path) -> dict:
+    """The run entries of an earlier compare.json in ``out`` (kept until this call revisits them), else {}.
+    Informational only: what to skip is decided from the run folders themselves."""
+    try:
+        runs = json.loads((out / "compare.json").read_text()).get("runs", {})
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in runs.items() if isinstance(v, dict) and "preset" in v and "mode" in v}
+
+
+def _check_settings(s: CompareSettings) -> None:
+    if not s.presets:
+        raise LesiondiffError("compare needs at least one preset (--presets a,b,c)")
+    bad = [m for m in s.modes if m not in MODES]
+    if bad or not s.modes:
+        raise LesiondiffError(f"unknown mode {bad[0] if bad else ''!r}; known: {', '.join(MODES)}")
+    if s.samples < 1:
+        raise LesiondiffError(f"--samples must be >= 1, got {s.samples}")
+    if s.budget_minutes <= 0:
+        raise LesiondiffError(f"--budget-minutes must be > 0, got {s.budget_minutes}")
+    for preset in s.presets:
+        load_preset(preset)  # an unknown preset fails here, before any training
+
+
+def compare(s: CompareSettings, log: Callable[[str], None] = print) -> dict:
+    """Run (or finish) every preset x mode combination, then write compare.csv, compare.md and compare.png.
+
+    Returns ``{"status": "done" | "interrupted", "runs": {...}, "rows": [...], "text": the printed table}``.
+    On Ctrl-C during training the Trainer saves the last checkpoint and this returns ``interrupted``; calling
+    again with the same settings continues from there.
+    """
+    _check_settings(s)
+    items = collect_inputs([], s.manifest, s.split)  # a bad manifest or an empty split fails before any work
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    combos = [(p, m) for p in s.presets for m in s.modes]
+    state: dict = {"settings": asdict(s), "runs": _previous_runs(out)}
+    for k, (preset, mode) in enumerate(combos, 1):
+        name = f"{preset}-{mode}"
+        entry: dict = {"preset": preset, "mode": mode}
+        state["runs"][name] = entry
+        reason = skip_reason(preset, mode)
+        tag = f"[{k}/{len(combos)}] {name}"
+        if reason:
+            entry.update(status="skipped", reason=reason)
+            log(f"{tag}: skipped: {reason}")
+            _write_state(out, state)
+            continue
+        run = out / name
+        cfg = run_config(preset, mode, s)
+        summary = train_stage(cfg, run, s.device, log=lambda msg, tag=tag: log(f"{tag}: {msg}"))
+        entry["train"] = {key: summary.get(key) for key in ("action", "status", "step", "elapsed_s", "best_val_dice",
+                                                             "best_step", "parameters")}
+        if summary["status"] == "interrupted":
+            entry["status"] = "interrupted"
+            _write_state(out, state)
+            return {"status": "interrupted", "runs": state["runs"],
+                    "text": f"interrupted while training {name} at step {summary['step']}; run the same "
+                            "command again to continue from its last checkpoint"}
+        entry["status"] = "trained"
+        _write_state(out, state)
+        log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
+            f"{summary['elapsed_s']} s of training in all)")
+        entry["predictions"] = predict_stage(run, cfg, mode, s, items)
+        entry["status"] = "predicted"
+        _write_state(out, state)
+        log(f"{tag}: predictions of {s.split}: {entry['predictions']}")
+        ev, action = evaluate_stage(run, s)
+        entry.update(status="evaluated", evaluation=action)
+        _write_state(out, state)
+        log(f"{tag}: evaluation: {action}")
+        entry["summary"] = ev  # in memory only: compare.json points to the file instead
+    results = {(e["preset"], e["mode"]): e for e in state["runs"].values() if (e["preset"], e["mode"]) in combos}
+    rows = table_rows(s.presets, results)
+    text = format_compare(protocol(s, results, len(items)), rows)
+    write_tables(out, rows, text)
+    figure = compare_figure(out / "compare.png", s, results) if s.figure_images > 0 else None
+    for e in state["runs"].values():
+        e.pop("summary", None)
+        if e["status"] == "evaluated":
+            e["evaluation_summary"] = f"{e['preset']}-{e['mode']}/evaluation/summary.json"
+    state["outputs"] = {"csv": "compare.csv", "markdown": "compare.md", "figure": figure and figure.name}
+    _write_state(out, state)
+    return {"status": "done", "runs": state["runs"], "rows": rows, "text": text}
+
+
+# ---- the table ----------------------------------------------------------------------------------------------
+def _figures(summary: dict) -> dict:
+    """Per-image means (IoU and Dice in %) and stds, and both ECEs, of one evaluation summary."""
+    fused, cal = summary["fused"]["all"], summary["calibration"]
+    return {"iou_pct": 100 * fused["iou"]["mean"], "iou_pct_std": 100 * fused["iou"]["std"],
+            "dice_pct": 100 * fused["dice"]["mean"], "dice_pct_std": 100 * fused["dice"]["std"],
+            "ece": cal["ece_per_image"]["mean"], "ece_std": cal["ece_per_image"]["std"],
+            "ece_pooled": cal["ece_pooled"]}
+
+
+TABLE_KEYS = ("iou_pct", "ece", "dice_pct", "ece_pooled")
+CSV_COLUMNS = ("preset", "iou_pct_ff", "ece_ff", "iou_pct_diffusion", "ece_diffusion", "delta_iou_pct", "delta_ece",
+               "dice_pct_ff", "dice_pct_diffusion", "delta_dice_pct", "ece_pooled_ff", "ece_pooled_diffusion",
+               "delta_ece_pooled", "iou_pct_std_ff", "iou_pct_std_diffusion", "dice_pct_std_ff",
+               "dice_pct_std_diffusion", "ece_std_ff", "ece_std_diffusion", "steps_ff", "steps_diffusion",
+               "status_ff", "status_diffusion")
+SHORT = {"feedforward": "ff", "diffusion": "diffusion"}
+
+
+def table_rows(presets: list[str], results: dict) -> list[dict]:
+    """One row per preset with the CSV_COLUMNS; a missing or skipped mode leaves its cells (and deltas) None."""
+    rows = []
+    for preset in presets:
+        row: dict = {c: None for c in CSV_COLUMNS}
+        row["preset"] = preset
+        for mode, short in SHORT.items():
+            e = results.get((preset, mode))
+            if e is None:
+                row[f"status_{short}"] = "not requested"
+                continue
+            row[f"status_{short}"] = e["status"] + (f": {e['reason']}" if e.get("reason") else "")
+            if "summary" not in e:
+                continue
+            row[f"steps_{short}"] = e["train"]["step"]
+            for key, value in _figures(e["summary"]).items():
+                row[f"{key}_{short}"] = value
+        for key in TABLE_KEYS:
+            d, f = row[f"{key}_diffusion"], row[f"{key}_ff"]
+            row[f"delta_{key}"] = d - f if d is not None and f is not None else None
+        rows.append(row)
+    return rows
+
+
+def protocol(s: CompareSettings, results: dict, n_images: int) -> str:
+    """How every number of the table was made, in one paragraph."""
+    done = {k: e for k, e in results.items() if "summary" in e}
+    settings = {k: e["summary"].get("prediction_settings") or {} for k, e in done.items()}
+    diff = sorted({f"{v.get('sampler')} {v.get('steps')} steps" for (_, m), v in settings.items() if m == "diffusion"})
+    thresholds = sorted({e["summary"]["threshold"] for e in done.values()})
+    fusions = sorted({v.get("fusion", "?") for v in settings.values()})
+    steps = ", ".join(f"{p}-{m} {e['train']['step']} ({e['train']['status']})" for (p, m), e in done.items())
+    skipped = "; ".join(f"{p}-{m} skipped: {e['reason']}" for (p, m), e in results.items() if e.get("reason"))
+    return (f"Protocol: split {s.split} of {s.manifest} ({n_images} images); S = {s.samples} samples per image in "
+            f"both modes (feed-forward: S different random x_t inputs, one network evaluation each); diffusion "
+            f"sampler {', '.join(diff) or 'n/a'}; training budget {s.budget_minutes:g} min per run, at most "
+            f"{s.max_steps} steps; steps reached: {steps or 'none'}; size {s.size} px; seed {s.seed}; "
+            f"checkpoint {CHECKPOINT} (highest validation Dice); fused mask ({', '.join(fusions) or 'n/a'} fusion) "
+            f"at threshold {', '.join(str(t) for t in thresholds) or 'n/a'} (prob >= threshold). IoU and Dice: "
+            "per-image mean at the original image size, in %. ECE: 10 equal-width bins on the mean of the S "
+            "samples, per-image mean; pooled ECE: all pixels of the split in one set of bins. "
+            "Delta = diffusion - feed-forward (IoU and Dice in percentage points)."
+            + (f" {skipped}." if skipped else ""))
+
+
+def _cell(value: float | None, digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def format_compare(protocol_line: str, rows: list[dict]) -> str:
+    """The protocol line, then the table in Markdown (Table 1 form, then Dice and pooled ECE)."""
+    head = ["preset", "IoU % (FF)", "ECE (FF)", "IoU % (diffusion)", "ECE (diffusion)", "ΔIoU (pp)", "ΔECE",
+            "Dice % (FF)", "Dice % (diffusion)", "ΔDice (pp)", "pooled ECE (FF)", "pooled ECE (diffusion)"]
+    lines = [protocol_line, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["preset"], _cell(r["iou_pct_ff"], 2), _cell(r["ece_ff"], 4), _cell(r["iou_pct_diffusion"], 2),
+                 _cell(r["ece_diffusion"], 4), _cell(r["delta_iou_pct"], 2, True), _cell(r["delta_ece"], 4, True),
+                 _cell(r["dice_pct_ff"], 2), _cell(r["dice_pct_diffusion"], 2), _cell(r["delta_dice_pct"], 2, True),
+                 _cell(r["ece_pooled_ff"], 4), _cell(r["ece_pooled_diffusion"], 4)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("FF: feed-forward. –: not run (see status in compare.csv). Standard deviations over images are in "
+                 "compare.csv.")
+    return "\n".join(lines)
+
+
+def write_tables(out: Path, rows: list[dict], text: str) -> None:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in rows])
+    atomic_write_text(out / "compare.csv", buffer.getvalue())
+    atomic_write_text(out / "compare.md", text + "\n")
+
+
+# ---- the figure ---------------------------------------------------------------------------------------------
+def figure_inches(n_rows: int) -> tuple[float, float]:
+    """(width, height) of compare.png in inches for ``n_rows`` (image, preset) rows."""
+    return (LEFT_IN + len(FIGURE_COLUMNS) * PANEL_IN + RIGHT_IN, TOP_IN + n_rows * PANEL_IN + BOTTOM_IN)
+
+
+def figure_ids(ids: list[str], k: int) -> list[str]:
+    """``k`` ids evenly spaced over the sorted ids (first and last included), without repeats."""
+    ordered = sorted(ids)
+    if k <= 0 or not ordered:
+        return []
+    picks = np.linspace(0, len(ordered) - 1, min(k, len(ordered))).round().astype(int)
+    return [ordered[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def _maps(pred_dir: Path, id_: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) over the S samples of one prediction, at the image size. std = sqrt(the npz's population
+    variance ``ambiguity``), taken before resizing."""
+    rows, _ = read_predictions(pred_dir)
+    with np.load(pred_dir / rows[id_]["probs"]) as npz:
+        return resize_prob(npz["coherence"], hw), resize_prob(np.sqrt(npz["ambiguity"]), hw)
+
+
+def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None:
+    """Fig. 1 form: one row per (image, preset), columns FIGURE_COLUMNS; all std panels share one colour scale
+    (0 to the largest std shown, rounded up to 3 decimals), all mean panels 0..1."""
+    presets = [p for p in s.presets if any("summary" in results.get((p, m), {}) for m in MODES)]
+    rows_by_id = {r["id"]: r for r in Manifest.read(s.manifest).rows(split=s.split)}
+    ids = figure_ids(list(rows_by_id), s.figure_images)
+    if not presets or not ids:
+        return None
+    cells = []  # (row label, image, gt, {mode: (mean, std) or reason})
+    for id_ in ids:
+        row = rows_by_id[id_]
+        image = read_image(row["image"])
+        hw = image.shape[:2]
+        paths = mask_paths(row)
+        gt = read_masks(paths, shape=hw) if paths else np.zeros(hw, bool)
+        for preset in presets:
+            maps = {}
+            for mode in MODES:
+                e = results.get((preset, mode))
+                if e is not None and "summary" in e:
+                    maps[mode] = _maps(Path(s.out) / f"{preset}-{mode}" / "predictions", id_, hw)
+                else:
+                    maps[mode] = "skipped:\nno diffusion mode" if e is not None and e.get("reason") else "not run"
+            cells.append((f"{id_[:18]}\n{preset}", image, gt, maps))
+    std_max = max([float(m[1].max()) for *_, maps in cells for m in maps.values() if not isinstance(m, str)]
+                  + [1e-3])
+    vmax = math.ceil(std_max * 1000) / 1000
+
+    from matplotlib import cm, colors
+
+    from ..report import pyplot
+
+    plt = pyplot()
+
+    width, height = figure_inches(len(cells))
+    fig = plt.figure(figsize=(width, height), dpi=FIGURE_DPI)
+    pad = 0.06
+    for r, (label, image, gt, maps) in enumerate(cells):
+        bottom = (height - TOP_IN - (r + 1) * PANEL_IN) / height
+        for c in range(len(FIGURE_COLUMNS)):
+            ax = fig.add_axes(((LEFT_IN + c * PANEL_IN + pad) / width, bottom + pad / height,
+                               (PANEL_IN - 2 * pad) / width, (PANEL_IN - 2 * pad) / height))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(FIGURE_COLUMNS[c], fontsize=8)
+            if c == 0:
+                if image.shape[2] == 1:
+                    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+                else:
+                    ax.imshow(np.clip(image / 255.0, 0, 1))
+                if gt.any():
+                    ax.contour(gt.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
+                ax.set_ylabel(label, fontsize=7)
+                continue
+            mode = "diffusion" if c <= 2 else "feedforward"
+            m = maps[mode]
+            if isinstance(m, str):
+                ax.text(0.5, 0.5, m, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+                continue
+            is_std = c % 2 == 0
+            ax.imshow(m[1] if is_std else m[0], cmap="magma" if is_std else "viridis", vmin=0,
+                      vmax=vmax if is_std else 1)
+    bar_w = 0.15 / width
+    for k, (cmap, top, label) in enumerate((
+            ("viridis", 1.0, "mean of S samples"), ("magma", vmax, f"std of S samples, 0–{vmax:g}"))):
+        span = (height - TOP_IN - BOTTOM_IN) / height
+        cax = fig.add_axes(((width - RIGHT_IN + 0.15) / width, BOTTOM_IN / height + span * (0.55 - 0.55 * k),
+                            bar_w, span * 0.4))
+        bar = fig.colorbar(cm.ScalarMappable(colors.Normalize(0, top), cmap), cax=cax)
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+    diff = sorted({f"{v.get('sampler')} {v.get('steps')} steps" for p in presets
+                   for v in [results.get((p, "diffusion"), {}).get("summary", {}).get("prediction_settings")] if v})
+    fig.suptitle(f"mean and std of S = {s.samples} predictions per image, split {s.split} (images evenly spaced "
+                 f"over the sorted ids)\ndiffusion: {', '.join(diff) or 'n/a'}; feed-forward: S random x_t inputs, "
+                 "one network evaluation each; yellow: ground-truth contour\nmean panels 0–1; every std panel "
+                 f"(population std, ddof 0) on one shared scale 0–{vmax:g} (the largest std shown)", fontsize=8,
+                 y=1 - 0.1 / height)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
+    plt.close(fig)
+    return path
