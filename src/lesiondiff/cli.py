@@ -1,4 +1,4 @@
-"""The ``lesiondiff`` command line: data, train, predict, evaluate, report, demo, bench, presets.
+"""The ``lesiondiff`` command line: data, train, compare, predict, evaluate, report, analyze, demo, bench, presets.
 
 Errors meant for the user (bad files, unknown keys, missing checkpoints) print one line and exit with status 2.
 """
@@ -135,7 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--split", default="test")
     fp.add_argument("--size", type=int, default=128, help="px for the data-set fingerprint (runs use their own size)")
     fp.add_argument("--every", type=int, default=10, help="analyse t = 0, every, 2 every, ... < T")
-    fp.add_argument("--max-images", type=int, default=None, help="use only the split's first N rows")
+    fp.add_argument("--max-images", type=int, default=None, help="use N rows evenly spaced over the split")
     fp.add_argument("--sigma", type=float, default=2.0, help="Gaussian smoothing of x_t in px at --size")
     fp.add_argument("--window", type=float, default=50, help="moving average of the slope, in timesteps")
     fp.add_argument("--seed", type=int, default=0)

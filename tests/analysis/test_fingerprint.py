@@ -252,3 +252,13 @@ def test_cli_errors_are_one_line(manifest, tmp_path, capsys, argv, needle):
     code = main(["analyze", "fingerprint", *argv, "--out", str(tmp_path / "fp")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err
+
+
+def test_max_images_takes_rows_evenly_spaced_over_the_split(manifest):
+    from lesiondiff.analysis.fingerprint import _split_rows
+
+    rows = Manifest.read(manifest).rows(split="train")
+    _, picked = _split_rows(manifest, "train", 4)
+    ids = [r["id"] for r in picked]
+    assert len(set(ids)) == 4 and ids[0] == rows[0]["id"] and ids[-1] == rows[-1]["id"]
+    assert [r["id"] for r in _split_rows(manifest, "train", 10**6)[1]] == [r["id"] for r in rows]

@@ -285,7 +285,10 @@ def _split_rows(manifest: str | Path, split: str, max_images: int | None) -> tup
     rows = m.rows(split=split or None)
     if not rows:
         raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
-    return m, rows[:max_images] if max_images else rows
+    if max_images and max_images < len(rows):
+        # evenly spaced over the split, not its first rows: manifests list classes in blocks (BUSI: benign first)
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_images).round().astype(int)]
+    return m, rows
 
 
 def _dataset_name(manifest: Manifest, path: str | Path) -> str:
