@@ -262,3 +262,10 @@ def test_max_images_takes_rows_evenly_spaced_over_the_split(manifest):
     ids = [r["id"] for r in picked]
     assert len(set(ids)) == 4 and ids[0] == rows[0]["id"] and ids[-1] == rows[-1]["id"]
     assert [r["id"] for r in _split_rows(manifest, "train", 10**6)[1]] == [r["id"] for r in rows]
+
+
+def test_runs_of_a_comparison_are_named_by_their_combination(tmp_path):
+    from lesiondiff.analysis.fingerprint import _run_label
+
+    assert _run_label(tmp_path / "segdiff-diffusion" / "train") == "segdiff-diffusion"
+    assert _run_label(tmp_path / "my_run") == "my_run"

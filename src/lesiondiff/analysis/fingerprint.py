@@ -280,6 +280,12 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+def _run_label(run: str | Path) -> str:
+    """A run's name in plots: its folder, or ``<combination>`` for ``lesiondiff compare``'s ``<preset>-<mode>/train``."""
+    path = Path(run).absolute()  # not resolve(): a symlink's own name is kept as the label
+    return path.parent.name if path.name == "train" and path.parent.name else path.name
+
+
 def _split_rows(manifest: str | Path, split: str, max_images: int | None) -> tuple[Manifest, list[dict]]:
     m = Manifest.read(manifest)
     rows = m.rows(split=split or None)
@@ -322,7 +328,7 @@ def write_fingerprint(out: str | Path, manifests: list[str] | tuple = (), runs: 
     run_info, skipped = [], []
     schedule: DiffusionConfig | None = None
     run_manifests = []
-    for run, source in zip(runs, _unique([Path(r).name for r in runs])):
+    for run, source in zip(runs, _unique([_run_label(r) for r in runs])):
         cfg, model = load_run(run, checkpoint, device)
         manifest = manifests[0] if manifests else cfg.data.manifest
         run_manifests.append(manifest)
