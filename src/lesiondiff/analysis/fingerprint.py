@@ -219,6 +219,7 @@ def model_curves(model: Denoiser, cfg: Config, data: SplitData, source: str, eve
         raise LesiondiffError(f"{source}: a feed-forward run has no timesteps to fingerprint")
     device = next(model.parameters()).device
     model.eval()
+    objective = build_objective(cfg.diffusion)  # its forward process noises x0 here, as in training
     ts = np.arange(0, cfg.diffusion.num_train_timesteps, every)
     abar = alphas_cumprod(cfg.diffusion).to(device)
     n = len(data)
@@ -237,10 +238,9 @@ def model_curves(model: Denoiser, cfg: Config, data: SplitData, source: str, eve
             condition = model.encode(torch.cat([batch["image"], torch.zeros_like(batch["image"])]))
             half = len(index)
             for k, t in enumerate(ts):
-                a = abar[t]
-                x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
                 tt = torch.full((2 * half,), int(t), device=device, dtype=torch.long)
-                x0_hat, eps_hat = _estimates(model, model.denoise(x_t, tt, condition), x_t, a)
+                x_t = objective.noisy(x0, eps, tt)
+                x0_hat, eps_hat = _estimates(model, model.denoise(x_t, tt, condition), x_t, abar[t])
                 error = _mse(x0_hat.clamp(-1, 1), x0)
                 sums["mask_error_conditioned"][k] += float(error[:half].sum())
                 sums["mask_error_unconditioned"][k] += float(error[half:].sum())
@@ -248,7 +248,6 @@ def model_curves(model: Denoiser, cfg: Config, data: SplitData, source: str, eve
                 sums["loss_x0"][k] += float(_mse(x0_hat[:half], x0[:half]).sum())
                 bar.update(1)
 
-    objective = build_objective(cfg.diffusion)
     grad_model = copy.deepcopy(model).eval().requires_grad_(True)
     params = list(grad_model.parameters())
     n_grad = 0
