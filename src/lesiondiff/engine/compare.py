@@ -395,10 +395,9 @@ def figure_ids(ids: list[str], k: int) -> list[str]:
     return [ordered[i] for i in dict.fromkeys(picks.tolist())]
 
 
-def _maps(pred_dir: Path, id_: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) over the S samples of one prediction, at the image size. std = sqrt(the npz's population
-    variance ``ambiguity``), taken before resizing."""
-    rows, _ = read_predictions(pred_dir)
+def _maps(pred_dir: Path, rows: dict[str, dict], id_: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) over the S samples of one prediction (``rows``: its ``predictions.csv``), at the image size.
+    std = sqrt(the npz's population variance ``ambiguity``), taken before resizing."""
     with np.load(pred_dir / rows[id_]["probs"]) as npz:
         return resize_prob(npz["coherence"], hw), resize_prob(np.sqrt(npz["ambiguity"]), hw)
 
@@ -411,6 +410,9 @@ def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None
     ids = figure_ids(list(rows_by_id), s.figure_images)
     if not presets or not ids:
         return None
+    pred_dirs = {(p, m): Path(s.out) / f"{p}-{m}" / "predictions" for p in presets for m in MODES
+                 if "summary" in results.get((p, m), {})}
+    tables = {key: read_predictions(d)[0] for key, d in pred_dirs.items()}  # each predictions.csv read once
     cells = []  # (row label, image, gt, {mode: (mean, std) or reason})
     for id_ in ids:
         row = rows_by_id[id_]
@@ -422,8 +424,8 @@ def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None
             maps = {}
             for mode in MODES:
                 e = results.get((preset, mode))
-                if e is not None and "summary" in e:
-                    maps[mode] = _maps(Path(s.out) / f"{preset}-{mode}" / "predictions", id_, hw)
+                if (preset, mode) in pred_dirs:
+                    maps[mode] = _maps(pred_dirs[preset, mode], tables[preset, mode], id_, hw)
                 else:
                     maps[mode] = "skipped:\nno diffusion mode" if e is not None and e.get("reason") else "not run"
             cells.append((f"{id_[:18]}\n{preset}", image, gt, maps))
