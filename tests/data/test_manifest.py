@@ -100,6 +100,30 @@ def test_k_folds():
     assert {r["split"] for r in manifest.rows(split="val")} == {"val"}
 
 
+def test_train_only_labels_move_to_train_and_leave_the_rest():
+    for folds in (0, 5):
+        plain = {r["id"]: r for r in assign_splits(_records(), seed=0, k_folds=folds)}
+        rows = assign_splits(_records(), seed=0, k_folds=folds, train_only_labels=["normal"])
+        normal = [r for r in rows if r["label"] == "normal"]
+        assert len(normal) == LABELS["normal"]
+        assert all(r["split"] == "train" and r["fold"] == -1 for r in normal)  # fold -1: never validation
+        assert any(plain[r["id"]]["split"] != "train" for r in normal)
+        others = [r for r in rows if r["label"] != "normal"]
+        assert all((r["split"], r["fold"]) == (plain[r["id"]]["split"], plain[r["id"]]["fold"]) for r in others)
+    with pytest.raises(LesiondiffError, match="no rows with label 'Normal'"):
+        assign_splits(_records(), train_only_labels=["Normal"])
+
+
+def test_train_only_moves_a_whole_case():
+    records = _records()
+    for rec in records:
+        rec.case = f"p{int(rec.id.rsplit('_', 1)[1]) // 4}"  # 4 images per patient, mixing labels
+    rows = assign_splits(records, seed=0, train_only_labels=("normal",))
+    moved = {r["case"] for r in rows if r["label"] == "normal"}
+    assert all(r["split"] == "train" for r in rows if r["case"] in moved)
+    assert len({(r["case"], r["split"]) for r in rows}) == len({r["case"] for r in rows})
+
+
 def test_split_arguments_are_checked():
     with pytest.raises(LesiondiffError, match="sum to 1"):
         assign_splits(_records(), ratios=(0.7, 0.2, 0.2))

@@ -221,6 +221,7 @@ def assign_splits(
     seed: int = 0,
     stratify: bool = True,
     k_folds: int = 0,
+    train_only_labels: Sequence[str] = (),
 ) -> list[Row]:
     """Rows with ``split`` in train/val/test (and ``fold``), sorted by id.
 
@@ -230,6 +231,12 @@ def assign_splits(
     case of each label that has enough cases. All rows of a case share a split. With ``k_folds`` >= 2 the
     non-test rows also get folds ``0..k-1`` the same way (test rows keep ``-1``); the train/val/test split
     does not depend on ``k_folds``. The result depends only on the ids, cases, labels and ``seed``.
+
+    Rows labelled one of ``train_only_labels`` are then moved to ``train`` with fold ``-1`` (never a
+    validation fold): PalScDiff trains on BUSI's "normal" images but never validates or tests on them.
+    The splits are assigned as without the option first, so every other row keeps the split and fold it
+    would have had, except rows that share a case with a moved row: the whole case moves, so a patient
+    never spans splits. A label with no rows is an error (most likely a typo).
     """
     ratios = tuple(float(r) for r in ratios)
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
@@ -241,6 +248,12 @@ def assign_splits(
     if len(set(ids)) != len(ids):
         dupe = next(i for i, c in Counter(ids).items() if c > 1)
         raise LesiondiffError(f"duplicate id {dupe!r}: ids must be unique to split")
+    train_only = {train_only_labels} if isinstance(train_only_labels, str) else set(train_only_labels)
+    labels = {r["label"] for r in rows}
+    missing = sorted(train_only - labels)
+    if missing:
+        known = ", ".join(sorted(labels)) or "none"
+        raise LesiondiffError(f"no rows with label {missing[0]!r} to keep in train (labels: {known})")
     rng = np.random.default_rng(seed)
     totals = [0, 0, 0]
     for groups in _strata(rows, stratify).values():
@@ -259,6 +272,11 @@ def assign_splits(
             for j, group in zip(parts, shuffled):
                 for r in group:
                     r["fold"] = j
+    if train_only:
+        moved = {r["case"] for r in rows if r["label"] in train_only}
+        for r in rows:
+            if r["case"] in moved:
+                r["split"], r["fold"] = "train", -1
     return rows
 
 
