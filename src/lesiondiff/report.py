@@ -11,11 +11,13 @@ import numpy as np
 from PIL import Image
 
 from .data.dataset import mask_paths
-from .data.io import read_image, read_masks
+from .data.io import read_image, read_mask, read_masks
 from .data.manifest import Manifest
 from .data.transforms import resize_prob
 from .io_utils import atomic_path, atomic_write_text
-from .metrics import METRIC_NAMES
+from .metrics import METRIC_NAMES, pooled_metrics
+
+GT_COLOUR = "#e41a1c"  # red: visible on a white mask, a black background and a grey ultrasound image alike
 
 
 def pyplot():
@@ -55,10 +57,20 @@ def training_figure(run: Path, path: Path) -> bool:
     return True
 
 
+def _predictions(pred_dir: Path) -> dict[str, dict]:
+    """The rows of ``pred_dir/predictions.csv`` by id."""
+    with (pred_dir / "predictions.csv").open() as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def _predict_settings(pred_dir: Path) -> dict:
+    meta = pred_dir / "predict.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
 def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) -> bool:
     """One row per image: image, ground truth, fused mask overlay, coherence, ambiguity, entropy."""
-    with (pred_dir / "predictions.csv").open() as f:
-        preds = {r["id"]: r for r in csv.DictReader(f)}
+    preds = _predictions(pred_dir)
     chosen = [r for r in rows if r["id"] in preds][:n] or [{"id": i, "image": p["image"]} for i, p in
                                                              list(preds.items())[:n]]
     if not chosen:
@@ -89,6 +101,86 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
         axes[i, 0].set_ylabel(row["id"][:24], fontsize=8)
     _save(fig, path)
     return True
+
+
+def _even(items: list, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (first and last included), or all of them when fewer."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    # the pooled Dice of one image is its per-image Dice, with the same empty-mask rule, and needs no HD95
+    return float(pooled_metrics([pred], [gt])["pooled_dice"])
+
+
+def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
+                  threshold: float | None = None) -> list[dict]:
+    """PalScDiff Fig. 5: one row per image; columns: the image with its ground-truth contour, round 1 .. round S
+    (sample k-1 resized bilinearly to the original size with ``resize_prob``, then ``>= threshold``, the
+    Evaluator's rule), and the fused mask as predict wrote it (``<id>_mask.png``, at predict's threshold even
+    when ``threshold`` differs); the ground-truth contour is drawn on every panel and each mask's per-image
+    Dice is in its title.
+
+    ``rows`` are manifest rows; the ``n`` images are spread evenly over the sorted ids that have a prediction
+    and a non-empty ground truth (without any, over the sorted predicted ids, and no Dice is shown).
+    ``threshold`` defaults to the one in ``predict.json`` (else 0.5). Returns one record per image drawn,
+    ``{"id", "rounds": [Dice of round 1..S], "fused": Dice}`` (Dice None without ground truth), or ``[]``
+    (no figure written) when there is nothing to draw or the predictions have fewer than two samples.
+    """
+    pred_dir = Path(pred_dir)
+    preds = _predictions(pred_dir)
+    settings = _predict_settings(pred_dir)
+    thr = float(settings.get("threshold", 0.5)) if threshold is None else threshold
+    with_gt = sorted((r for r in rows if r["id"] in preds and mask_paths(r)), key=lambda r: r["id"])
+    # every candidate's ground truth is read once to find the lesions; images and samples only for the n chosen
+    with_gt = [r for r in with_gt if read_masks(mask_paths(r)).any()]
+    chosen = _even(with_gt, n) or _even([{"id": i, "image": preds[i]["image"]} for i in sorted(preds)], n)
+    if not chosen:
+        return []
+    with np.load(pred_dir / preds[chosen[0]["id"]]["probs"]) as npz:
+        n_samples = int(npz["samples"].shape[0])
+    if n_samples < 2:
+        return []
+    plt = pyplot()
+    cols = n_samples + 2
+    fig, axes = plt.subplots(len(chosen), cols, figsize=(1.9 * cols, 2.0 * len(chosen) + 0.7), squeeze=False,
+                             layout="constrained")  # keeps the three-line suptitle clear of the panels
+    fusion = settings.get("fusion", "fused")
+    records = []
+    for i, row in enumerate(chosen):
+        p = preds[row["id"]]
+        image = read_image(row["image"])
+        hw = image.shape[:2]
+        gt = read_masks(mask_paths(row), shape=hw) if with_gt else None
+        with np.load(pred_dir / p["probs"]) as npz:
+            samples = npz["samples"]
+            # one sample at a time: at a dermoscopy image's full size, S float32 maps are hundreds of MB
+            masks = [resize_prob(samples[k].astype(np.float32), hw) >= thr for k in range(samples.shape[0])]
+        masks.append(read_mask(pred_dir / p["mask"]))
+        dice = [None if gt is None else _dice(m, gt) for m in masks]
+        records.append({"id": row["id"], "rounds": dice[:-1], "fused": dice[-1]})
+        names = [f"round {k + 1}" for k in range(len(masks) - 1)] + [f"fused ({fusion})"]
+        panels = [(image[..., 0] if image.shape[2] == 1 else image / 255.0, "image + GT contour")]
+        panels += [(m, name if d is None else f"{name}\nDice {d:.3f}") for m, name, d in zip(masks, names, dice)]
+        for j, (img, title) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(img, cmap="gray", vmin=0 if j else None, vmax=1 if j else None, interpolation="nearest")
+            if gt is not None:
+                ax.contour(gt.astype(np.float32), levels=[0.5], colors=GT_COLOUR, linewidths=0.9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=8)
+        axes[i, 0].set_ylabel(row["id"][:24], fontsize=8)
+    which = (f"{len(chosen)} of the {len(with_gt)} images with a non-empty ground truth, evenly spaced over the "
+             "sorted ids" if with_gt else f"{len(chosen)} images evenly spaced over the sorted ids (no ground "
+             "truth given)")
+    # three short lines, so the title never sets the width of a figure with few rounds
+    fig.suptitle(f"Sampling rounds and the fused mask\n{which}\nround k = the k-th sample at threshold {thr:g}, "
+                 "resized to the original size; red: ground-truth contour", fontsize=9)
+    _save(fig, path)
+    return records
 
 
 def reliability_title(summary: dict) -> str:
@@ -143,6 +235,30 @@ def _metrics_table(summary: dict) -> str:
     return f"<table><tr><th>view</th>{head}<th>n</th></tr>{''.join(body)}</table>"
 
 
+def _rounds_html(summary: dict) -> str:
+    """PalScDiff's Table 4 for a summary that has ``rounds``: each round alone, the ensemble and the spread."""
+    # imported here: engine.evaluate imports this module for its reliability diagram
+    from .engine.evaluate import (
+        COLUMN_NAMES,
+        PALSCDIFF_METRICS,
+        ensemble_minus_best_text,
+        rounds_cells,
+        rounds_protocol,
+        rounds_table,
+    )
+
+    head = "".join(f"<th>{COLUMN_NAMES[k]}</th>" for k in PALSCDIFF_METRICS)
+    body = "".join(f"<tr><th>{html.escape(r['which'])}</th>"
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in rounds_cells(r)) + "</tr>"
+                   for r in rounds_table(summary))
+    return ("<h3>Sampling rounds</h3><p>Each round scores one of the S samples of every image on its own (round k "
+            "= the k-th sample, drawn from its own noise), as PalScDiff's Table 4 does; the ensemble row is the "
+            "fused row above. Mean &plusmn; population std over images, in %.</p>"
+            f"<table><tr><th></th>{head}</tr>{body}</table>"
+            f"<p>{html.escape(ensemble_minus_best_text(summary))}.</p>"
+            f"<p class='protocol'>{html.escape(rounds_protocol(summary))}.</p>")
+
+
 def _calibration_html(summary: dict, figs: Path) -> str:
     """The calibration paragraph and, for summaries that have a ``calibration`` section, its reliability
     diagram (redrawn from the summary's bins, so it does not matter where the evaluation wrote its own)."""
@@ -186,6 +302,8 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
             parts.append("<p>Predictions: " + html.escape(", ".join(f"{k} {v}" for k, v in settings.items()))
                          + "</p>")
         parts.append(_metrics_table(summary))
+        if summary.get("rounds"):
+            parts.append(_rounds_html(summary))
         pooled, u = summary["pooled"]["fused"], summary["uncertainty"]
         parts.append(f"<p>Pooled over the split (fused masks, summed pixel counts): Dice {pooled['pooled_dice']:.3f},"
                      f" IoU {pooled['pooled_iou']:.3f}. Uncertainty, per image then averaged: GED "
@@ -197,6 +315,14 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
         if examples_figure(Path(pred_dir), rows, figs / "examples.png"):
             parts.append("<h2>Examples</h2><p>Yellow: fused mask contour. Red: ambiguity (sample variance).</p>"
                          '<img src="figures/examples.png" alt="examples">')
+        threshold = summary["threshold"] if summary is not None else None  # the evaluation's, if it re-thresholded
+        if rounds_figure(Path(pred_dir), rows, figs / "rounds.png", threshold=threshold):
+            parts.append("<h2>Sampling rounds and the fused mask</h2><p>Each row is one image; each round column "
+                         "is one of the S samples drawn for it, thresholded and resized as the evaluation does, "
+                         "and the last column is the fused mask the predictions report (PalScDiff, Fig. 5). "
+                         "Pixels where the rounds differ are where sampling is uncertain (PalScDiff finds them "
+                         "mostly along lesion boundaries); the fusion settles them. Red: ground-truth contour; titles: per-image Dice.</p>"
+                         '<img src="figures/rounds.png" alt="sampling rounds and the fused mask">')
     if run is not None and (Path(run) / "config.yaml").is_file():
         parts.append("<h2>Configuration</h2><pre>" + html.escape((Path(run) / "config.yaml").read_text()) + "</pre>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"

@@ -1,7 +1,9 @@
-"""The Evaluator's calibration section on a small hand-made prediction folder (no training involved)."""
+"""The Evaluator's calibration and sampling-rounds sections, and their report figures, on small hand-made
+prediction folders (no training involved)."""
 
 import csv
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,8 +11,17 @@ from PIL import Image
 
 from lesiondiff.data.io import write_mask_png, write_png
 from lesiondiff.data.manifest import Manifest
-from lesiondiff.engine.evaluate import evaluate, format_table
-from lesiondiff.report import write_report
+from lesiondiff.engine.evaluate import (
+    SPREAD_ROW,
+    evaluate,
+    format_rounds_markdown,
+    format_table,
+    rounds_table,
+)
+from lesiondiff.engine.predict import Prediction, Predictor
+from lesiondiff.fusion import majority
+from lesiondiff.metrics import binary_metrics
+from lesiondiff.report import rounds_figure, write_report
 from lesiondiff.uncertainty import expected_calibration_error
 
 
@@ -91,3 +102,145 @@ def test_report_shows_reliability_diagram(hand_made, tmp_path):
     old = {k: v for k, v in summary.items() if k != "calibration"}
     page = write_report(tmp_path / "old", summary=old).read_text()
     assert "reliability.png" not in page and "ECE per image" in page
+
+
+def _box(rows: slice, cols: slice) -> np.ndarray:
+    mask = np.zeros((8, 8), bool)
+    mask[rows, cols] = True
+    return mask
+
+
+# Two 8x8 test images with a 16-pixel lesion; per image, three rounds with known scores:
+# round 1 = the ground truth, round 2 = empty, round 3 = half the lesion (a) or the lesion plus 8 false
+# positives (b). The majority vote is then the half lesion (a) and the lesion (b).
+GT = {"a": _box(slice(2, 6), slice(2, 6)), "b": _box(slice(1, 5), slice(3, 7))}
+ROUNDS = {"a": [GT["a"], np.zeros((8, 8), bool), _box(slice(2, 6), slice(2, 4))],
+          "b": [GT["b"], np.zeros((8, 8), bool), GT["b"] | _box(slice(6, 8), slice(0, 4))]}
+FUSED = {"a": ROUNDS["a"][2], "b": GT["b"]}
+
+
+def _rounds_predictions(root, n_samples: int = 3):
+    """A predictions folder written by the Predictor's own writer (so the files are exactly what ``lesiondiff
+    predict`` writes) from the rounds above, the first ``n_samples`` of them, at the original size. A third
+    image, "c", has an empty ground truth and is in split "val". Returns (pred_dir, manifest)."""
+    pred = root / "pred"
+    pred.mkdir(parents=True)
+    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5)))
+    masks = {**ROUNDS, "c": [np.zeros((8, 8), bool)] * 3}
+    rows, preds = [], []
+    for id_, rounds in masks.items():
+        image = np.full((8, 8, 1), 90 + 40 * GT.get(id_, np.zeros((8, 8), bool))[..., None], np.uint8)
+        write_png(root / f"{id_}.png", image)
+        write_mask_png(root / f"{id_}_gt.png", GT.get(id_, np.zeros((8, 8), bool)))
+        probs = np.stack(rounds[:n_samples]).astype(np.float32)
+        row = Predictor.write(writer, Prediction(id_, probs, majority(probs), (8, 8), image), pred)
+        preds.append({**row, "image": str(root / f"{id_}.png")})
+        rows.append({"id": id_, "image": str(root / f"{id_}.png"), "masks": [str(root / f"{id_}_gt.png")],
+                     "label": "", "split": "val" if id_ == "c" else "test"})
+    manifest = root / "manifest.csv"
+    Manifest.from_records(rows).write(manifest)
+    with (pred / "predictions.csv").open("w", newline="") as f:
+        writer_ = csv.DictWriter(f, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
+        writer_.writeheader()
+        writer_.writerows(preds)
+    (pred / "predict.json").write_text(json.dumps({
+        "sampler": "ddpm", "steps": 1000, "samples": n_samples, "fusion": "majority", "crf": False,
+        "threshold": 0.5, "seed": 7}))
+    return pred, manifest
+
+
+@pytest.fixture(scope="module")
+def rounds_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rounds")
+    pred, manifest = _rounds_predictions(root)
+    return pred, manifest, evaluate(pred, manifest, "test", out=root / "ev"), root / "ev"
+
+
+def test_rounds_means_spread_and_ensemble_minus_best(rounds_run):
+    _, _, summary, _ = rounds_run
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    means = {k: [r["all"][k]["mean"] for r in rounds] for k in ("accuracy", "precision", "dice", "iou")}
+    assert means["dice"] == pytest.approx([1, 0, (2 / 3 + 0.8) / 2])  # round 3: half lesion 2/3, extra FP 0.8
+    assert means["iou"] == pytest.approx([1, 0, (1 / 2 + 2 / 3) / 2])
+    assert means["precision"] == pytest.approx([1, 0, (1 + 2 / 3) / 2])  # empty prediction, lesion present: 0
+    assert means["accuracy"] == pytest.approx([1, 48 / 64, 56 / 64])
+    assert rounds[2]["all"]["dice"]["std"] == pytest.approx((0.8 - 2 / 3) / 2)
+    assert rounds[1]["all"]["hd95"]["n_nan"] == 2  # empty rounds: no distance to nothing
+    fused = summary["fused"]["all"]
+    assert fused["dice"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    # rounds are the per-sample rows regrouped: together they are the single_sample view
+    assert np.mean(means["dice"]) == pytest.approx(summary["single_sample"]["all"]["dice"]["mean"])
+
+    spread = summary["rounds_spread"]
+    assert spread["accuracy"] == pytest.approx({"min": 0.75, "max": 1.0, "range": 0.25, "best_round": 1})
+    assert spread["dice"]["range"] == pytest.approx(1.0) and spread["dice"]["best_round"] == 1
+    assert spread["hd95"]["best_round"] == 1 and spread["hd95"]["min"] == 0.0  # lower is better; nan round out
+    gain = summary["ensemble_minus_best_round"]
+    assert gain["dice"] == pytest.approx((2 / 3 + 1) / 2 - 1)
+    assert gain["iou"] == pytest.approx(-0.25) and gain["precision"] == pytest.approx(0.0)
+    assert gain["accuracy"] == pytest.approx(0.9375 - 1)
+    hd_a = binary_metrics(FUSED["a"], GT["a"])["hd95"]
+    assert gain["hd95"] == pytest.approx(hd_a / 2 - 0.0)  # fused minus the lowest round mean (round 1: 0)
+
+
+def test_rounds_table_markdown_and_printed_table(rounds_run):
+    _, _, summary, out = rounds_run
+    rows = rounds_table(summary)
+    assert [r["which"] for r in rows] == ["round 1", "round 2", "round 3", "majority vote", SPREAD_ROW]
+    assert rows[2]["dice"] == pytest.approx(100 * 11 / 15) and rows[2]["dice_std"] == pytest.approx(100 / 15)
+    assert rows[4]["accuracy"] == pytest.approx(25.0) and rows[4]["accuracy_std"] is None
+    md = format_rounds_markdown(summary)
+    lines = md.splitlines()
+    assert lines[0] == "| | ACC % | Precision % | Dice % | IoU % |"
+    assert lines[2:7] == [
+        "| round 1 | 100.00 ± 0.00 | 100.00 ± 0.00 | 100.00 ± 0.00 | 100.00 ± 0.00 |",
+        "| round 2 | 75.00 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 |",
+        "| round 3 | 87.50 ± 0.00 | 83.33 ± 16.67 | 73.33 ± 6.67 | 58.33 ± 8.33 |",
+        "| majority vote | 93.75 ± 6.25 | 100.00 ± 0.00 | 83.33 ± 16.67 | 75.00 ± 25.00 |",
+        f"| {SPREAD_ROW} | 25.00 | 100.00 | 100.00 | 100.00 |",
+    ]
+    assert "Dice -16.67 (best: round 1)" in md
+    assert "2 images" in md and "threshold 0.5" in md and "sampler ddpm, steps 1000, seed 7" in md
+    assert (out / "rounds.md").read_text() == md + "\n"
+
+    table = format_table(summary).splitlines()
+    assert sum(x.startswith("round ") for x in table) == 3
+    spread = next(x for x in table if x.startswith("spread (max - min)"))
+    gain = next(x for x in table if x.startswith("fused - best round"))
+    # columns: dice, iou, accuracy, precision, ...
+    assert [float(v) for v in spread[26:].split()[:4]] == pytest.approx([1, 1, 0.25, 1])
+    assert [float(v) for v in gain[26:].split()[:4]] == pytest.approx([-1 / 6, -0.25, -0.0625, 0], abs=1e-3)
+    assert any(x.startswith("fused = the S samples fused by majority vote") for x in table)
+    # a summary from before the rounds section still prints, without them
+    old = {k: v for k, v in summary.items() if k not in ("rounds", "rounds_spread", "ensemble_minus_best_round")}
+    assert not any(x.startswith("round ") for x in format_table(old).splitlines())
+
+
+def test_rounds_figure_panels_and_dice(rounds_run, tmp_path):
+    pred, manifest, _, _ = rounds_run
+    rows = Manifest.read(manifest).rows()  # every split: "c" has a prediction but an empty ground truth
+    records = rounds_figure(pred, rows, tmp_path / "rounds3.png", n=4)
+    assert [r["id"] for r in records] == ["a", "b"]  # only the images with a lesion
+    assert records[0]["rounds"] == pytest.approx([1, 0, 2 / 3]) and records[0]["fused"] == pytest.approx(2 / 3)
+    assert records[1]["rounds"] == pytest.approx([1, 0, 0.8]) and records[1]["fused"] == pytest.approx(1)
+    assert [r["id"] for r in rounds_figure(pred, rows, tmp_path / "one.png", n=1)] == ["a"]
+    two, _ = _rounds_predictions(tmp_path / "s2", n_samples=2)
+    assert len(rounds_figure(two, rows, tmp_path / "rounds2.png")[0]["rounds"]) == 2
+    wide, narrow = Image.open(tmp_path / "rounds3.png"), Image.open(tmp_path / "rounds2.png")
+    assert wide.format == narrow.format == "PNG"
+    assert wide.size[0] > narrow.size[0] + 100  # one panel more per row (S + 2 panels)
+    one, _ = _rounds_predictions(tmp_path / "s1", n_samples=1)
+    assert rounds_figure(one, rows, tmp_path / "none.png") == [] and not (tmp_path / "none.png").exists()
+
+
+def test_report_shows_rounds_table_and_figure(rounds_run, tmp_path):
+    pred, manifest, summary, _ = rounds_run
+    page = write_report(tmp_path / "report", pred_dir=pred, summary=summary, manifest=manifest).read_text()
+    assert "<h2>Sampling rounds and the fused mask</h2>" in page and 'src="figures/rounds.png"' in page
+    assert Image.open(tmp_path / "report/figures/rounds.png").format == "PNG"
+    assert "<h3>Sampling rounds</h3>" in page and "<td>73.33 ± 6.67</td>" in page
+    assert "<th>majority vote</th>" in page
+    old = {k: v for k, v in summary.items() if k not in ("rounds", "rounds_spread", "ensemble_minus_best_round")}
+    page = write_report(tmp_path / "old", summary=old).read_text()
+    assert "<h3>Sampling rounds</h3>" not in page

@@ -9,6 +9,22 @@ Every figure is per image at the original image size, thresholded at the predict
 Per class where the manifest has labels. Uncertainty: the standard GED (d = 1 - IoU) between the S samples
 and the one ground truth, per image then averaged.
 
+Sampling rounds (PalScDiff, Table 4: five rounds of sampling, each scored alone, and their majority-vote
+ensemble): round k is the k-th of the S samples of every image. The S samples of one image are drawn in one
+batch from independent noise, so each round is an independent draw of the whole split, and the spread of the
+round means is the run-to-run variation a user would see from sampling once.
+- ``rounds``: one entry per round, ``{"round": k, "all": summarize(...), <label>: ...}``, the per-image metrics
+  of sample k-1 alone (``which == "sample_<k-1>"`` in ``metrics.csv``) summarised like ``fused``. Where images
+  have different S, only the rounds every image has are kept, so each round covers the whole split.
+- ``rounds_spread``: per metric, ``min`` and ``max`` of the round means, ``range = max - min`` and
+  ``best_round`` (1-based; the highest mean, the lowest for hd95, where lower is better).
+- ``ensemble_minus_best_round``: per metric, the ``fused`` mean minus the best round's mean. Positive means the
+  ensemble beats every single round, except for hd95, where negative does (it is not sign-flipped, so every
+  entry stays "fused minus round").
+The ensemble is whatever fusion the predictions used (``prediction_settings["fusion"]``: majority vote for the
+palscdiff preset, mean, STAPLE, optionally with DenseCRF); ``rounds_table`` and ``format_rounds_markdown``
+name it, and ``evaluate`` writes the Markdown table as ``rounds.md``.
+
 Calibration (``summary["calibration"]``; Guo et al. 2017, as "Analysing Diffusion Segmentation" reports it):
 the probability scored is the per-pixel mean of the S samples (the ``coherence`` array of each ``_probs.npz``),
 not the output of the fuser (the two agree for mean fusion, not for majority or STAPLE), resized bilinearly
@@ -41,6 +57,12 @@ from ..uncertainty import ece_from_bins, ged, merge_bins, reliability_bins, reli
 
 N_BINS = 10
 PROBABILITY = "mean of the S samples"
+LOWER_IS_BETTER = ("hd95",)
+PALSCDIFF_METRICS: tuple[str, ...] = ("accuracy", "precision", "dice", "iou")  # the columns of its Table 4
+COLUMN_NAMES = {"accuracy": "ACC %", "precision": "Precision %", "dice": "Dice %", "iou": "IoU %",
+                "recall": "Recall %", "specificity": "Specificity %", "hd95": "HD95 px"}
+FUSION_NAMES = {"majority": "majority vote", "mean": "mean fusion", "staple": "STAPLE"}
+SPREAD_ROW = "spread (max - min over rounds)"
 
 
 def read_predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
@@ -57,8 +79,8 @@ def read_predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
 def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", out: str | Path | None = None,
              threshold: float | None = None) -> dict:
     """Score the predictions in ``pred_dir`` against ``split`` of ``manifest`` (module docstring); writes
-    ``metrics.csv``, ``summary.json`` and ``reliability.png`` to ``out`` (default: ``pred_dir``) and returns the
-    summary."""
+    ``metrics.csv``, ``summary.json``, ``rounds.md`` and ``reliability.png`` to ``out`` (default: ``pred_dir``)
+    and returns the summary."""
     pred_dir = Path(pred_dir)
     out = Path(out) if out else pred_dir
     preds, meta = read_predictions(pred_dir)
@@ -94,16 +116,22 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         gts.append(gt)
 
     labels = sorted({r["label"] for r in per_image if r["label"]})
+    rounds = rounds_summary(per_sample, min(n_samples), labels)
+    fused_all = summarize(per_image)
+    spread, gain = rounds_spread(rounds, fused_all)
     summary = {
         "protocol": (f"split {split} of {manifest}: {len(rows)} images; threshold {thr} (prob >= threshold); "
                      "metrics per image at the original image size, then mean +- population std over images; "
                      "hd95 in pixels, images where exactly one mask is empty left out (n_nan)"),
         "split": split, "n_images": len(rows), "threshold": thr, "manifest": str(manifest),
         "predictions": str(pred_dir), "prediction_settings": meta,
-        "fused": {"all": summarize(per_image), **{lb: summarize([r for r in per_image if r["label"] == lb])
-                                                  for lb in labels}},
+        "fused": {"all": fused_all, **{lb: summarize([r for r in per_image if r["label"] == lb])
+                                       for lb in labels}},
         "single_sample": {"all": summarize(per_sample),
                           **{lb: summarize([r for r in per_sample if r["label"] == lb]) for lb in labels}},
+        "rounds": rounds,
+        "rounds_spread": spread,
+        "ensemble_minus_best_round": gain,
         "pooled": {"fused": pooled_metrics(fused_masks, gts)},
         "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ece")},
         "calibration": calibration_summary(bins, [u["ece"] for u in uncertainty], n_samples),
@@ -115,8 +143,122 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     writer.writerows(per_image + per_sample)
     atomic_write_text(out / "metrics.csv", buffer.getvalue())
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "rounds.md", format_rounds_markdown(summary) + "\n")
     reliability_figure(summary["calibration"], out / "reliability.png", title=reliability_title(summary))
     return summary
+
+
+def rounds_summary(per_sample: list[dict], n_rounds: int, labels: list[str]) -> list[dict]:
+    """``summary["rounds"]``: round k (1-based) summarises the ``per_sample`` rows of sample k-1, over the
+    split (``"all"``) and per label."""
+    out = []
+    for k in range(n_rounds):
+        rows = [r for r in per_sample if r["which"] == f"sample_{k}"]
+        out.append({"round": k + 1, "all": summarize(rows),
+                    **{lb: summarize([r for r in rows if r["label"] == lb]) for lb in labels}})
+    return out
+
+
+def rounds_spread(rounds: list[dict], fused: dict) -> tuple[dict, dict]:
+    """``(rounds_spread, ensemble_minus_best_round)`` from ``summary["rounds"]`` and the fused ``"all"``
+    summary (module docstring). Rounds whose mean is ``nan`` (every hd95 undefined) are left out; a metric
+    with no finite round mean gets ``nan`` and ``best_round`` None."""
+    spread, gain = {}, {}
+    for key in METRIC_NAMES:
+        means = np.array([r["all"][key]["mean"] for r in rounds], dtype=np.float64)
+        if np.isnan(means).all():
+            nan = float("nan")
+            spread[key] = {"min": nan, "max": nan, "range": nan, "best_round": None}
+            gain[key] = nan
+            continue
+        best = int(np.nanargmin(means) if key in LOWER_IS_BETTER else np.nanargmax(means))
+        lo, hi = float(np.nanmin(means)), float(np.nanmax(means))
+        spread[key] = {"min": lo, "max": hi, "range": hi - lo, "best_round": best + 1}
+        gain[key] = float(fused[key]["mean"] - means[best])
+    return spread, gain
+
+
+def ensemble_name(summary: dict) -> str:
+    """What the fused masks are, from ``prediction_settings``: "majority vote", "STAPLE + DenseCRF", ..."""
+    settings = summary.get("prediction_settings") or {}
+    method = settings.get("fusion")
+    name = FUSION_NAMES.get(method, method or "fused (fusion not recorded)")
+    return name + (" + DenseCRF" if settings.get("crf") else "")
+
+
+def _require_rounds(summary: dict) -> list[dict]:
+    if not summary.get("rounds"):
+        raise LesiondiffError("this summary has no 'rounds' section (written before it existed); run lesiondiff "
+                              "evaluate again")
+    return summary["rounds"]
+
+
+def _scale(key: str) -> float:
+    return 1.0 if key in LOWER_IS_BETTER else 100.0  # fractions as %, hd95 stays in pixels
+
+
+def rounds_table(summary: dict, metrics: tuple[str, ...] = PALSCDIFF_METRICS) -> list[dict]:
+    """PalScDiff's Table 4 as rows: ``{"which": "round 1", <metric>: mean, <metric>_std: std, ...}`` for
+    each round, then the ensemble (``"which"`` is its fusion, e.g. "majority vote"), then
+    ``{"which": SPREAD_ROW, <metric>: max - min of the round means, <metric>_std: None}``.
+
+    Means, stds and spreads are per-image figures (mean +- population std over images) in %, except hd95,
+    in pixels. Raises ``LesiondiffError`` for summaries written before rounds existed.
+    """
+    rounds = _require_rounds(summary)
+
+    def row(which: str, stats: dict) -> dict:
+        return {"which": which, **{k: stats[k]["mean"] * _scale(k) for k in metrics},
+                **{f"{k}_std": stats[k]["std"] * _scale(k) for k in metrics}}
+
+    spread = summary["rounds_spread"]
+    return [*(row(f"round {r['round']}", r["all"]) for r in rounds),
+            row(ensemble_name(summary), summary["fused"]["all"]),
+            {"which": SPREAD_ROW, **{k: spread[k]["range"] * _scale(k) for k in metrics},
+             **{f"{k}_std": None for k in metrics}}]
+
+
+def rounds_cells(row: dict, metrics: tuple[str, ...] = PALSCDIFF_METRICS) -> list[str]:
+    """The cells of one ``rounds_table`` row as text: "mean ± std" with 2 decimals (the paper's precision),
+    or the value alone on the spread row."""
+    return [f"{row[k]:.2f}" if row[f"{k}_std"] is None else f"{row[k]:.2f} ± {row[f'{k}_std']:.2f}"
+            for k in metrics]
+
+
+def ensemble_minus_best_text(summary: dict, metrics: tuple[str, ...] = PALSCDIFF_METRICS) -> str:
+    """One sentence: the ensemble's mean minus the best round's, per metric, with which round was best."""
+    gain, spread = summary["ensemble_minus_best_round"], summary["rounds_spread"]
+    parts = []
+    for k in metrics:
+        unit = " px" if k in LOWER_IS_BETTER else ""
+        parts.append(f"{COLUMN_NAMES[k].removesuffix(' %').removesuffix(' px')} {gain[k] * _scale(k):+.2f}{unit} "
+                     f"(best: round {spread[k]['best_round']})")
+    note = "; hd95: best = lowest, negative = ensemble better" if any(k in LOWER_IS_BETTER for k in metrics) else ""
+    return (f"Ensemble ({ensemble_name(summary)}) minus the best single round (percentage points{note}): "
+            + ", ".join(parts))
+
+
+def rounds_protocol(summary: dict) -> str:
+    """How the rounds table was computed: split, images, threshold, averaging, fusion and sampling."""
+    settings = summary.get("prediction_settings") or {}
+    sampling = ", ".join(f"{k} {settings[k]}" for k in ("sampler", "steps", "seed") if k in settings)
+    return (f"split {summary['split']} of {summary['manifest']}, {summary['n_images']} images; threshold "
+            f"{summary['threshold']} (prob >= threshold); each metric per image at the original image size, then "
+            "mean ± population std over images; round k = the k-th of the S = "
+            f"{len(summary['rounds'])} samples of every image (drawn from independent noise); ensemble: the S "
+            f"samples fused by {ensemble_name(summary)}; spread: max - min of the round means"
+            + (f"; {sampling}" if sampling else ""))
+
+
+def format_rounds_markdown(summary: dict, metrics: tuple[str, ...] = PALSCDIFF_METRICS) -> str:
+    """PalScDiff's Table 4 as a Markdown table (rows: round 1..S, the ensemble, the spread; columns: ACC %,
+    Precision %, Dice %, IoU %), then the ensemble-minus-best-round sentence and a protocol line."""
+    head = "| | " + " | ".join(COLUMN_NAMES[k] for k in metrics) + " |"
+    lines = [head, "|---|" + "---:|" * len(metrics)]
+    lines += [f"| {r['which']} | " + " | ".join(rounds_cells(r, metrics)) + " |"
+              for r in rounds_table(summary, metrics)]
+    return "\n".join([*lines, "", ensemble_minus_best_text(summary, metrics) + ".", "",
+                      f"Protocol: {rounds_protocol(summary)}."])
 
 
 def calibration_summary(bins: list[dict], ece_per_image: list[float], n_samples: set[int]) -> dict:
@@ -150,18 +292,36 @@ def calibration_line(summary: dict) -> str:
 
 
 def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
-    """The summary as a fixed-width text table, with its protocol line first."""
+    """The summary as a fixed-width text table, with its protocol line first.
+
+    Rows: fused and single_sample per group, then (summaries that have them) one row per sampling round over
+    the split, the spread of the round means and the ensemble minus the best round, under the same columns.
+    """
     lines = [summary["protocol"]]
     settings = summary.get("prediction_settings") or {}
     if settings:
         lines.append("predictions: " + ", ".join(f"{k} {v}" for k, v in settings.items() if k != "checkpoint"))
     header = f"{'view':<26}" + "".join(f"{k:>16}" for k in keys) + f"{'n':>6}"
     lines += [header, "-" * len(header)]
+
+    def stats_line(name: str, stats: dict) -> str:
+        cells = "".join(f"{stats[k]['mean']:>9.3f} ±{stats[k]['std']:>5.3f}" for k in keys)
+        return f"{name:<26}{cells}{stats[keys[0]]['n'] + stats[keys[0]]['n_nan']:>6}"
+
     for view in ("fused", "single_sample"):
-        for group, stats in summary[view].items():
-            cells = "".join(f"{stats[k]['mean']:>9.3f} ±{stats[k]['std']:>5.3f}" for k in keys)
-            n = stats[keys[0]]["n"] + stats[keys[0]]["n_nan"]
-            lines.append(f"{view + ' / ' + group:<26}{cells}{n:>6}")
+        lines += [stats_line(f"{view} / {group}", stats) for group, stats in summary[view].items()]
+    if summary.get("rounds"):
+        lines.append("-" * len(header))
+        lines += [stats_line(f"round {r['round']} / all", r["all"]) for r in summary["rounds"]]
+        # the spread and the difference are single numbers: padded to the width of a "mean ± std" cell
+        spread, gain = summary["rounds_spread"], summary["ensemble_minus_best_round"]
+        lines.append(f"{'spread (max - min)':<26}"
+                     + "".join(f"{spread[k]['range']:>9.3f}{'':7}" for k in keys).rstrip())
+        lines.append(f"{'fused - best round':<26}" + "".join(f"{gain[k]:>+9.3f}{'':7}" for k in keys).rstrip())
+        lines.append(f"rounds: round k = the k-th of the S = {len(summary['rounds'])} samples of every image, each "
+                     "round an independent draw of the split; best round = highest mean (hd95: lowest)")
+        lines.append(f"fused = the S samples fused by {ensemble_name(summary)} (prediction_settings fusion); "
+                     "fused - best round > 0: the fusion beats every round (hd95: < 0)")
     pooled = summary["pooled"]["fused"]
     lines.append(f"pooled over the split (fused): dice {pooled['pooled_dice']:.3f}, iou {pooled['pooled_iou']:.3f}")
     u = summary["uncertainty"]
