@@ -58,6 +58,7 @@ class DiffusionConfig:
     timestep_sampling: str = "uniform"
     timestep_uniform_mix: float = 0.1  # fingerprint sampling: share of the probability spread evenly over all t
     fingerprint_sigma: float = 2.0  # px at data.size: Gaussian smoothing of x_t before thresholding it at 0
+    objective_options: dict[str, Any] = field(default_factory=dict)  # objective-specific loss weights
 
 
 @dataclass
@@ -76,6 +77,21 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0  # wall-clock budget; 0 means no limit (stops cleanly, keeps last and best)
     mixed_precision: str = "no"  # passed to Accelerate: "no", "fp16", "bf16"
+
+
+@dataclass
+class CurriculumConfig:
+    """PalScDiff's Progressive Augmentation Learning (data/curriculum.py): stage 1 trains on the easy pool, each
+    later stage adds the next hard group (manifest column ``difficulty_group``), at a lower learning rate, with
+    the hard samples augmented more strongly."""
+
+    enabled: bool = False
+    stage_fractions: list[float] = field(default_factory=lambda: [0.4, 0.2, 0.2, 0.2])  # of steps or time budget
+    lr_factor: float = 0.5  # each stage's learning rate = the previous stage's x lr_factor
+    hard_augment: list[str] = field(default_factory=lambda: ["flip", "scale", "noise", "blur", "erosion"])
+    hard_augment_p: float = 0.5  # probability of each augmentation of a hard sample
+    hard_strength: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0])  # per hard stage; scales blur too
+    easy_fraction: float = 0.5  # when the manifest has no difficulty columns: the share scored easy
 
 
 @dataclass
@@ -102,6 +118,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
@@ -149,7 +166,8 @@ class Config:
                     raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
                 node = node[part]
             last = parts[-1]
-            if last not in node and not (parts[0] == "model" and len(parts) == 3 and parts[1] == "options"):
+            free = (("model", "options"), ("diffusion", "objective_options"))  # design-specific keys
+            if last not in node and not (len(parts) == 3 and tuple(parts[:2]) in free):
                 raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
             node[last] = value
         return Config.from_dict(data, source="command-line overrides")

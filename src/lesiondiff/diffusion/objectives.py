@@ -9,6 +9,7 @@ al. 2020) or ``fingerprint``, which emphasises the timesteps where the masks' in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,11 +47,27 @@ def dice_bce(logits: torch.Tensor, target01: torch.Tensor) -> tuple[torch.Tensor
 
 
 class Objective:
-    """Base: holds the forward process; subclasses implement ``__call__``."""
+    """Base: holds the forward process; subclasses implement ``__call__``.
+
+    ``weights``: the objective's loss weights, ``defaults`` updated by ``diffusion.objective_options``; an
+    option the objective does not know is an error.
+    """
+
+    defaults: dict[str, float] = {}
 
     def __init__(self, cfg: DiffusionConfig) -> None:
         self.cfg = cfg
         self.scheduler = training_scheduler(cfg)
+        options = dict(cfg.objective_options or {})
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            known = ", ".join(self.defaults) or "none"
+            raise LesiondiffError(f"diffusion.objective_options: {unknown[0]!r} is not an option of objective "
+                                  f"{cfg.objective!r} (known: {known})")
+        try:
+            self.weights = {**self.defaults, **{k: float(v) for k, v in options.items()}}
+        except (TypeError, ValueError):
+            raise LesiondiffError(f"diffusion.objective_options must be numbers, got {options}") from None
 
     def noisy(self, mask: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sample x_t ~ q(x_t | x_0 = mask)."""
@@ -82,10 +99,76 @@ class X0Hybrid(Objective):
         return LossOutput(mse + seg, {"mse": mse.detach(), **parts})
 
 
+def symmetric_bernoulli_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel KL(p||q) + KL(q||p) of Bernoulli(p = sigmoid(a)) and Bernoulli(q = sigmoid(b)), from logits.
+
+    Closed form: (p - q) * (a - b), since log(p / (1-p)) = a. Non-negative, 0 exactly where a = b, and finite
+    for any logits (no log of a saturated probability).
+    """
+    return (torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)
+
+
+def distillation_bce(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel BCE of sigmoid(logits) against the detached soft target q = sigmoid(target_logits), minus the
+    target's own entropy H(q): that is KL(q || p). The gradient is BCE's (H(q) is a constant once q is
+    detached), and the value is 0 when the two agree (plain soft-target BCE would bottom out at H(q) > 0)."""
+    target_logits = target_logits.detach()
+    q = torch.sigmoid(target_logits)
+    return (F.binary_cross_entropy_with_logits(logits, q, reduction="none")
+            - F.binary_cross_entropy_with_logits(target_logits, q, reduction="none"))
+
+
+def branch_alignment(a: torch.Tensor, b: torch.Tensor, w_kl: float = 1.0, w_bce: float = 1.0) -> tuple[
+        torch.Tensor, dict[str, torch.Tensor]]:
+    """PalScDiff's alignment loss between two branches' mask logits a, b [B,1,H,W] (pixel means):
+    ``w_kl * symKL(a, b) + w_bce * (BCE(a | sg(b)) + BCE(b | sg(a))) / 2`` with the BCE terms as in
+    ``distillation_bce``. 0 for identical predictions, positive otherwise."""
+    kl = symmetric_bernoulli_kl(a, b).mean()
+    bce = (distillation_bce(a, b).mean() + distillation_bce(b, a).mean()) / 2
+    return w_kl * kl + w_bce * bce, {"align_kl": kl.detach(), "align_bce": bce.detach()}
+
+
+@OBJECTIVES.register("eps_bce_align")
+class EpsBCEAlign(Objective):
+    """PalScDiff: L = ||eps - eps_theta||^2 + w_bce BCE(x0 logits, mask) + alignment (``branch_alignment``)
+    between the two IBPA branches' x0 logits (``aux["x0_branch0"]``, ``aux["x0_branch1"]``).
+
+    The paper's equations were lost in extraction; its text says the diffusion loss holds the noise MSE and a
+    BCE on the predicted mask, and the alignment loss combines KL divergence and BCE between the branches. The
+    exact forms here are ours: the BCE is on the model's x0 logits (the mean of the branches; ``models/
+    palscdiff.py``), the KL is the symmetric Bernoulli KL per pixel, and each branch is pulled by BCE towards
+    the other's detached prediction. A one-branch model (the ablation baseline) gets no alignment term.
+    Weights (``diffusion.objective_options``, all 1 by default, not given in the paper): ``bce``, ``align_kl``,
+    ``align_bce``.
+    """
+
+    defaults = {"bce": 1.0, "align_kl": 1.0, "align_bce": 1.0}
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"])
+        if out.eps is None or out.x0 is None:
+            raise LesiondiffError("objective eps_bce_align needs a design that predicts both eps and x0 "
+                                  "(e.g. palscdiff)")
+        w = self.weights
+        mse = F.mse_loss(out.eps, noise)
+        bce = F.binary_cross_entropy_with_logits(out.x0, (batch["mask"] > 0).float())
+        total, parts = mse + w["bce"] * bce, {"mse": mse.detach(), "bce": bce.detach()}
+        if "x0_branch0" in out.aux and "x0_branch1" in out.aux:
+            align, align_parts = branch_alignment(out.aux["x0_branch0"], out.aux["x0_branch1"], w["align_kl"],
+                                                  w["align_bce"])
+            total = total + align
+            parts.update(align_parts)
+        return LossOutput(total, parts)
+
+
 @OBJECTIVES.register("feedforward")
 class FeedForward(Objective):
     """Feed-forward training of a diffusion architecture: x_t is replaced by pure noise and t by T-1, and the
-    head's x0 logits are trained with Dice + BCE (Analysing Diffusion Segmentation, experiment E1)."""
+    head's x0 logits are trained with Dice + BCE (Analysing Diffusion Segmentation, experiment E1). Its loss has
+    no options; the named objective's ``objective_options`` are ignored in this mode."""
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__(dataclasses.replace(cfg, objective_options={}))
 
     def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
         t_last = torch.full_like(t, self.cfg.num_train_timesteps - 1)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..analysis.fingerprint import training_slope
 from ..config import Config
+from ..data.curriculum import Curriculum, row_groups, training_progress
 from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest
 from ..data.transforms import Augment
@@ -99,9 +100,13 @@ class Trainer:
         self.timestep_sampler = build_timestep_sampler(cfg.diffusion, self._fingerprint_slope())
         self.val_sampler = build_sampler(cfg.train.val_sampler, cfg.diffusion)
         self.augment = Augment(cfg.data.augment) if cfg.data.augment else None
+        self.curriculum = (Curriculum(cfg.curriculum, row_groups(self.train_data.rows, cfg.curriculum, log=self._print),
+                                      cfg.train.lr) if cfg.curriculum.enabled else None)
 
         self.step, self.best, self.best_step, self.elapsed = 0, -1.0, -1, 0.0
-        self.perm, self.pos = torch.randperm(len(self.train_data), generator=self.gen), 0
+        self.stage, self.stage_steps = 0, [0]  # curriculum stage, and the step at which each stage began
+        self.pool = self.curriculum.pool(0) if self.curriculum else torch.arange(len(self.train_data))
+        self.perm, self.pos = self._permutation(), 0
         self.log_rows: list[dict] = []
         if resume:
             self._restore(Checkpoint(last))
@@ -124,23 +129,53 @@ class Trainer:
             atomic_write_text(self.out / "timestep_weights.csv", "\n".join(lines) + "\n")
 
     # ---- data -------------------------------------------------------------------------------------------
+    def _print(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+
+    def _permutation(self) -> torch.Tensor:
+        """A fresh random order of the rows trained on now (all rows, or the curriculum stage's pool)."""
+        return self.pool[torch.randperm(len(self.pool), generator=self.gen)]
+
     def _next_batch(self) -> dict:
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         need = self.cfg.train.batch_size * world
         if self.pos + need > len(self.perm):
-            self.perm, self.pos = torch.randperm(len(self.train_data), generator=self.gen), 0
+            self.perm, self.pos = self._permutation(), 0
         index = self.perm[self.pos: self.pos + need][rank::world]
         self.pos += need
         batch = self.train_data.batch(index)
-        if self.augment is not None:
-            pairs = [self.augment(im, m, self.gen) for im, m in zip(batch["image"], batch["mask"])]
+        if self.augment is not None or self.curriculum is not None:
+            pairs = []
+            for i, im, m in zip(index.tolist(), batch["image"], batch["mask"]):
+                augment = self.curriculum.augment_for(i, self.stage) if self.curriculum else None
+                augment = augment or self.augment
+                pairs.append(augment(im, m, self.gen) if augment is not None else (im, m))
             batch = {"image": torch.stack([p[0] for p in pairs]), "mask": torch.stack([p[1] for p in pairs])}
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _set_stage(self, stage: int) -> None:
+        """Enter curriculum ``stage``: its learning rate and its pool (a new random order of it)."""
+        self.stage = stage
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.curriculum.stages[stage].lr
+        self.pool = self.curriculum.pool(stage)
+
+    def _advance_curriculum(self) -> None:
+        t = self.cfg.train
+        stage = self.curriculum.stage_at(training_progress(self.step, t.steps, self.elapsed, t.max_minutes))
+        if stage > self.stage:
+            self.stage_steps += [self.step] * (stage - self.stage)
+            self._set_stage(stage)
+            self.perm, self.pos = self._permutation(), 0
+            n = len(self.curriculum.stages)
+            self._print(f"curriculum: step {self.step}: {self.curriculum.stages[stage].describe(n)}")
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"step": self.step, "pos": self.pos, "best": self.best, "best_step": self.best_step,
-                "elapsed": self.elapsed, "preset": self.cfg.preset}
+                "elapsed": self.elapsed, "preset": self.cfg.preset, "stage": self.stage,
+                "stage_steps": self.stage_steps}
 
     def _save(self, name: str) -> None:
         if not self.accelerator.is_main_process:
@@ -164,6 +199,9 @@ class Trainer:
         s = ckpt.state
         self.step, self.pos, self.best, self.best_step, self.elapsed = (
             s["step"], s["pos"], s["best"], s["best_step"], s["elapsed"])
+        if self.curriculum is not None:
+            self._set_stage(int(s.get("stage", 0)))
+            self.stage_steps = list(s.get("stage_steps", [0]))
         log = self.out / "log.csv"
         if log.is_file():
             with log.open() as f:
@@ -207,11 +245,17 @@ class Trainer:
         if self.accelerator.is_main_process:
             print(f"{self.cfg.preset} ({self.cfg.model.name}, {self.cfg.diffusion.mode}): {self.n_params:,} "
                   f"parameters, device {self.device}, timesteps {self.cfg.diffusion.timestep_sampling}", flush=True)
+            if self.curriculum is not None:
+                n = len(self.curriculum.stages)
+                print("curriculum, by progress = max(step / train.steps, elapsed / train.max_minutes):\n" + "\n".join(
+                    f"  from {s.start:.0%}: {s.describe(n)}" for s in self.curriculum.stages), flush=True)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step",
                    disable=not self.accelerator.is_main_process)
         status, running = "finished", {}
         try:
             while self.step < cfg.steps:
+                if self.curriculum is not None:
+                    self._advance_curriculum()
                 self.model.train()
                 batch = self._next_batch()
                 b = batch["mask"].shape[0]
@@ -235,6 +279,8 @@ class Trainer:
                     n = cfg.log_every if self.step % cfg.log_every == 0 else max(1, self.step % cfg.log_every)
                     row = {"step": self.step, **{k: f"{v / n:.5f}" for k, v in running.items()},
                            "elapsed_s": f"{self.elapsed:.1f}"}
+                    if self.curriculum is not None:
+                        row.update(stage=self.stage + 1, lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
                     running = {}
                     if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
                         row["val_dice"] = f"{self._validate_and_save():.4f}"
@@ -278,6 +324,8 @@ class Trainer:
             "elapsed_s": round(self.elapsed, 1), "parameters": self.n_params,
             "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
+            **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
+                               for k, stage in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),
             "val_protocol": (f"EMA weights, {self._val_sampling()}, "
                              f"{self.cfg.train.val_samples} sample(s), seed {self.cfg.train.seed}, threshold 0.5, "
                              f"per-image mean Dice at {self.cfg.data.size} px on split "

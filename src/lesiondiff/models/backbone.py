@@ -22,7 +22,8 @@ from .blocks import AttentionBlock, Downsample, ResBlock, Upsample, norm
 class UNetBody(nn.Module):
     """Features [B, base, H, W] (after the design's own input convolution) -> output [B, out_channels, H, W].
 
-    H and W must be divisible by 2 ** (len(channel_mult) - 1).
+    H and W must be divisible by 2 ** (len(channel_mult) - 1). ``out_channels=0``: no output layer; the
+    decoder's last features [B, base, H, W] are returned, for designs with their own heads (PalScDiff).
     """
 
     def __init__(
@@ -74,7 +75,8 @@ class UNetBody(nn.Module):
                 cin = chans[level - 1]
             else:
                 self.upsample.append(nn.Identity())
-        self.out = nn.Sequential(norm(cin, num_groups), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
+        self.out = (nn.Sequential(norm(cin, num_groups), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
+                    if out_channels > 0 else nn.Identity())
         self.multiple = 2 ** (len(chans) - 1)
         n = len(chans)
         self.level_channels = [base_channels] + chans[:-1] + [chans[-1]]

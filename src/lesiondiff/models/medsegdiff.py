@@ -44,14 +44,15 @@ class DynamicConditionalEncoding(nn.Module):
 @MODELS.register("medsegdiff")
 class MedSegDiff(Denoiser):
     def __init__(self, image_channels: int, prediction: str = "epsilon", base_channels: int = 32,
-                 dce_levels: list[int] | None = None, ff_size: int = 32, **body) -> None:
-        """``body``: the UNetBody layout (channel_mult, num_res_blocks, attention_levels, num_groups, dropout)."""
+                 dce_levels: list[int] | None = None, ff_size: int = 32, out_channels: int = 1, **body) -> None:
+        """``body``: the UNetBody layout (channel_mult, num_res_blocks, attention_levels, num_groups, dropout).
+        ``out_channels``: of the body's output layer (0: none, for designs that add their own heads)."""
         super().__init__()
         self.prediction = prediction
         temb_dim = 4 * base_channels
         self.time = TimeEmbedding(base_channels, temb_dim)
         self.mask_in = nn.Conv2d(1, base_channels, 3, padding=1)
-        self.body = UNetBody(base_channels, temb_dim=temb_dim, **body)
+        self.body = UNetBody(base_channels, temb_dim=temb_dim, out_channels=out_channels, **body)
         channels, strides = self.body.level_channels, self.body.level_strides
         groups = body.get("num_groups", 8)
         stem = nn.Sequential(nn.Conv2d(image_channels, base_channels, 3, padding=1),
@@ -67,9 +68,13 @@ class MedSegDiff(Denoiser):
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.condition_encoder(image)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition: list[torch.Tensor]) -> DenoiserOutput:
+    def body_output(self, x_t: torch.Tensor, t: torch.Tensor, condition: list[torch.Tensor]) -> torch.Tensor:
+        """The body's output [B, out_channels, H, W] (its last features when out_channels is 0)."""
         def merge(level: int, h: torch.Tensor) -> torch.Tensor:
             key = str(level)
             return self.dce[key](h, condition[level]) if key in self.dce else h + condition[level]
 
-        return self.head_output(self.body(self.mask_in(x_t), self.time(t), merge=merge))
+        return self.body(self.mask_in(x_t), self.time(t), merge=merge)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition: list[torch.Tensor]) -> DenoiserOutput:
+        return self.head_output(self.body_output(x_t, t, condition))
