@@ -109,3 +109,57 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     html = (tmp_path / "demo/report.html").read_text()
     assert "threshold 0.5" in html and "mean +- population std" in html
     assert "fused Dice" in out
+
+
+def _split_of(path):
+    from lesiondiff.data.manifest import Manifest
+
+    return {r["id"]: r for r in Manifest.read(path).rows()}
+
+
+def test_index_train_only_keeps_the_other_splits(phantom_dir, tmp_path, capsys):
+    code, _, _ = run(capsys, "data", "index", phantom_dir, "-o", tmp_path / "plain.csv", "--no-check")
+    assert code == 0
+    code, out, _ = run(capsys, "data", "index", phantom_dir, "-o", tmp_path / "m.csv", "--no-check",
+                       "--train-only", "normal")
+    assert code == 0 and "normal in train only" in out
+    plain, rows = _split_of(tmp_path / "plain.csv"), _split_of(tmp_path / "m.csv")
+    normal = [r for r in rows.values() if r["label"] == "normal"]
+    assert normal and all(r["split"] == "train" for r in normal)
+    assert any(plain[r["id"]]["split"] != "train" for r in normal)
+    assert all(r["split"] == plain[i]["split"] for i, r in rows.items() if r["label"] != "normal")
+    code, _, err = run(capsys, "data", "index", phantom_dir, "-o", tmp_path / "x.csv", "--train-only", "Normal")
+    assert_one_line_error(code, err, "'Normal'")
+
+
+def test_difficulty_writes_columns(phantom_dir, tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    assert run(capsys, "data", "index", phantom_dir, "-o", path, "--no-check")[0] == 0
+    before = path.read_text()
+    code, out, _ = run(capsys, "data", "difficulty", "--manifest", path, "--out", tmp_path / "d.csv", "--size", 64)
+    assert code == 0 and path.read_text() == before  # --out leaves the input alone
+    assert "protocol: split train" in out and f"wrote {tmp_path / 'd.csv'}" in out
+    header = (tmp_path / "d.csv").read_text().splitlines()[0].split(",")
+    assert {"difficulty_area", "difficulty_contrast", "difficulty_complexity", "difficulty_boundary_ratio",
+            "difficulty_disagreement", "difficulty_score", "difficulty_group"} <= set(header)
+    rows = _split_of(tmp_path / "d.csv")
+    assert all(r["difficulty_group"] in "0123" for r in rows.values() if r["split"] == "train")
+    assert all("difficulty_group" not in r for r in rows.values() if r["split"] != "train")
+    # Without --out the manifest is rewritten in place.
+    code, out, _ = run(capsys, "data", "difficulty", "--manifest", path, "--size", 64, "--split", "all",
+                       "--weights", "disagreement=0")
+    assert code == 0 and "disagreement 0" in out
+    assert all("difficulty_group" in r for r in _split_of(path).values())
+
+
+def test_difficulty_errors_name_the_problem(phantom_dir, tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    run(capsys, "data", "index", phantom_dir, "-o", path, "--no-check", "--ratios", 1, 0, 0)
+    code, _, err = run(capsys, "data", "difficulty", "--manifest", path, "--split", "test")
+    assert_one_line_error(code, err, path, "no rows in split 'test'")
+    code, _, err = run(capsys, "data", "difficulty", "--manifest", path, "--weights", "size=1")
+    assert_one_line_error(code, err, "unknown difficulty score 'size'")
+    code, _, err = run(capsys, "data", "difficulty", "--manifest", path, "--weights", "area")
+    assert_one_line_error(code, err, "NAME=NUMBER")
+    code, _, err = run(capsys, "data", "difficulty", "--manifest", tmp_path / "none.csv")
+    assert_one_line_error(code, err, tmp_path / "none.csv")

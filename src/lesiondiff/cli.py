@@ -25,8 +25,8 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="Run 'lesiondiff COMMAND --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="index a dataset folder or generate phantoms").add_subparsers(
-        dest="data_command", required=True)
+    data = sub.add_parser("data", help="index a dataset folder, score image difficulty or generate phantoms")
+    data = data.add_subparsers(dest="data_command", required=True)
     idx = data.add_parser("index", help="recognise a folder's layout and write a manifest with splits")
     idx.add_argument("path")
     idx.add_argument("-o", "--output", required=True, help="manifest CSV to write")
@@ -37,6 +37,23 @@ def _build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--skip-bad", action="store_true",
                      help="skip unreadable or mismatched pairs (counted and listed) instead of stopping")
     idx.add_argument("--no-check", action="store_true", help="do not decode every image and mask while indexing")
+    idx.add_argument("--train-only", nargs="+", default=[], metavar="LABEL",
+                     help="put every row with one of these labels in train, never val/test (PalScDiff: normal); "
+                          "the other rows keep their split")
+    dif = data.add_parser("difficulty", help="score each image's difficulty and group it (PalScDiff curriculum)",
+                          description="Add difficulty_* columns to a manifest: area, boundary contrast, shape "
+                                      "complexity, boundary/area and rater disagreement, their combined rank score "
+                                      "and a curriculum group (0 easy pool, 1-3 hard groups of rising difficulty).")
+    dif.add_argument("--manifest", required=True)
+    dif.add_argument("--out", default=None, help="manifest to write (default: rewrite --manifest in place)")
+    dif.add_argument("--split", default="train", choices=["train", "val", "test", "all"],
+                     help="rows to score (all: every row)")
+    dif.add_argument("--size", type=int, default=256, help="working resolution in px")
+    dif.add_argument("--band", type=int, default=4, help="width in px at --size of the bands for boundary contrast")
+    dif.add_argument("--easy-fraction", type=float, default=0.5, help="share of lesion rows in the easy pool")
+    dif.add_argument("--weights", nargs="+", default=[], metavar="NAME=W",
+                     help="score weights, e.g. disagreement=0 where extra mask files are further lesions, "
+                          "not raters; unnamed scores keep their default (boundary_ratio 0, the others 1)")
     syn = data.add_parser("synth", help="generate the synthetic ultrasound phantom set (generic layout)")
     syn.add_argument("--n", type=int, default=200)
     syn.add_argument("--out", required=True)
@@ -73,6 +90,27 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--figure-images", type=int, default=3, help="images in compare.png (0: no figure)")
     cp.add_argument("--device", default=None)
     _add_overrides(cp)
+
+    ab = sub.add_parser("ablate", help="train a preset's ablation arms on one budget (PalScDiff Table 2 form)",
+                        description="Train, predict and evaluate each arm of a preset's ablation (and optional "
+                                    "reference presets) on the same manifest, split, size, seed, time budget and "
+                                    "sampling; write ablation.csv and ablation.md. Rerunning the same command skips "
+                                    "finished work and resumes interrupted runs.")
+    ab.add_argument("--preset", required=True, help="a preset with an ablation definition, e.g. palscdiff")
+    ab.add_argument("--manifest", required=True)
+    ab.add_argument("--budget-minutes", type=float, required=True, help="training wall-clock budget per run")
+    ab.add_argument("--out", required=True, help="ablation folder (one subfolder per run)")
+    ab.add_argument("--baselines", default="", help="comma-separated reference presets, e.g. ensemdiff,unet")
+    ab.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
+    ab.add_argument("--size", type=int, default=128, help="network input size for every run")
+    ab.add_argument("--seed", type=int, default=0, help="training and sampling seed for every run")
+    ab.add_argument("--samples", type=int, default=None, help="S per image (default: the preset's)")
+    ab.add_argument("--sampler", default=None, help="diffusion runs (default: the preset's); feed-forward: oneshot")
+    ab.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
+    ab.add_argument("--split", default="test")
+    ab.add_argument("--max-steps", type=int, default=1_000_000, help="step cap per run (the budget usually ends it)")
+    ab.add_argument("--device", default=None)
+    _add_overrides(ab)
 
     pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
     pr.add_argument("--run", required=True)
@@ -166,7 +204,33 @@ def _config(args) -> Config:  # noqa: F821
     return cfg.override(extra)
 
 
+def _cmd_difficulty(args) -> int:
+    from .data.difficulty import DEFAULT_WEIGHTS, format_summary, score_manifest
+    from .data.manifest import Manifest
+
+    weights = dict(DEFAULT_WEIGHTS)
+    for item in args.weights:
+        name, _, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise LesiondiffError(f"--weights takes NAME=NUMBER, got {item!r}") from None
+    manifest = Manifest.read(args.manifest)
+    split = None if args.split == "all" else args.split
+    if not manifest.rows(split=split):
+        raise LesiondiffError(f"{args.manifest}: no rows in split {args.split!r}")
+    scored, summary = score_manifest(manifest, split=split, size=args.size, band=args.band,
+                                     easy_fraction=args.easy_fraction, weights=weights)
+    out = Path(args.out or args.manifest)
+    scored.write(out)
+    print(format_summary(summary))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_data(args) -> int:
+    if args.data_command == "difficulty":
+        return _cmd_difficulty(args)
     if args.data_command == "synth":
         from .data.synthetic import generate
 
@@ -181,12 +245,14 @@ def cmd_data(args) -> int:
         good, bad = check_records(result.records, on_error="skip" if args.skip_bad else "raise")
         result.records = good
         result.skipped.extend(bad)
-    rows = assign_splits(result.records, ratios=tuple(args.ratios), seed=args.seed, k_folds=args.folds)
+    rows = assign_splits(result.records, ratios=tuple(args.ratios), seed=args.seed, k_folds=args.folds,
+                         train_only_labels=args.train_only)
     manifest = Manifest.from_records(rows) if not isinstance(rows, Manifest) else rows
     manifest.write(Path(args.output))
     print(summarize(manifest if not result.skipped else result))
+    train_only = f"; label(s) {', '.join(args.train_only)} in train only" if args.train_only else ""
     print(f"split: seed {args.seed}, ratios {'/'.join(str(r) for r in args.ratios)}, stratified by label, "
-          f"grouped by case{f', {args.folds} folds' if args.folds else ''}")
+          f"grouped by case{f', {args.folds} folds' if args.folds else ''}{train_only}")
     print(f"wrote {args.output}")
     return 0
 
@@ -224,6 +290,25 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from .engine.ablate import AblateSettings, ablate
+
+    def names(text: str | None) -> list[str]:
+        return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+    settings = AblateSettings(
+        preset=args.preset, manifest=args.manifest, budget_minutes=args.budget_minutes, out=args.out,
+        baselines=names(args.baselines), arms=names(args.arms) if args.arms else None, size=args.size,
+        seed=args.seed, samples=args.samples, sampler=args.sampler, steps=args.steps, split=args.split,
+        max_steps=args.max_steps, device=args.device, overrides=list(args.overrides))
+    result = ablate(settings)
+    print(result["text"])
+    if result["status"] == "interrupted":
+        return 130
+    print(f"wrote {Path(args.out) / 'ablation.csv'} and ablation.md; progress in ablation.json")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .engine.predict import Predictor, collect_inputs
 
@@ -247,7 +332,7 @@ def cmd_evaluate(args) -> int:
 
     summary = evaluate(args.pred, args.manifest, args.split, args.out)
     print(format_table(summary))
-    print(f"wrote {Path(args.out or args.pred) / 'metrics.csv'} and summary.json")
+    print(f"wrote {Path(args.out or args.pred) / 'metrics.csv'}, summary.json, rounds.md and reliability.png")
     return 0
 
 
@@ -347,7 +432,7 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "predict": cmd_predict,
+COMMANDS = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "ablate": cmd_ablate, "predict": cmd_predict,
             "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench,
             "analyze": cmd_analyze, "presets": cmd_presets}
 

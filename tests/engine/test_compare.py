@@ -165,5 +165,5 @@ def test_changed_settings_are_refused_not_mixed(manifest, tmp_path):
     (run / "train" / "summary.json").write_text(json.dumps({"status": "finished", "step": 6}))
     assert cmp.train_stage(cmp.run_config("unet", "feedforward", s), run, "cpu")["action"].startswith("skipped")
     changed = cmp.run_config("unet", "feedforward", settings(manifest, tmp_path / "c", overrides=[*TINY, "data.size=48"]))
-    with pytest.raises(LesiondiffError, match="trained with data.size=32, but this comparison asks for 48"):
+    with pytest.raises(LesiondiffError, match="trained with data.size=32, but this experiment asks for 48"):
         cmp.train_stage(changed, run, "cpu")

@@ -4,7 +4,8 @@ The experiment of "Analysing Diffusion Segmentation" (shared paper 004): Table 1
 feed-forward and in diffusion mode, and their difference) and Fig. 1 (mean and standard deviation of several
 predictions per method and mode). This module only orchestrates: training is ``engine.train.Trainer``,
 sampling ``engine.predict.Predictor``, scoring ``engine.evaluate.evaluate``; each combination's folders are the
-usual run, prediction and evaluation folders, so any of them can be inspected or rerun on its own.
+usual run, prediction and evaluation folders (``engine/stages.py``), so any of them can be inspected or rerun
+on its own.
 
 Layout of ``out/``:
     <preset>-<mode>/train/        a run directory (config.yaml, checkpoints/, log.csv, summary.json)
@@ -29,11 +30,9 @@ Choices, stated once here and again in the protocol line printed above the table
   feed-forward row stands as a reference, like nnU-Net and SegFormer in the paper's Table 1.
 - IoU and Dice are reported in percent (x 100, as in the paper), ECE in [0, 1]; deltas are diffusion minus
   feed-forward (percentage points for IoU and Dice).
-- Resumable and idempotent, from the files themselves: a run whose training summary says ``finished`` or
-  ``time budget reached`` is not retrained; one with ``checkpoints/last.safetensors`` but no such summary is
-  resumed. Predictions are redone only when they miss an image of the split, were made with other sampling
-  settings, or are older than the checkpoint; an evaluation only when it is missing or older than its
-  predictions. A run trained with a different config (say another ``--size``) is refused, not mixed in.
+- Resumable and idempotent, from the files themselves (``engine/stages.py``): a finished run is not retrained,
+  an interrupted one is resumed, predictions and evaluations are redone only when out of date, and a run
+  trained with a different config (say another ``--size``) is refused, not mixed in.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ import csv
 import io as _io
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,12 +54,11 @@ from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
 from ..io_utils import atomic_path, atomic_write_text
-from .evaluate import evaluate, read_predictions
-from .predict import Predictor, collect_inputs
+from .evaluate import read_predictions
+from .predict import collect_inputs
+from .stages import CHECKPOINT, evaluate_stage, predict_stage, train_stage, write_state
 
 MODES = ("diffusion", "feedforward")
-DONE = ("finished", "time budget reached")
-CHECKPOINT = "best"
 
 # compare.png layout, in inches at FIGURE_DPI: one PANEL_IN square per panel, a label margin on the left, the
 # two colour bars on the right and the title on top; saved without tight cropping, so its size is exactly
@@ -117,87 +114,7 @@ def sampling(cfg: Config, mode: str, s: CompareSettings) -> dict:
     return {"samples": s.samples, "sampler": sampler, "steps": steps, "seed": s.seed, "checkpoint": CHECKPOINT}
 
 
-# ---- the three stages ---------------------------------------------------------------------------------------
-def _check_same_config(cfg: Config, train_dir: Path) -> None:
-    saved = Config.load(train_dir / "config.yaml").to_dict()
-    wanted = cfg.to_dict()
-    if wanted["data"]["channels"] == 0:  # resolved from the images when training starts
-        wanted["data"]["channels"] = saved["data"]["channels"]
-    for section, values in wanted.items():
-        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
-            old = saved[section][key] if key else saved[section]
-            if old != value:
-                name = f"{section}.{key}" if key else section
-                raise LesiondiffError(f"{train_dir}: trained with {name}={old!r}, but this comparison asks for "
-                                      f"{value!r}; choose another --out or delete {train_dir.parent} to retrain")
-
-
-def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
-    """Train, resume or skip one combination; returns its training summary plus ``action``."""
-    from .train import Trainer
-
-    train_dir = run / "train"
-    summary_path = train_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") in DONE:
-            _check_same_config(cfg, train_dir)
-            return {**summary, "action": "skipped (already trained)"}
-    resume = (train_dir / "checkpoints" / "last.safetensors").is_file()
-    if resume:
-        _check_same_config(cfg, train_dir)
-    t = cfg.train
-    log(f"{'resuming' if resume else 'training'} (budget {t.max_minutes:g} min, at most {t.steps} steps)")
-    trainer = Trainer(cfg, train_dir, device=device, resume=resume)
-    start = trainer.step
-    summary = trainer.fit()
-    return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}
-
-
-def _checkpoint_file(train_dir: Path) -> Path:
-    best = train_dir / "checkpoints" / f"{CHECKPOINT}.safetensors"
-    return best if best.is_file() else train_dir / "checkpoints" / "last.safetensors"  # predict's fallback
-
-
-def predictions_current(pred_dir: Path, wanted: dict, ids: list[str], checkpoint: Path) -> bool:
-    """True when ``pred_dir`` covers ``ids`` with the ``wanted`` sampling settings and is newer than the
-    checkpoint it would be made from."""
-    table, meta_path = pred_dir / "predictions.csv", pred_dir / "predict.json"
-    if not (table.is_file() and meta_path.is_file()):
-        return False
-    rows, meta = read_predictions(pred_dir)
-    if any(meta.get(k) != v for k, v in wanted.items()) or not set(ids) <= set(rows):
-        return False
-    return not checkpoint.is_file() or table.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
-
-
-def predict_stage(run: Path, cfg: Config, mode: str, s: CompareSettings, items: list[tuple[str, str]]) -> str:
-    pred_dir, train_dir = run / "predictions", run / "train"
-    wanted = sampling(cfg, mode, s)
-    if predictions_current(pred_dir, wanted, [i for i, _ in items], _checkpoint_file(train_dir)):
-        return "skipped (current predictions cover the split)"
-    overrides = [f"sample.{k}={wanted[k]}" for k in ("samples", "sampler", "steps", "seed")]
-    Predictor.from_run(train_dir, CHECKPOINT, s.device, overrides).run(items, pred_dir, checkpoint=CHECKPOINT)
-    return "predicted"
-
-
-def evaluate_stage(run: Path, s: CompareSettings) -> tuple[dict, str]:
-    pred_dir, eval_dir = run / "predictions", run / "evaluation"
-    path = eval_dir / "summary.json"
-    if path.is_file() and path.stat().st_mtime_ns >= (pred_dir / "predictions.csv").stat().st_mtime_ns:
-        summary = json.loads(path.read_text())
-        if summary.get("split") == s.split and summary.get("manifest") == str(s.manifest) \
-                and "calibration" in summary:
-            return summary, "skipped (newer than its predictions)"
-    return evaluate(pred_dir, s.manifest, s.split, out=eval_dir), "evaluated"
-
-
 # ---- orchestration ------------------------------------------------------------------------------------------
-def _write_state(out: Path, state: dict) -> None:
-    state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_text(out / "compare.json", json.dumps(state, indent=2))
-
-
 def _previous_runs(out: Path) -> dict:
     """The run entries of an earlier compare.json in ``out`` (kept until this call revisits them), else {}.
     Informational only: what to skip is decided from the run folders themselves."""
@@ -244,7 +161,7 @@ def compare(s: CompareSettings, log: Callable[[str], None] = print) -> dict:
         if reason:
             entry.update(status="skipped", reason=reason)
             log(f"{tag}: skipped: {reason}")
-            _write_state(out, state)
+            write_state(out / "compare.json", state)
             continue
         run = out / name
         cfg = run_config(preset, mode, s)
@@ -253,21 +170,21 @@ def compare(s: CompareSettings, log: Callable[[str], None] = print) -> dict:
                                                              "best_step", "parameters")}
         if summary["status"] == "interrupted":
             entry["status"] = "interrupted"
-            _write_state(out, state)
+            write_state(out / "compare.json", state)
             return {"status": "interrupted", "runs": state["runs"],
                     "text": f"interrupted while training {name} at step {summary['step']}; run the same "
                             "command again to continue from its last checkpoint"}
         entry["status"] = "trained"
-        _write_state(out, state)
+        write_state(out / "compare.json", state)
         log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
             f"{summary['elapsed_s']} s of training in all)")
-        entry["predictions"] = predict_stage(run, cfg, mode, s, items)
+        entry["predictions"] = predict_stage(run, sampling(cfg, mode, s), items, s.device)
         entry["status"] = "predicted"
-        _write_state(out, state)
+        write_state(out / "compare.json", state)
         log(f"{tag}: predictions of {s.split}: {entry['predictions']}")
-        ev, action = evaluate_stage(run, s)
+        ev, action = evaluate_stage(run, s.manifest, s.split)
         entry.update(status="evaluated", evaluation=action)
-        _write_state(out, state)
+        write_state(out / "compare.json", state)
         log(f"{tag}: evaluation: {action}")
         entry["summary"] = ev  # in memory only: compare.json points to the file instead
     results = {(e["preset"], e["mode"]): e for e in state["runs"].values() if (e["preset"], e["mode"]) in combos}
@@ -280,7 +197,7 @@ def compare(s: CompareSettings, log: Callable[[str], None] = print) -> dict:
         if e["status"] == "evaluated":
             e["evaluation_summary"] = f"{e['preset']}-{e['mode']}/evaluation/summary.json"
     state["outputs"] = {"csv": "compare.csv", "markdown": "compare.md", "figure": figure and figure.name}
-    _write_state(out, state)
+    write_state(out / "compare.json", state)
     return {"status": "done", "runs": state["runs"], "rows": rows, "text": text}
 
 

@@ -1,0 +1,250 @@
+"""Ablation of a preset's components on one budget: ``lesiondiff ablate --preset palscdiff``.
+
+An ablation definition (``presets/ablations/<preset>.yaml``) lists arms, each the preset with a few
+``section.key=value`` overrides, and names the arm the others are compared with. Every arm, and every
+``--baselines`` preset trained beside them, gets the same manifest, split, network size, seed, training budget
+(wall-clock minutes per run) and step cap, and is sampled and fused the same way: the ablated preset's sampler,
+steps, number of samples S and fusion (feed-forward baselines: one network evaluation per sample). The config
+of an arm is the preset, then those shared settings, then the arm's overrides, then the user's overrides.
+
+Layout of ``out/``:
+    <arm>/ and ref-<preset>/     run folders (train/, predictions/, evaluation/; ``engine/stages.py``)
+    ablation.json                progress and settings, rewritten after every stage
+    ablation.csv, ablation.md    the table (the paper's Table 2 form, plus the comparison with the first arm)
+
+Every figure is per image at the original size, thresholded at the run's threshold, mean +- population std
+over the split's images, in %. The difference with the reference arm is paired by image (``metrics.
+paired_difference``: bootstrap 95 % interval over images, Wilcoxon p); it does not include run-to-run spread
+(one training seed per arm). Resumable: the same command continues an interrupted ablation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ..config import Config, load_preset
+from ..errors import LesiondiffError
+from ..io_utils import atomic_write_text
+from ..metrics import paired_difference
+from .predict import collect_inputs
+from .stages import CHECKPOINT, evaluate_stage, predict_stage, train_stage, write_state
+
+METRICS = ("accuracy", "precision", "dice", "iou")
+HEADERS = {"accuracy": "ACC %", "precision": "Precision %", "dice": "Dice %", "iou": "IoU %"}
+
+
+@dataclass
+class AblateSettings:
+    """What ``lesiondiff ablate`` was asked to do."""
+
+    preset: str
+    manifest: str
+    budget_minutes: float
+    out: str
+    baselines: list[str] = field(default_factory=list)
+    arms: list[str] | None = None  # a subset of the definition's arms (None: all)
+    size: int = 128
+    seed: int = 0
+    samples: int | None = None  # None: the preset's
+    sampler: str | None = None
+    steps: int | None = None
+    split: str = "test"
+    max_steps: int = 1_000_000
+    device: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def ablation_names() -> list[str]:
+    folder = resources.files("lesiondiff.presets") / "ablations"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def load_ablation(preset: str) -> dict:
+    """The definition ``{title, baseline, arms: [{name, label, overrides}]}`` of ``preset``'s ablation."""
+    path = resources.files("lesiondiff.presets") / "ablations" / f"{preset}.yaml"
+    if not path.is_file():
+        raise LesiondiffError(f"preset {preset!r} has no ablation; ablations exist for: "
+                              f"{', '.join(ablation_names()) or 'none'}")
+    data = yaml.safe_load(path.read_text()) or {}
+    arms = data.get("arms") or []
+    names = [a.get("name") for a in arms]
+    if not arms or len(set(names)) != len(names) or data.get("baseline") not in names:
+        raise LesiondiffError(f"ablation {preset}: needs arms with unique names and a baseline among them")
+    return {"title": data.get("title", f"{preset} ablation"), "baseline": data["baseline"],
+            "arms": [{"name": a["name"], "label": a.get("label", a["name"]), "overrides": list(a.get("overrides") or [])}
+                     for a in arms]}
+
+
+def plan(s: AblateSettings) -> list[dict]:
+    """The runs: ``{name, label, preset, overrides, mode}``; the definition's arms, then the baselines."""
+    definition = load_ablation(s.preset)
+    arms = definition["arms"]
+    if s.arms is not None:
+        unknown = sorted(set(s.arms) - {a["name"] for a in arms})
+        if unknown:
+            raise LesiondiffError(f"unknown arm {unknown[0]!r}; arms of {s.preset}: "
+                                  f"{', '.join(a['name'] for a in arms)}")
+        arms = [a for a in arms if a["name"] in s.arms]
+    runs = [{**a, "preset": s.preset} for a in arms]
+    for b in s.baselines:
+        runs.append({"name": f"ref-{b}", "label": f"{b} (reference preset)", "preset": b, "overrides": []})
+    for r in runs:
+        r["mode"] = run_config(r, s).diffusion.mode
+    return runs
+
+
+def run_config(run: dict, s: AblateSettings) -> Config:
+    return load_preset(run["preset"]).override([
+        f"data.manifest={Path(s.manifest).resolve()}", f"data.size={s.size}", f"train.seed={s.seed}",
+        f"train.max_minutes={s.budget_minutes}", f"train.steps={s.max_steps}", *run["overrides"], *s.overrides])
+
+
+def sampling(s: AblateSettings, mode: str) -> dict:
+    """The shared sampling settings (keys of ``predict.json``): the ablated preset's, unless given."""
+    own = load_preset(s.preset)
+    samples = s.samples or own.sample.samples
+    if mode == "feedforward":
+        sampler, steps = "oneshot", 1
+    else:
+        sampler, steps = s.sampler or own.sample.sampler, s.steps or own.sample.steps
+    return {"samples": samples, "sampler": sampler, "steps": steps, "seed": s.seed, "fusion": own.fusion.method}
+
+
+def _check(s: AblateSettings) -> None:
+    if s.budget_minutes <= 0:
+        raise LesiondiffError(f"--budget-minutes must be > 0, got {s.budget_minutes}")
+    if s.samples is not None and s.samples < 1:
+        raise LesiondiffError(f"--samples must be >= 1, got {s.samples}")
+    for b in s.baselines:
+        load_preset(b)
+
+
+def ablate(s: AblateSettings, log: Callable[[str], None] = print) -> dict:
+    """Train, predict and evaluate every run (skipping finished stages), then write the tables.
+
+    Returns ``{"status": "done" | "interrupted", "runs": {...}, "rows": [...], "text": the printed table}``.
+    """
+    _check(s)
+    runs = plan(s)
+    definition = load_ablation(s.preset)
+    items = collect_inputs([], s.manifest, s.split)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state: dict = {"settings": asdict(s), "title": definition["title"], "runs": {}}
+    summaries = {}
+    for k, run in enumerate(runs, 1):
+        tag = f"[{k}/{len(runs)}] {run['name']}"
+        entry = {key: run[key] for key in ("label", "preset", "mode", "overrides")}
+        state["runs"][run["name"]] = entry
+        folder = out / run["name"]
+        cfg = run_config(run, s)
+        summary = train_stage(cfg, folder, s.device, log=lambda msg, tag=tag: log(f"{tag}: {msg}"))
+        entry["train"] = {key: summary.get(key) for key in ("action", "status", "step", "elapsed_s", "best_val_dice",
+                                                             "best_step", "parameters")}
+        if summary["status"] == "interrupted":
+            entry["status"] = "interrupted"
+            write_state(out / "ablation.json", state)
+            return {"status": "interrupted", "runs": state["runs"],
+                    "text": f"interrupted while training {run['name']} at step {summary['step']}; run the same "
+                            "command again to continue from its last checkpoint"}
+        run["steps"] = summary["step"]
+        log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
+            f"{summary['elapsed_s']} s of training in all)")
+        entry["predictions"] = predict_stage(folder, sampling(s, run["mode"]), items, s.device)
+        log(f"{tag}: predictions of {s.split}: {entry['predictions']}")
+        summaries[run["name"]], entry["evaluation"] = evaluate_stage(folder, s.manifest, s.split)
+        entry["status"] = "evaluated"
+        entry["evaluation_summary"] = f"{run['name']}/evaluation/summary.json"
+        write_state(out / "ablation.json", state)
+        log(f"{tag}: evaluation: {entry['evaluation']}")
+    reference = definition["baseline"] if definition["baseline"] in summaries else runs[0]["name"]
+    rows = table_rows(runs, summaries, out, reference)
+    text = format_ablation(definition["title"], protocol(s, runs, summaries, len(items), reference), rows, reference)
+    write_tables(out, rows, text)
+    state["outputs"] = {"csv": "ablation.csv", "markdown": "ablation.md"}
+    write_state(out / "ablation.json", state)
+    return {"status": "done", "runs": state["runs"], "rows": rows, "text": text}
+
+
+def _per_image(folder: Path, metric: str) -> dict[str, float]:
+    with (folder / "evaluation" / "metrics.csv").open() as f:
+        return {r["id"]: float(r[metric]) for r in csv.DictReader(f) if r["which"] == "fused"}
+
+
+def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, reference: str) -> list[dict]:
+    """One row per run: fused metrics in % (mean, std), the single-round Dice, and the paired difference in
+    Dice and IoU with the ``reference`` run (percentage points)."""
+    ref = {m: _per_image(out / reference, m) for m in ("dice", "iou")}
+    rows = []
+    for run in runs:
+        ev = summaries[run["name"]]
+        fused = ev["fused"]["all"]
+        row = {"run": run["name"], "label": run["label"], "preset": run["preset"], "mode": run["mode"],
+               "steps": run.get("steps")}
+        for m in METRICS:
+            row[f"{m}_pct"], row[f"{m}_pct_std"] = 100 * fused[m]["mean"], 100 * fused[m]["std"]
+        row["single_round_dice_pct"] = 100 * ev["single_sample"]["all"]["dice"]["mean"]
+        for m in ("dice", "iou"):
+            mine = _per_image(out / run["name"], m)
+            ids = sorted(ref[m])
+            d = paired_difference([ref[m][i] for i in ids], [mine[i] for i in ids])
+            row[f"delta_{m}_pp"] = 100 * d["mean"]
+            row[f"delta_{m}_ci_low"], row[f"delta_{m}_ci_high"] = 100 * d["ci_low"], 100 * d["ci_high"]
+            row[f"delta_{m}_p"] = d["p_wilcoxon"]
+            if m == "dice":
+                row["better"], row["worse"] = d["better"], d["worse"]
+        rows.append(row)
+    return rows
+
+
+def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int, reference: str) -> str:
+    settings = {r["name"]: summaries[r["name"]].get("prediction_settings") or {} for r in runs}
+    sampled = sorted({f"{v.get('sampler')} {v.get('steps')} steps" for v in settings.values()})
+    fusions = sorted({str(v.get("fusion")) for v in settings.values()})
+    thresholds = sorted({summaries[r["name"]]["threshold"] for r in runs})
+    return (f"Protocol: split {s.split} of {s.manifest} ({n_images} images); every run trained for "
+            f"{s.budget_minutes:g} min of wall clock (at most {s.max_steps} steps), size {s.size} px, seed "
+            f"{s.seed}; checkpoint {CHECKPOINT} (highest validation Dice); S = {sampling(s, 'diffusion')['samples']} "
+            f"samples per image ({', '.join(sampled)}), fused by {', '.join(fusions)}, threshold "
+            f"{', '.join(str(t) for t in thresholds)} (prob >= threshold). Metrics per image at the original size, "
+            f"mean ± population std over images, in %. Δ: paired per-image difference with {reference} in "
+            "percentage points, 95 % bootstrap interval over images and Wilcoxon p (one training seed per run: "
+            "run-to-run spread is not included).")
+
+
+def format_ablation(title: str, protocol_line: str, rows: list[dict], reference: str) -> str:
+    head = ["run", "steps", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p", "ΔIoU (pp)",
+            "Dice % (one round)"]
+    lines = [f"{title}", "", protocol_line, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        delta = (["(reference)", "–", "–"] if r["run"] == reference else
+                 [f"{r['delta_dice_pp']:+.2f} [{r['delta_dice_ci_low']:+.2f}, {r['delta_dice_ci_high']:+.2f}]",
+                  f"{r['delta_dice_p']:.2g}", f"{r['delta_iou_pp']:+.2f}"])
+        cells = [r["label"], str(r["steps"]), *(f"{r[f'{m}_pct']:.2f} ± {r[f'{m}_pct_std']:.2f}" for m in METRICS),
+                 *delta, f"{r['single_round_dice_pct']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "steps: training steps reached in the budget. Dice % (one round): the mean over rounds of a single "
+              "sample's per-image Dice, i.e. without fusion."]
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = ("run", "label", "preset", "mode", "steps", *(f"{m}_pct" for m in METRICS),
+               *(f"{m}_pct_std" for m in METRICS), "single_round_dice_pct", "delta_dice_pp", "delta_dice_ci_low",
+               "delta_dice_ci_high", "delta_dice_p", "delta_iou_pp", "delta_iou_ci_low", "delta_iou_ci_high",
+               "delta_iou_p", "better", "worse")
+
+
+def write_tables(out: Path, rows: list[dict], text: str) -> None:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "ablation.csv", buffer.getvalue())
+    atomic_write_text(out / "ablation.md", text + "\n")

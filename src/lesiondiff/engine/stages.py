@@ -1,0 +1,116 @@
+"""Train, predict and evaluate one run folder, resumably and without redoing finished work.
+
+Shared by the multi-run experiments (``lesiondiff compare``, ``lesiondiff ablate``). A run folder holds
+    train/         a run directory (config.yaml, checkpoints/, log.csv, summary.json)
+    predictions/   ``lesiondiff predict`` output for the split
+    evaluation/    metrics.csv, summary.json, reliability.png, rounds.md
+and each stage decides from those files alone whether it has work to do:
+- training: a run whose summary says ``finished`` or ``time budget reached`` is not retrained; one with
+  ``checkpoints/last.safetensors`` but no such summary is resumed. A run trained with a different config is
+  refused, not mixed in;
+- predictions are redone only when they miss an image of the split, were made with other sampling settings,
+  or are older than the checkpoint they come from;
+- an evaluation only when it is missing, older than its predictions, or of another split or manifest.
+Predictions use the ``best`` checkpoint (highest validation Dice; ``last`` when there is none).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import Config
+from ..errors import LesiondiffError
+from ..io_utils import atomic_write_text
+from .evaluate import evaluate, read_predictions
+from .predict import Predictor
+
+DONE = ("finished", "time budget reached")
+CHECKPOINT = "best"
+
+
+def check_same_config(cfg: Config, train_dir: Path) -> None:
+    """Refuse to reuse ``train_dir`` when it was trained with a config other than ``cfg``."""
+    saved = Config.load(train_dir / "config.yaml").to_dict()
+    wanted = cfg.to_dict()
+    if wanted["data"]["channels"] == 0:  # resolved from the images when training starts
+        wanted["data"]["channels"] = saved["data"]["channels"]
+    for section, values in wanted.items():
+        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
+            old = saved[section][key] if key else saved[section]
+            if old != value:
+                name = f"{section}.{key}" if key else section
+                raise LesiondiffError(f"{train_dir}: trained with {name}={old!r}, but this experiment asks for "
+                                      f"{value!r}; choose another --out or delete {train_dir.parent} to retrain")
+
+
+def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
+    """Train, resume or skip one run; returns its training summary plus ``action``."""
+    from .train import Trainer
+
+    train_dir = run / "train"
+    summary_path = train_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") in DONE:
+            check_same_config(cfg, train_dir)
+            return {**summary, "action": "skipped (already trained)"}
+    resume = (train_dir / "checkpoints" / "last.safetensors").is_file()
+    if resume:
+        check_same_config(cfg, train_dir)
+    t = cfg.train
+    log(f"{'resuming' if resume else 'training'} (budget {t.max_minutes:g} min, at most {t.steps} steps)")
+    trainer = Trainer(cfg, train_dir, device=device, resume=resume)
+    start = trainer.step
+    summary = trainer.fit()
+    return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}
+
+
+def checkpoint_file(train_dir: Path) -> Path:
+    best = train_dir / "checkpoints" / f"{CHECKPOINT}.safetensors"
+    return best if best.is_file() else train_dir / "checkpoints" / "last.safetensors"  # predict's fallback
+
+
+def predictions_current(pred_dir: Path, wanted: dict, ids: list[str], checkpoint: Path) -> bool:
+    """True when ``pred_dir`` covers ``ids`` with the ``wanted`` sampling settings and is newer than the
+    checkpoint it would be made from."""
+    table, meta_path = pred_dir / "predictions.csv", pred_dir / "predict.json"
+    if not (table.is_file() and meta_path.is_file()):
+        return False
+    rows, meta = read_predictions(pred_dir)
+    if any(meta.get(k) != v for k, v in wanted.items()) or not set(ids) <= set(rows):
+        return False
+    return not checkpoint.is_file() or table.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
+
+
+def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device: str | None) -> str:
+    """Predict ``items`` with the run's ``best`` checkpoint and the ``wanted`` sampling settings (keys of
+    ``predict.json``: samples, sampler, steps, seed, and optionally fusion), unless current predictions exist."""
+    pred_dir, train_dir = run / "predictions", run / "train"
+    wanted = {**wanted, "checkpoint": CHECKPOINT}
+    if predictions_current(pred_dir, wanted, [i for i, _ in items], checkpoint_file(train_dir)):
+        return "skipped (current predictions cover the split)"
+    overrides = [f"sample.{k}={wanted[k]}" for k in ("samples", "sampler", "steps", "seed")]
+    if "fusion" in wanted:
+        overrides.append(f"fusion.method={wanted['fusion']}")
+    Predictor.from_run(train_dir, CHECKPOINT, device, overrides).run(items, pred_dir, checkpoint=CHECKPOINT)
+    return "predicted"
+
+
+def evaluate_stage(run: Path, manifest: str, split: str) -> tuple[dict, str]:
+    pred_dir, eval_dir = run / "predictions", run / "evaluation"
+    path = eval_dir / "summary.json"
+    if path.is_file() and path.stat().st_mtime_ns >= (pred_dir / "predictions.csv").stat().st_mtime_ns:
+        summary = json.loads(path.read_text())
+        if summary.get("split") == split and summary.get("manifest") == str(manifest) \
+                and "calibration" in summary and "rounds" in summary:
+            return summary, "skipped (newer than its predictions)"
+    return evaluate(pred_dir, manifest, split, out=eval_dir), "evaluated"
+
+
+def write_state(path: Path, state: dict) -> None:
+    """Write an experiment's progress file atomically, stamped with the time."""
+    state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_text(path, json.dumps(state, indent=2))
