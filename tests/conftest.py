@@ -24,3 +24,14 @@ def phantom_dir(tmp_path_factory) -> Path:
     from lesiondiff.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("phantoms"), n=40, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom_manifest(phantom_dir, tmp_path_factory) -> Path:
+    """A manifest of the phantom set with the seed-0 70/15/15 split."""
+    from lesiondiff.data.layouts import index_folder
+    from lesiondiff.data.manifest import Manifest, assign_splits
+
+    path = tmp_path_factory.mktemp("manifest") / "manifest.csv"
+    Manifest.from_records(assign_splits(index_folder(phantom_dir).records, seed=0)).write(path)
+    return path

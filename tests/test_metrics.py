@@ -180,3 +180,21 @@ def test_aggregator_groups_and_reset():
         agg.add(gt, gt, group="all")
     agg.reset()
     assert len(agg) == 0 and agg.aggregate() == {} and agg.pooled() == {}
+
+
+def test_paired_difference_known_values():
+    from lesiondiff.metrics import paired_difference
+
+    a = [0.5, 0.6, 0.7, 0.8]
+    b = [0.6, 0.7, 0.8, 0.9]  # every image +0.1: the interval collapses onto it
+    d = paired_difference(a, b, n_boot=200)
+    assert d["mean"] == pytest.approx(0.1) and d["ci_low"] == pytest.approx(0.1) and d["ci_high"] == pytest.approx(0.1)
+    assert (d["better"], d["worse"], d["equal"], d["n"]) == (4, 0, 0, 4)
+    assert d["p_wilcoxon"] == pytest.approx(0.125)  # exact two-sided signed-rank p for 4 of 4 positive
+    same = paired_difference(a, a)
+    assert same["mean"] == 0 and same["p_wilcoxon"] == 1.0 and same["equal"] == 4
+    mixed = paired_difference([0.0, 0.0, 0.0, 0.0], [0.4, -0.2, 0.1, -0.1], n_boot=2000, seed=1)
+    assert mixed["mean"] == pytest.approx(0.05) and mixed["ci_low"] < 0.05 < mixed["ci_high"]
+    assert paired_difference(a, b, seed=3)["ci_low"] == paired_difference(a, b, seed=3)["ci_low"]
+    with pytest.raises(LesiondiffError, match="equal-length"):
+        paired_difference([1.0], [1.0, 2.0])

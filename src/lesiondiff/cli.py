@@ -137,6 +137,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write report.html from a run, its predictions and their evaluation")
     rp.add_argument("--run", default=None)
     rp.add_argument("--pred", default=None)
+    rp.add_argument("--evaluation", default=None,
+                    help="folder with the evaluation's summary.json (default: --pred, where evaluate writes it)")
     rp.add_argument("--manifest", default=None)
     rp.add_argument("--split", default="test")
     rp.add_argument("--out", required=True)
@@ -340,8 +342,11 @@ def cmd_report(args) -> int:
     from .report import write_report
 
     summary = None
-    if args.pred and (Path(args.pred) / "summary.json").is_file():
-        summary = json.loads((Path(args.pred) / "summary.json").read_text())
+    folder = Path(args.evaluation) if args.evaluation else Path(args.pred) if args.pred else None
+    if folder is not None and (folder / "summary.json").is_file():
+        summary = json.loads((folder / "summary.json").read_text())
+    elif args.evaluation:
+        raise LesiondiffError(f"{folder / 'summary.json'}: not found; run lesiondiff evaluate --out {folder} first")
     path = write_report(args.out, run=args.run, pred_dir=args.pred, summary=summary, manifest=args.manifest,
                         split=args.split)
     print(f"wrote {path}")

@@ -7,8 +7,6 @@ import pytest
 from PIL import Image
 
 from lesiondiff.cli import main
-from lesiondiff.data.layouts import index_folder
-from lesiondiff.data.manifest import Manifest, assign_splits
 from lesiondiff.engine import compare as cmp
 from lesiondiff.engine.checkpoint import Checkpoint
 from lesiondiff.engine.train import Trainer
@@ -19,10 +17,8 @@ TINY = ["data.size=32", "model.base_channels=8", "model.channel_mult=[1,2]", "mo
 
 
 @pytest.fixture(scope="module")
-def manifest(phantom_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "manifest.csv"
-    Manifest.from_records(assign_splits(index_folder(phantom_dir).records, seed=0)).write(path)
-    return path
+def manifest(phantom_manifest):
+    return phantom_manifest
 
 
 def settings(manifest, out, **kw):

@@ -8,8 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from lesiondiff.config import load_preset
-from lesiondiff.data.layouts import index_folder
-from lesiondiff.data.manifest import Manifest, assign_splits
 from lesiondiff.engine.checkpoint import Checkpoint
 from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.predict import Predictor, collect_inputs
@@ -22,10 +20,8 @@ TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_le
 
 
 @pytest.fixture(scope="module")
-def manifest(phantom_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "manifest.csv"
-    Manifest.from_records(assign_splits(index_folder(phantom_dir).records, seed=0)).write(path)
-    return path
+def manifest(phantom_manifest):
+    return phantom_manifest
 
 
 def cfg_for(manifest, preset="ensemdiff", steps=6, extra=()):

@@ -244,3 +244,16 @@ def test_report_shows_rounds_table_and_figure(rounds_run, tmp_path):
     old = {k: v for k, v in summary.items() if k not in ("rounds", "rounds_spread", "ensemble_minus_best_round")}
     page = write_report(tmp_path / "old", summary=old).read_text()
     assert "<h3>Sampling rounds</h3>" not in page
+
+
+def test_report_cli_reads_an_evaluation_written_elsewhere(rounds_run, tmp_path, capsys):
+    from lesiondiff.cli import main
+
+    pred, manifest, _, ev = rounds_run
+    out = tmp_path / "rep"
+    assert main(["report", "--pred", str(pred), "--evaluation", str(ev), "--manifest", str(manifest),
+                 "--out", str(out)]) == 0
+    assert "<h3>Sampling rounds</h3>" in (out / "report.html").read_text()
+    assert main(["report", "--pred", str(pred), "--evaluation", str(tmp_path / "none"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none/summary.json: not found" in err and len(err.splitlines()) == 1

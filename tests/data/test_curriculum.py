@@ -1,0 +1,131 @@
+"""Progressive Augmentation Learning: the stage schedule, and the Trainer following it."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lesiondiff.config import CurriculumConfig, load_preset
+from lesiondiff.data.curriculum import Curriculum, row_groups, training_progress
+from lesiondiff.data.difficulty import score_manifest
+from lesiondiff.data.layouts import index_folder
+from lesiondiff.data.manifest import Manifest, assign_splits
+from lesiondiff.engine.train import Trainer
+from lesiondiff.errors import LesiondiffError
+
+GROUPS = [0, 0, 0, 1, 2, 3, 0, 1, 2, 3, 3]
+
+
+def test_stage_boundaries_and_learning_rates_follow_the_config():
+    cfg = CurriculumConfig(enabled=True, stage_fractions=[0.5, 0.25, 0.125, 0.125], lr_factor=0.1,
+                           hard_strength=[1.0, 2.0, 3.0])
+    c = Curriculum(cfg, GROUPS, base_lr=1e-3)
+    assert [s.start for s in c.stages] == [0.0, 0.5, 0.75, 0.875]
+    assert [s.lr for s in c.stages] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-6])
+    assert [c.stage_at(p) for p in (0.0, 0.49, 0.5, 0.74, 0.75, 0.87, 0.875, 1.0)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    # each stage adds its hard group to the pool; the share of hard rows grows
+    assert [sorted(c.pool(s).tolist()) for s in range(4)] == [
+        [0, 1, 2, 6], [0, 1, 2, 3, 6, 7], [0, 1, 2, 3, 4, 6, 7, 8], list(range(11))]
+    assert [s.n_rows for s in c.stages] == [4, 6, 8, 11]
+    # hard rows get the hard augmentation at the stage's strength, easy rows none of it
+    assert c.augment_for(0, 3) is None
+    aug = c.augment_for(5, 3)
+    assert aug.strength == 3.0 and aug.names == cfg.hard_augment and aug.p == cfg.hard_augment_p
+    assert c.augment_for(3, 1).strength == 1.0
+    # the fractions are normalised: 2:1:1:1 is 40 % / 20 % / 20 % / 20 %
+    c2 = Curriculum(CurriculumConfig(stage_fractions=[2, 1, 1, 1]), GROUPS, 1e-4)
+    assert [s.start for s in c2.stages] == [0.0, 0.4, 0.6, 0.8]
+
+
+def test_progress_is_the_limit_reached_first():
+    assert training_progress(50, 100, 0.0, 0.0) == 0.5
+    assert training_progress(10, 100, 30.0, 1.0) == 0.5  # half the minute gone, a tenth of the steps
+    assert training_progress(90, 100, 30.0, 1.0) == 0.9
+    assert training_progress(200, 100, 0.0, 0.0) == 1.0
+
+
+def test_bad_schedules_are_one_line_errors():
+    with pytest.raises(LesiondiffError, match="needs 4 values"):
+        Curriculum(CurriculumConfig(stage_fractions=[0.5, 0.5]), GROUPS, 1e-4)
+    with pytest.raises(LesiondiffError, match="must be > 0"):
+        Curriculum(CurriculumConfig(stage_fractions=[0.5, 0.5, 0.0, 0.0]), GROUPS, 1e-4)
+    with pytest.raises(LesiondiffError, match="groups must lie in 0..3"):
+        Curriculum(CurriculumConfig(), [0, 4], 1e-4)
+    with pytest.raises(LesiondiffError, match="easy pool"):
+        Curriculum(CurriculumConfig(), [1, 2, 3], 1e-4)
+
+
+TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+        "data.size=32", "train.batch_size=4", "train.val_every=5", "train.log_every=1", "train.val_steps=2",
+        "data.val_max_images=4", "train.lr=1e-3", "curriculum.lr_factor=0.5"]
+
+
+@pytest.fixture(scope="module")
+def scored_manifest(phantom_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "manifest.csv"
+    manifest = Manifest.from_records(assign_splits(index_folder(phantom_dir).records, seed=0))
+    score_manifest(manifest, split="train", size=64, progress=False)[0].write(path)
+    return path
+
+
+def test_trainer_follows_the_stages(scored_manifest, tmp_path):
+    cfg = load_preset("palscdiff").override([f"data.manifest={scored_manifest}", "train.steps=10", *TINY])
+    trainer = Trainer(cfg, tmp_path / "run", device="cpu")
+    groups = row_groups(trainer.train_data.rows, cfg.curriculum)
+    seen: dict[int, set[int]] = {}
+    original = trainer._next_batch
+
+    def spy():
+        seen.setdefault(trainer.stage, set()).update(int(g) for g in groups[trainer.perm[trainer.pos:trainer.pos + 4]])
+        return original()
+
+    trainer._next_batch = spy
+    summary = trainer.fit()
+    with (tmp_path / "run/log.csv").open() as f:
+        log = list(csv.DictReader(f))
+    # 40 / 20 / 20 / 20 % of 10 steps: stage 2 from step 4 (the 5th step), 3 from step 6, 4 from step 8
+    assert [int(r["stage"]) for r in log] == [1, 1, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert [float(r["lr"]) for r in log] == pytest.approx([1e-3] * 4 + [5e-4] * 2 + [2.5e-4] * 2 + [1.25e-4] * 2)
+    assert [s["began_at_step"] for s in summary["curriculum"]] == [0, 4, 6, 8]
+    for stage, drawn in seen.items():
+        assert max(drawn) <= stage  # only the stage's pool is drawn from
+    assert "curriculum:" in (tmp_path / "run/config.yaml").read_text()
+
+
+def test_curriculum_resume_is_exact(scored_manifest, tmp_path):
+    def cfg(steps):
+        return load_preset("palscdiff").override([f"data.manifest={scored_manifest}", f"train.steps={steps}", *TINY,
+                                                  "curriculum.stage_fractions=[0.5,0.1,0.1,0.3]"])
+
+    Trainer(cfg(10), tmp_path / "straight", device="cpu").fit()
+    # Ctrl-C before step 7 (stage 2 runs from step 5 to 6); the resumed run must enter stage 3 at step 6
+    first = Trainer(cfg(10), tmp_path / "split", device="cpu")
+    advance = first._advance_curriculum
+
+    def interrupt_at_six():
+        if first.step == 6:
+            raise KeyboardInterrupt
+        advance()
+
+    first._advance_curriculum = interrupt_at_six
+    assert first.fit()["status"] == "interrupted"
+    resumed = Trainer(cfg(10), tmp_path / "split", device="cpu", resume=True)
+    assert (resumed.step, resumed.stage) == (6, 1)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert resumed.fit()["curriculum"][2]["began_at_step"] == 6
+    a = load_file(str(tmp_path / "straight/checkpoints/last.safetensors"))
+    b = load_file(str(tmp_path / "split/checkpoints/last.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_missing_difficulty_columns_are_scored_when_training_starts(phantom_dir, tmp_path):
+    path = tmp_path / "plain.csv"
+    Manifest.from_records(assign_splits(index_folder(phantom_dir).records, seed=0)).write(path)
+    messages = []
+    rows = Manifest.read(path).rows(split="train")
+    groups = row_groups(rows, CurriculumConfig(), log=messages.append)
+    assert "scoring them now" in messages[0]
+    assert set(np.unique(groups)) <= {0, 1, 2, 3} and (groups == 0).sum() >= len(rows) // 2
