@@ -124,6 +124,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fusion", default=None, help="mean, majority or staple")
     pr.add_argument("--crf", action="store_true", help="refine the fused probability with DenseCRF")
     pr.add_argument("--threshold", type=float, default=None)
+    pr.add_argument("--prediction", choices=["epsilon", "x0"], default=None,
+                    help="the head the sampler steps with, for designs that predict both (palscdiff; default: the run's)")
     pr.add_argument("--seed", type=int, default=None)
     pr.add_argument("--checkpoint", default="best", help="best or last")
     pr.add_argument("--device", default=None)
@@ -316,7 +318,8 @@ def cmd_predict(args) -> int:
 
     overrides = [f"{k}={v}" for k, v in (("sample.samples", args.samples), ("sample.sampler", args.sampler),
                                           ("sample.steps", args.steps), ("fusion.method", args.fusion),
-                                          ("sample.threshold", args.threshold), ("sample.seed", args.seed))
+                                          ("sample.threshold", args.threshold), ("sample.seed", args.seed),
+                                          ("diffusion.prediction", args.prediction))
                  if v is not None]
     if args.crf:
         overrides.append("fusion.crf=true")

@@ -94,3 +94,20 @@ def test_train_predict_evaluate(manifest, tmp_path, preset, fusion):
     rows = (tmp_path / "pred/metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + len(items) * (1 + 3)
     assert json.loads((tmp_path / "pred/summary.json").read_text())["threshold"] == 0.5
+
+
+def test_a_two_head_model_is_sampled_through_either_head(manifest, tmp_path):
+    """palscdiff predicts eps and x0: --prediction picks the head; a one-head design refuses to switch."""
+    Trainer(cfg_for(manifest, "palscdiff", steps=3), tmp_path / "pal", device="cpu").fit()
+    items = collect_inputs([], str(manifest), "test")[:2]
+    via = {}
+    for prediction in ("x0", "epsilon"):
+        p = Predictor.from_run(tmp_path / "pal", overrides=[f"diffusion.prediction={prediction}"])
+        assert p.model.prediction == prediction
+        p.run(items, tmp_path / prediction)
+        assert json.loads((tmp_path / prediction / "predict.json").read_text())["prediction"] == prediction
+        via[prediction] = p.sample(*items[0][:1], image=np.full((32, 32, 1), 128, np.uint8))
+    assert not np.allclose(via["x0"], via["epsilon"])
+    Trainer(cfg_for(manifest, steps=1), tmp_path / "ens", device="cpu").fit()
+    with pytest.raises(LesiondiffError, match="has one epsilon head; it cannot be sampled through x0"):
+        Predictor.from_run(tmp_path / "ens", overrides=["diffusion.prediction=x0"])

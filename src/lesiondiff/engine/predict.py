@@ -110,7 +110,14 @@ class Predictor:
     def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | None = None,
                  overrides: list[str] | None = None) -> Predictor:
         cfg, model = load_run(run, checkpoint, device)
-        return cls(cfg.override(overrides or []), model)
+        cfg = cfg.override(overrides or [])
+        wanted = cfg.diffusion.prediction
+        if cfg.diffusion.mode != "feedforward" and wanted != model.prediction:
+            if not model.predicts_both:
+                raise LesiondiffError(f"{run}: {cfg.model.name} has one {model.prediction} head; it cannot be "
+                                      f"sampled through {wanted}")
+            model.prediction = wanted  # both heads were trained: sample through the other one
+        return cls(cfg, model)
 
     def image_seed(self, id_: str) -> int:
         return (self.cfg.sample.seed * 1_000_003 + zlib.crc32(id_.encode())) % 2**63
@@ -162,7 +169,7 @@ class Predictor:
         meta = {"sampler": s.sampler if self.cfg.diffusion.mode != "feedforward" else "oneshot",
                 "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method, "crf": self.cfg.fusion.crf,
                 "threshold": s.threshold, "seed": s.seed, "size": self.cfg.data.size, "checkpoint": checkpoint,
-                "preset": self.cfg.preset}
+                "preset": self.cfg.preset, "prediction": self.model.prediction}
         buffer = _io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
         writer.writeheader()

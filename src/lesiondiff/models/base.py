@@ -45,10 +45,13 @@ class DenoiserOutput:
 class Denoiser(nn.Module):
     """Base class: subclasses implement ``encode`` and ``denoise``.
 
-    ``prediction`` says what the main head predicts ("epsilon" or "x0"); samplers read it.
+    ``prediction`` says what the main head predicts ("epsilon" or "x0"); samplers read it. Designs whose output
+    always carries both eps and x0 (``predicts_both``, e.g. PalScDiff) may be sampled through either, so their
+    ``prediction`` can be chosen when sampling (``lesiondiff predict --prediction``).
     """
 
     prediction: str = "epsilon"
+    predicts_both: bool = False
 
     def encode(self, image: torch.Tensor) -> Condition:
         """image [B,C,H,W] in [-1,1] -> condition reused across samples and steps."""

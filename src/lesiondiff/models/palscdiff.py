@@ -72,6 +72,8 @@ def mean_probability_logit(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @MODELS.register("palscdiff")
 class PalScDiff(MedSegDiff):
+    predicts_both = True
+
     def __init__(self, image_channels: int, prediction: str = "epsilon", base_channels: int = 32,
                  branches: int = 2, branch_fusion: str = "mean", head_groups: int = 4, head_norm: str = "batch",
                  head_activation: str = "silu", **kwargs) -> None:
