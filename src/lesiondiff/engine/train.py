@@ -4,10 +4,14 @@ Run directory layout (the seam to the Predictor):
     config.yaml                 the full config used, with the resolved channel count
     checkpoints/last.safetensors  written every ``val_every`` steps, on Ctrl-C / SIGTERM and at the end
     checkpoints/best.safetensors  the step with the highest validation Dice so far
-    log.csv                     step, losses, validation Dice, elapsed seconds
-    summary.json                what the run reached
+    log.csv                     step, losses, validation Dice, elapsed seconds (with a curriculum: stage, lr)
+    summary.json                what the run reached (with a curriculum: each stage and the step it began at)
     timestep_weights.csv        t, p: the probability of drawing each training timestep (diffusion.timestep_sampling;
                                 recomputed, identically, on resume)
+Curriculum (``curriculum.enabled``, PalScDiff's Progressive Augmentation Learning; ``data/curriculum.py``): before
+every step the stage is looked up from the training progress; entering a stage sets its learning rate, draws
+from its pool in a new random order and prints the change. The stage is saved in checkpoints, so a resumed run
+continues in the same stage with the same order.
 Validation: the EMA weights sample each validation image once (``train.val_samples``) with a fixed seed and a
 few-step sampler; masks are thresholded at 0.5 and Dice is averaged per image at the training resolution.
 """
