@@ -154,7 +154,7 @@ def ablate(s: AblateSettings, log: Callable[[str], None] = print) -> dict:
             return {"status": "interrupted", "runs": state["runs"],
                     "text": f"interrupted while training {run['name']} at step {summary['step']}; run the same "
                             "command again to continue from its last checkpoint"}
-        run["steps"] = summary["step"]
+        run["steps"], run["train_minutes"] = summary["step"], summary["elapsed_s"] / 60
         log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
             f"{summary['elapsed_s']} s of training in all)")
         entry["predictions"] = predict_stage(folder, sampling(s, run["mode"]), items, s.device)
@@ -187,7 +187,7 @@ def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, referenc
         ev = summaries[run["name"]]
         fused = ev["fused"]["all"]
         row = {"run": run["name"], "label": run["label"], "preset": run["preset"], "mode": run["mode"],
-               "steps": run.get("steps")}
+               "steps": run.get("steps"), "train_minutes": run.get("train_minutes")}
         for m in METRICS:
             row[f"{m}_pct"], row[f"{m}_pct_std"] = 100 * fused[m]["mean"], 100 * fused[m]["std"]
         row["single_round_dice_pct"] = 100 * ev["single_sample"]["all"]["dice"]["mean"]
@@ -209,8 +209,9 @@ def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int
     sampled = sorted({f"{v.get('sampler')} {v.get('steps')} steps" for v in settings.values()})
     fusions = sorted({str(v.get("fusion")) for v in settings.values()})
     thresholds = sorted({summaries[r["name"]]["threshold"] for r in runs})
-    return (f"Protocol: split {s.split} of {s.manifest} ({n_images} images); every run trained for "
-            f"{s.budget_minutes:g} min of wall clock (at most {s.max_steps} steps), size {s.size} px, seed "
+    return (f"Protocol: split {s.split} of {s.manifest} ({n_images} images); every run trained until "
+            f"{s.max_steps} steps or {s.budget_minutes:g} min of wall clock, whichever came first (steps and "
+            f"minutes reached are in the table), size {s.size} px, seed "
             f"{s.seed}; checkpoint {CHECKPOINT} (highest validation Dice); S = {sampling(s, 'diffusion')['samples']} "
             f"samples per image ({', '.join(sampled)}), fused by {', '.join(fusions)}, threshold "
             f"{', '.join(str(t) for t in thresholds)} (prob >= threshold). Metrics per image at the original size, "
@@ -220,22 +221,22 @@ def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int
 
 
 def format_ablation(title: str, protocol_line: str, rows: list[dict], reference: str) -> str:
-    head = ["run", "steps", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p", "ΔIoU (pp)",
+    head = ["run", "steps", "min", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p", "ΔIoU (pp)",
             "Dice % (one round)"]
     lines = [f"{title}", "", protocol_line, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         delta = (["(reference)", "–", "–"] if r["run"] == reference else
                  [f"{r['delta_dice_pp']:+.2f} [{r['delta_dice_ci_low']:+.2f}, {r['delta_dice_ci_high']:+.2f}]",
                   f"{r['delta_dice_p']:.2g}", f"{r['delta_iou_pp']:+.2f}"])
-        cells = [r["label"], str(r["steps"]), *(f"{r[f'{m}_pct']:.2f} ± {r[f'{m}_pct_std']:.2f}" for m in METRICS),
+        cells = [r["label"], str(r["steps"]), f"{r['train_minutes']:.1f}", *(f"{r[f'{m}_pct']:.2f} ± {r[f'{m}_pct_std']:.2f}" for m in METRICS),
                  *delta, f"{r['single_round_dice_pct']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "steps: training steps reached in the budget. Dice % (one round): the mean over rounds of a single "
+    lines += ["", "steps, min: training steps and wall-clock minutes of training. Dice % (one round): the mean over rounds of a single "
               "sample's per-image Dice, i.e. without fusion."]
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ("run", "label", "preset", "mode", "steps", *(f"{m}_pct" for m in METRICS),
+CSV_COLUMNS = ("run", "label", "preset", "mode", "steps", "train_minutes", *(f"{m}_pct" for m in METRICS),
                *(f"{m}_pct_std" for m in METRICS), "single_round_dice_pct", "delta_dice_pp", "delta_dice_ci_low",
                "delta_dice_ci_high", "delta_dice_p", "delta_iou_pp", "delta_iou_ci_low", "delta_iou_ci_high",
                "delta_iou_p", "better", "worse")
