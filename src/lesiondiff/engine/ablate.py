@@ -34,7 +34,7 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import paired_difference
 from .predict import collect_inputs
-from .stages import CHECKPOINT, evaluate_stage, predict_stage, train_stage, write_state
+from .stages import CHECKPOINT, evaluate_stage, interrupted_result, predict_stage, train_recorded, write_state
 
 METRICS = ("accuracy", "precision", "dice", "iou")
 HEADERS = {"accuracy": "ACC %", "precision": "Precision %", "dice": "Dice %", "iou": "IoU %"}
@@ -145,18 +145,11 @@ def ablate(s: AblateSettings, log: Callable[[str], None] = print) -> dict:
         state["runs"][run["name"]] = entry
         folder = out / run["name"]
         cfg = run_config(run, s)
-        summary = train_stage(cfg, folder, s.device, log=lambda msg, tag=tag: log(f"{tag}: {msg}"))
-        entry["train"] = {key: summary.get(key) for key in ("action", "status", "step", "elapsed_s", "best_val_dice",
-                                                             "best_step", "parameters")}
+        summary = train_recorded(cfg, folder, s.device, entry, tag, log)
         if summary["status"] == "interrupted":
-            entry["status"] = "interrupted"
             write_state(out / "ablation.json", state)
-            return {"status": "interrupted", "runs": state["runs"],
-                    "text": f"interrupted while training {run['name']} at step {summary['step']}; run the same "
-                            "command again to continue from its last checkpoint"}
+            return interrupted_result(state["runs"], run["name"], summary["step"])
         run["steps"], run["train_minutes"] = summary["step"], summary["elapsed_s"] / 60
-        log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
-            f"{summary['elapsed_s']} s of training in all)")
         entry["predictions"] = predict_stage(folder, sampling(s, run["mode"]), items, s.device)
         log(f"{tag}: predictions of {s.split}: {entry['predictions']}")
         summaries[run["name"]], entry["evaluation"] = evaluate_stage(folder, s.manifest, s.split)

@@ -56,7 +56,14 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_path, atomic_write_text
 from .evaluate import read_predictions
 from .predict import collect_inputs
-from .stages import CHECKPOINT, evaluate_stage, predict_stage, train_stage, write_state
+from .stages import (
+    CHECKPOINT,
+    evaluate_stage,
+    interrupted_result,
+    predict_stage,
+    train_recorded,
+    write_state,
+)
 
 MODES = ("diffusion", "feedforward")
 
@@ -165,19 +172,12 @@ def compare(s: CompareSettings, log: Callable[[str], None] = print) -> dict:
             continue
         run = out / name
         cfg = run_config(preset, mode, s)
-        summary = train_stage(cfg, run, s.device, log=lambda msg, tag=tag: log(f"{tag}: {msg}"))
-        entry["train"] = {key: summary.get(key) for key in ("action", "status", "step", "elapsed_s", "best_val_dice",
-                                                             "best_step", "parameters")}
+        summary = train_recorded(cfg, run, s.device, entry, tag, log)
         if summary["status"] == "interrupted":
-            entry["status"] = "interrupted"
             write_state(out / "compare.json", state)
-            return {"status": "interrupted", "runs": state["runs"],
-                    "text": f"interrupted while training {name} at step {summary['step']}; run the same "
-                            "command again to continue from its last checkpoint"}
+            return interrupted_result(state["runs"], name, summary["step"])
         entry["status"] = "trained"
         write_state(out / "compare.json", state)
-        log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
-            f"{summary['elapsed_s']} s of training in all)")
         entry["predictions"] = predict_stage(run, sampling(cfg, mode, s), items, s.device)
         entry["status"] = "predicted"
         write_state(out / "compare.json", state)

@@ -68,6 +68,30 @@ def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str],
     return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}
 
 
+TRAIN_KEYS = ("action", "status", "step", "elapsed_s", "best_val_dice", "best_step", "parameters")
+
+
+def train_recorded(cfg: Config, run: Path, device: str | None, entry: dict, tag: str,
+                   log: Callable[[str], None] = print) -> dict:
+    """``train_stage`` for one run of an experiment: its summary's ``TRAIN_KEYS`` go to ``entry["train"]``;
+    an interrupted run sets ``entry["status"]``, a finished one logs where it stopped. Returns the summary."""
+    summary = train_stage(cfg, run, device, log=lambda msg: log(f"{tag}: {msg}"))
+    entry["train"] = {key: summary.get(key) for key in TRAIN_KEYS}
+    if summary["status"] == "interrupted":
+        entry["status"] = "interrupted"
+    else:
+        log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
+            f"{summary['elapsed_s']} s of training in all)")
+    return summary
+
+
+def interrupted_result(runs: dict, name: str, step: int) -> dict:
+    """What an experiment returns when Ctrl-C stopped the training of run ``name`` at ``step``."""
+    return {"status": "interrupted", "runs": runs,
+            "text": f"interrupted while training {name} at step {step}; run the same command again to continue "
+                    "from its last checkpoint"}
+
+
 def checkpoint_file(train_dir: Path) -> Path:
     best = train_dir / "checkpoints" / f"{CHECKPOINT}.safetensors"
     return best if best.is_file() else train_dir / "checkpoints" / "last.safetensors"  # predict's fallback
