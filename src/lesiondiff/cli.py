@@ -277,12 +277,16 @@ def cmd_train(args) -> int:
     return 130 if summary["status"] == "interrupted" else 0
 
 
+def _names(text: str | None) -> list[str]:
+    """A comma-separated option as a list, blanks dropped: "a, b," -> ["a", "b"]."""
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
 def cmd_compare(args) -> int:
     from .engine.compare import CompareSettings, compare
 
     settings = CompareSettings(
-        presets=[p.strip() for p in args.presets.split(",") if p.strip()],
-        modes=[m.strip() for m in args.modes.split(",") if m.strip()], manifest=args.manifest,
+        presets=_names(args.presets), modes=_names(args.modes), manifest=args.manifest,
         budget_minutes=args.budget_minutes, out=args.out, size=args.size, seed=args.seed, samples=args.samples,
         sampler=args.sampler, steps=args.steps, split=args.split, max_steps=args.max_steps,
         figure_images=args.figure_images, device=args.device, overrides=list(args.overrides))
@@ -297,12 +301,9 @@ def cmd_compare(args) -> int:
 def cmd_ablate(args) -> int:
     from .engine.ablate import AblateSettings, ablate
 
-    def names(text: str | None) -> list[str]:
-        return [p.strip() for p in (text or "").split(",") if p.strip()]
-
     settings = AblateSettings(
         preset=args.preset, manifest=args.manifest, budget_minutes=args.budget_minutes, out=args.out,
-        baselines=names(args.baselines), arms=names(args.arms) if args.arms else None, size=args.size,
+        baselines=_names(args.baselines), arms=_names(args.arms) if args.arms else None, size=args.size,
         seed=args.seed, samples=args.samples, sampler=args.sampler, steps=args.steps, split=args.split,
         max_steps=args.max_steps, device=args.device, overrides=list(args.overrides))
     result = ablate(settings)
