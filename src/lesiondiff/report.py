@@ -57,20 +57,16 @@ def training_figure(run: Path, path: Path) -> bool:
     return True
 
 
-def _predictions(pred_dir: Path) -> dict[str, dict]:
-    """The rows of ``pred_dir/predictions.csv`` by id."""
-    with (pred_dir / "predictions.csv").open() as f:
-        return {r["id"]: r for r in csv.DictReader(f)}
+def _predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
+    """``engine.evaluate.read_predictions``: the rows of predictions.csv by id, and predict.json's settings."""
+    from .engine.evaluate import read_predictions  # imported here: engine.evaluate imports this module
 
-
-def _predict_settings(pred_dir: Path) -> dict:
-    meta = pred_dir / "predict.json"
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    return read_predictions(pred_dir)
 
 
 def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) -> bool:
     """One row per image: image, ground truth, fused mask overlay, coherence, ambiguity, entropy."""
-    preds = _predictions(pred_dir)
+    preds, _ = _predictions(pred_dir)
     chosen = [r for r in rows if r["id"] in preds][:n] or [{"id": i, "image": p["image"]} for i, p in
                                                              list(preds.items())[:n]]
     if not chosen:
@@ -103,8 +99,9 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
     return True
 
 
-def _even(items: list, n: int) -> list:
-    """``n`` items spread evenly over ``items`` (first and last included), or all of them when fewer."""
+def evenly_spaced(items: list, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (first and last included), or all of them when fewer. With
+    n <= len(items) the rounded positions are at least one apart, so none repeats."""
     if len(items) <= n:
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
@@ -130,13 +127,12 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
     (no figure written) when there is nothing to draw or the predictions have fewer than two samples.
     """
     pred_dir = Path(pred_dir)
-    preds = _predictions(pred_dir)
-    settings = _predict_settings(pred_dir)
+    preds, settings = _predictions(pred_dir)
     thr = float(settings.get("threshold", 0.5)) if threshold is None else threshold
     with_gt = sorted((r for r in rows if r["id"] in preds and mask_paths(r)), key=lambda r: r["id"])
     # every candidate's ground truth is read once to find the lesions; images and samples only for the n chosen
     with_gt = [r for r in with_gt if read_masks(mask_paths(r)).any()]
-    chosen = _even(with_gt, n) or _even([{"id": i, "image": preds[i]["image"]} for i in sorted(preds)], n)
+    chosen = evenly_spaced(with_gt, n) or evenly_spaced([{"id": i, "image": preds[i]["image"]} for i in sorted(preds)], n)
     if not chosen:
         return []
     with np.load(pred_dir / preds[chosen[0]["id"]]["probs"]) as npz:

@@ -54,6 +54,7 @@ from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
 from ..io_utils import atomic_path, atomic_write_text
+from ..report import evenly_spaced
 from .evaluate import read_predictions
 from .predict import collect_inputs
 from .stages import (
@@ -305,11 +306,7 @@ def figure_inches(n_rows: int) -> tuple[float, float]:
 
 def figure_ids(ids: list[str], k: int) -> list[str]:
     """``k`` ids evenly spaced over the sorted ids (first and last included), without repeats."""
-    ordered = sorted(ids)
-    if k <= 0 or not ordered:
-        return []
-    picks = np.linspace(0, len(ordered) - 1, min(k, len(ordered))).round().astype(int)
-    return [ordered[i] for i in dict.fromkeys(picks.tolist())]
+    return evenly_spaced(sorted(ids), k) if k > 0 else []
 
 
 def _maps(pred_dir: Path, rows: dict[str, dict], id_: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
