@@ -166,15 +166,21 @@ def ablate(s: AblateSettings, log: Callable[[str], None] = print) -> dict:
     return {"status": "done", "runs": state["runs"], "rows": rows, "text": text}
 
 
-def _per_image(folder: Path, metric: str) -> dict[str, float]:
+PAIRED = ("dice", "iou")
+
+
+def _per_image(folder: Path) -> dict[str, dict[str, float]]:
+    """The fused masks' per-image ``PAIRED`` metrics of a run, ``{metric: {id: value}}``, from one read of its
+    evaluation/metrics.csv."""
     with (folder / "evaluation" / "metrics.csv").open() as f:
-        return {r["id"]: float(r[metric]) for r in csv.DictReader(f) if r["which"] == "fused"}
+        fused = [r for r in csv.DictReader(f) if r["which"] == "fused"]
+    return {m: {r["id"]: float(r[m]) for r in fused} for m in PAIRED}
 
 
 def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, reference: str) -> list[dict]:
     """One row per run: fused metrics in % (mean, std), the single-round Dice, and the paired difference in
     Dice and IoU with the ``reference`` run (percentage points)."""
-    ref = {m: _per_image(out / reference, m) for m in ("dice", "iou")}
+    ref = _per_image(out / reference)
     rows = []
     for run in runs:
         ev = summaries[run["name"]]
@@ -184,10 +190,10 @@ def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, referenc
         for m in METRICS:
             row[f"{m}_pct"], row[f"{m}_pct_std"] = 100 * fused[m]["mean"], 100 * fused[m]["std"]
         row["single_round_dice_pct"] = 100 * ev["single_sample"]["all"]["dice"]["mean"]
-        for m in ("dice", "iou"):
-            mine = _per_image(out / run["name"], m)
+        mine = _per_image(out / run["name"])
+        for m in PAIRED:
             ids = sorted(ref[m])
-            d = paired_difference([ref[m][i] for i in ids], [mine[i] for i in ids])
+            d = paired_difference([ref[m][i] for i in ids], [mine[m][i] for i in ids])
             row[f"delta_{m}_pp"] = 100 * d["mean"]
             row[f"delta_{m}_ci_low"], row[f"delta_{m}_ci_high"] = 100 * d["ci_low"], 100 * d["ci_high"]
             row[f"delta_{m}_p"] = d["p_wilcoxon"]
