@@ -129,7 +129,7 @@ def test_generator_state_resumes() -> None:
     assert torch.equal(augment(image, mask, g2)[0], expected[0])
 
 
-@pytest.mark.parametrize("name", ["flip", "rot90", "scale"])
+@pytest.mark.parametrize("name", ["flip", "rot90", "sixfold", "scale"])
 def test_geometric_ops_move_image_and_mask_together(name: str) -> None:
     augment = Augment([name], p=1.0)
     _, mask = _pair(0)
@@ -147,7 +147,7 @@ def test_geometric_ops_move_image_and_mask_together(name: str) -> None:
 
 def test_p_zero_is_identity() -> None:
     image, mask = _pair(1)
-    out = Augment(ALL, p=0.0)(image, mask, torch.Generator().manual_seed(0))
+    out = Augment([n for n in ALL if n != "sixfold"], p=0.0)(image, mask, torch.Generator().manual_seed(0))
     assert torch.equal(out[0], image) and torch.equal(out[1], mask)
 
 
@@ -163,3 +163,18 @@ def test_erosion_shrinks_boundary_only() -> None:
 def test_unknown_augmentation() -> None:
     with pytest.raises(LesiondiffError, match="known: flip, rot90"):
         Augment(["flip", "mixup"])
+
+
+def test_sixfold_draws_the_six_copies_equally_often() -> None:
+    image = torch.arange(16.0).reshape(1, 4, 4) / 16 - 0.5  # all eight symmetries of it differ
+    mask = torch.where(image > 0, 1.0, -1.0)
+    copies = [image, image.flip(-1), image.flip(-2)] + [torch.rot90(image, k, (-2, -1)) for k in (1, 2, 3)]
+    counts = [0] * 6
+    g = torch.Generator().manual_seed(0)
+    augment = Augment(["sixfold"], p=0.0)  # p does not apply: one of the six for every sample
+    for _ in range(600):
+        out, out_mask = augment(image, mask, g)
+        k = next(i for i, c in enumerate(copies) if torch.equal(out, c))
+        assert torch.equal(out_mask, torch.where(out > 0, 1.0, -1.0))
+        counts[k] += 1
+    assert all(70 <= c <= 130 for c in counts), counts  # 100 expected each; binomial sd 9

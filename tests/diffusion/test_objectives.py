@@ -9,6 +9,7 @@ from lesiondiff.diffusion.objectives import (
     branch_alignment,
     build_objective,
     distillation_bce,
+    prior_losses,
     symmetric_bernoulli_kl,
 )
 from lesiondiff.errors import LesiondiffError
@@ -101,3 +102,52 @@ def test_objective_options_are_checked():
         cfg = Config().override(["model.base_channels=8", "model.channel_mult=[1,2]",
                                  "model.attention_levels=[false,true]", "diffusion.objective=eps_bce_align"])
         build_objective(cfg.diffusion)(build_model(cfg, 1), *batch())
+
+
+def test_prior_losses_on_known_inputs():
+    mask = -torch.ones(2, 1, 8, 8)
+    mask[0, :, :4, :4] = 1.0  # image 0: a lesion filling the top-left coarse cell; image 1: normal (empty)
+    logit = torch.tensor([[0.0], [0.0]])
+    coarse = torch.full((2, 1, 2, 2), -1e4)
+    coarse[0, 0, 0, 0] = 1e4  # a perfect coarse mask
+    parts = prior_losses(logit, coarse, mask)
+    assert parts["cls"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-6)  # p = 0.5
+    assert parts["prior_bce"].item() == pytest.approx(0.0, abs=1e-6)
+    # soft Dice with smoothing 1: image 0 perfect (0), image 1 empty vs empty (0)
+    assert parts["prior_dice"].item() == pytest.approx(0.0, abs=1e-6)
+    # the coarse target is the lesion fraction of each cell: half a cell covered gives 0.5
+    half = -torch.ones(1, 1, 8, 8)
+    half[0, :, :2, :4] = 1.0
+    zero_logits = torch.zeros(1, 1, 2, 2)
+    bce = prior_losses(torch.tensor([[10.0]]), zero_logits, half)["prior_bce"]
+    assert bce.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-6)  # BCE(0.5, p) = log 2
+    # a confident correct classification costs ~0, a confident wrong one a lot
+    assert prior_losses(torch.tensor([[20.0], [-20.0]]), coarse, mask)["cls"].item() < 1e-6
+    assert prior_losses(torch.tensor([[-20.0], [20.0]]), coarse, mask)["cls"].item() > 19
+
+
+def tiny_pgdiffseg(*over):
+    return Config().override(["model.name=pgdiffseg", "model.base_channels=8", "model.channel_mult=[1,2,2,2]",
+                              "diffusion.objective=eps_prior", "diffusion.prediction=x0", *over])
+
+
+def test_eps_prior_is_the_weighted_sum_of_its_parts():
+    cfg = tiny_pgdiffseg()
+    torch.manual_seed(0)
+    model = build_model(cfg, 1).eval()
+    g = torch.Generator().manual_seed(1)
+    mask = torch.where(torch.rand(2, 1, 32, 32, generator=g) > 0.5, 1.0, -1.0)
+    b = {"image": torch.randn(2, 1, 32, 32, generator=g), "mask": mask}
+    t, noise = torch.tensor([10, 900]), torch.randn(2, 1, 32, 32, generator=g)
+    loss = build_objective(cfg.diffusion)(model, b, t, noise)
+    p = loss.parts
+    assert set(p) == {"mse", "bce", "cls", "prior_dice", "prior_bce"}
+    assert loss.total.item() == pytest.approx(sum(v.item() for v in p.values()), rel=1e-5)
+    weighted = build_objective(tiny_pgdiffseg("diffusion.objective_options.cls=2",
+                                              "diffusion.objective_options.bce=0").diffusion)
+    loss2 = weighted(model, b, t, noise)
+    assert "bce" not in loss2.parts
+    assert loss2.total.item() == pytest.approx(
+        p["mse"].item() + 2 * p["cls"].item() + p["prior_dice"].item() + p["prior_bce"].item(), rel=1e-5)
+    no_prior = tiny_pgdiffseg("model.options.prior=false")
+    assert set(build_objective(no_prior.diffusion)(build_model(no_prior, 1), b, t, noise).parts) == {"mse", "bce"}

@@ -164,6 +164,9 @@ class Augment:
 
     - ``flip``: horizontal and vertical flips.
     - ``rot90``: rotation by ``k * 90`` degrees, ``k`` uniform in 0..3 (a non-square pair turns sideways).
+    - ``sixfold``: PGDiffSeg's six-fold training set (the original, horizontal flip, vertical flip, rotation by
+      90, 180 and 270 degrees): one of the six, uniformly, for every sample, so each copy is seen equally
+      often, as if the set were stored six times. ``p`` does not apply.
     - ``scale``: zoom by ``U(1 - 0.15, 1 + 0.15)``, then a random crop (zoom in) or a pad with -1, i.e.
       black and background (zoom out), back to ``H x W``; bilinear for the image, nearest for the mask.
     - ``noise``: additive Gaussian noise with std ``U(0, 0.1)``.
@@ -214,6 +217,15 @@ class Augment:
         if self._toss(g):
             k = _randint(g, 0, 3)
             image, mask = torch.rot90(image, k, (-2, -1)), torch.rot90(mask, k, (-2, -1))
+        return image, mask
+
+    def _sixfold(self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> Pair:
+        k = _randint(g, 0, 5)
+        if k in (1, 2):
+            dim = -1 if k == 1 else -2
+            return image.flip(dim), mask.flip(dim)
+        if k >= 3:
+            return torch.rot90(image, k - 2, (-2, -1)), torch.rot90(mask, k - 2, (-2, -1))
         return image, mask
 
     def _scale(self, image: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> Pair:
@@ -272,6 +284,7 @@ class Augment:
 _OPS: dict[str, Callable[[Augment, torch.Tensor, torch.Tensor, torch.Generator], Pair]] = {
     "flip": Augment._flip,
     "rot90": Augment._rot90,
+    "sixfold": Augment._sixfold,
     "scale": Augment._scale,
     "noise": Augment._noise,
     "blur": Augment._blur,
