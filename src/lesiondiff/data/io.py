@@ -5,6 +5,9 @@ Images come back as float32 ``[H,W,C]`` in ``[0,255]`` with ``C`` 1 (grey) or 3 
 (NIfTI ``.nii``/``.nii.gz``, DICOM ``.dcm``, MetaImage ``.mha``/``.mhd``, NRRD ``.nrrd``), which go through
 SimpleITK. Every failure (missing file, truncated or corrupt data, unsupported format, a volume without a
 slice index) raises :class:`LesiondiffError` with one line that starts with the file's path.
+
+Whole volumes (a volume file, or a folder holding one DICOM series) are read by :func:`read_volume`;
+``data/volumes.py`` cuts them into 2D slice PNGs at index time.
 """
 
 from __future__ import annotations
@@ -308,8 +311,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def num_slices(path: str | Path) -> int:
-    """Slices of a 3D volume, or frames of a multi-page TIFF/GIF; 1 for a 2D image (header only)."""
+    """Slices of a 3D volume (or of a DICOM series folder: its file count), or frames of a multi-page
+    TIFF/GIF; 1 for a 2D image (header only)."""
     path = Path(path)
+    if path.is_dir():
+        return len(dicom_series_files(path))
     if _is_volume(path):
         size = _volume_size(path)
         return size[2] if len(size) > 2 else 1
@@ -319,6 +325,51 @@ def num_slices(path: str | Path) -> int:
             return int(getattr(img, "n_frames", 1))
     except Exception as e:
         raise FileError(path, f"cannot read image header ({_one_line(str(e))})") from None
+
+
+def dicom_series_files(folder: str | Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order (GDCM sorts them by position along
+    the slice normal). A folder with no series, or with several, raises :class:`FileError`."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileError(folder, "no such folder" if not folder.exists() else "not a folder")
+    # ITK prints a multi-line warning for a folder without a series; the FileError below says it in one line
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except Exception as e:
+        raise FileError(folder, f"cannot scan for DICOM files ({_sitk_reason(e)})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+    if not ids:
+        raise FileError(folder, "no DICOM series in the folder")
+    if len(ids) > 1:
+        raise FileError(folder, f"holds {len(ids)} DICOM series; expected one per folder")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+
+
+def read_volume(path: str | Path):
+    """A whole image as a ``SimpleITK.Image`` (any dimension, the file's pixel type and geometry).
+
+    ``path`` is a file SimpleITK reads (NIfTI, MetaImage, NRRD, one DICOM file, ...) or a folder holding
+    one DICOM series (read with ``ImageSeriesReader``; rescale slope/intercept applied). Failures raise
+    :class:`FileError` naming the file or folder.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(dicom_series_files(path))
+    else:
+        reader = _sitk_reader(path)
+    try:
+        return reader.Execute()
+    except Exception as e:
+        raise FileError(path, f"corrupt or unreadable file ({_sitk_reason(e)})") from None
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:

@@ -3,8 +3,9 @@
 Each layout is a class registered in :data:`LAYOUTS` with ``detect(root) -> bool`` and
 ``index(root) -> IndexResult``. The dataset folder may be given at any depth up to two levels above the
 folder that holds the files (``BUSI/`` or ``BUSI/Dataset_BUSI_with_GT/``). Indexing only lists folders; it
-never decodes an image (nnU-Net volumes have their header read to reject 3D files). :func:`check_records`
-does the full decode and size check once, when asked.
+never decodes an image (nnU-Net files have their header read to tell 3D volumes from 2D images), except
+that :func:`index_folder`, given a slices folder, cuts 3D volumes into 2D slice PNGs (:mod:`.volumes`).
+:func:`check_records` does the full decode and size check once, when asked.
 
 An optional ``labels.csv`` (columns ``id,label``, optionally ``case``) in the dataset folder, or in the folder
 given, sets labels (and patient/case groups) for any layout.
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import LesiondiffError
 from ..registry import Registry
 from .io import FileError, is_image_file, num_slices, read_image, read_masks, split_name
+from .volumes import check_slice_mode, is_volume_record, slice_volumes, unsliced_reason
 
 LAYOUTS = Registry("layout")
 SEARCH_DEPTH = 2
@@ -179,9 +181,13 @@ class Layout:
                     r.label, r.case = label, case or r.case
                 break
         if not records:
-            first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
-            raise LesiondiffError(f"{folder}: no image/mask pairs found ({len(skipped)} files skipped{first})")
+            raise _no_pairs(folder, skipped)
         return IndexResult(self.name, str(folder), records, skipped)
+
+
+def _no_pairs(folder: str | Path, skipped: Sequence[tuple[str, str]]) -> LesiondiffError:
+    first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+    return LesiondiffError(f"{folder}: no image/mask pairs found ({len(skipped)} files skipped{first})")
 
 
 @LAYOUTS.register("busi")
@@ -417,9 +423,26 @@ class DriveLayout(Layout):
 @LAYOUTS.register("nnunet")
 class NnunetLayout(Layout):
     """nnU-Net raw data: ``imagesTr/<case>_0000.<ext>`` with ``labelsTr/<case>.<ext>`` (NIfTI, PNG, TIFF,
-    ...). Only 2D data: a 3D volume is skipped with a reason, and only channel ``0000`` is used (other
-    channels are listed as skipped). Label maps are binarised as foreground > 0. ``case`` is the case id,
-    ``dataset`` the folder name (e.g. ``Dataset001_BUSI``); ``imagesTs`` (no labels) is ignored."""
+    ...). Only channel ``0000`` is used (other channels are listed as skipped). Label maps are binarised as
+    foreground > 0. ``case`` is the case id, ``dataset`` the folder name (e.g. ``Dataset001_BUSI``);
+    ``imagesTs`` (no labels) is ignored.
+
+    3D data (PGDiffSeg's breast DCE-MRI): ``imagesTr/<case>_0000.nii.gz`` may be a 3D volume, or
+    ``imagesTr/<case>_0000/`` a folder holding one DICOM series, with its label volume in
+    ``labelsTr/<case>.nii.gz`` (same size and orientation). Such a case is listed as one volume record;
+    :func:`index_folder` with a slices folder (``lesiondiff data index --slices-dir``) cuts it into 2D
+    slice PNGs (:mod:`.volumes`: each volume min-max scaled to [0,255] over the whole volume, 8-bit), else
+    it is skipped with a reason. ``--slices all`` (the default) keeps every slice, so empty slices give
+    negatives for classifier-style priors; ``--slices lesion`` keeps slices with foreground only.
+
+    - Patients: ``case`` (the patient id that splits group by) is the nnU-Net case id; ids such as
+      ``<patient>_<visit>`` are not parsed. To group several cases of one patient, give a ``labels.csv``
+      with ``id`` (the case id) and ``case`` (the patient) columns; every slice inherits it.
+    - Split: ``data index`` defaults to PGDiffSeg's patient-level 70/10/20 when rows come from volumes
+      (``--ratios`` overrides it).
+    - Intensities: the paper then truncates to [20,200]; that is not baked into the PNGs but set in the
+      config as ``data.intensity_window=[20,200]`` (the BUSI protocol uses ``[30,235]``).
+    """
 
     name = "nnunet"
     hint = "expected imagesTr/ and labelsTr/ with <case>_0000.nii.gz and <case>.nii.gz"
@@ -432,8 +455,9 @@ class NnunetLayout(Layout):
     def collect(self, folder: Path) -> tuple[list[Record], list[tuple[str, str]]]:
         subs = _subdirs(folder)
         idx = _Index()
-        for path in _image_files(subs["imagestr"]):
-            m = self._channel.match(split_name(path.name)[0])
+        series = list(_subdirs(subs["imagestr"]).values())  # DICOM series folders
+        for path in sorted(_image_files(subs["imagestr"]) + series):
+            m = self._channel.match(path.name if path in series else split_name(path.name)[0])
             if not m:
                 idx.skipped.append((str(path), "name lacks the _0000 channel suffix"))
             elif m["ch"] != "0000":
@@ -444,16 +468,14 @@ class NnunetLayout(Layout):
             idx.add_mask(split_name(path.name)[0], path)
         records = []
         for key, image, masks in idx.pairs():
+            extra = {"source_split": "training"}
             try:
-                depth = num_slices(image)
+                if image in series or num_slices(image) > 1:
+                    extra["volume"] = str(image)
             except FileError as e:
                 idx.skipped.append((e.path, e.reason))
                 continue
-            if depth > 1:
-                idx.skipped.append((str(image), f"3D volume with {depth} slices; only 2D images are supported"))
-                continue
-            records.append(Record(key, str(image), [str(p) for p in masks], dataset=folder.name,
-                                  extra={"source_split": "training"}))
+            records.append(Record(key, str(image), [str(p) for p in masks], dataset=folder.name, extra=extra))
         return records, idx.skipped
 
 
@@ -461,12 +483,41 @@ DETECTION_ORDER = ("busi", "isic", "drive", "nnunet", "kvasir", "generic")
 """Specific layouts are tried first; ``generic`` only when none of them matches."""
 
 
-def index_folder(root: str | Path, layout: str | None = None) -> IndexResult:
-    """Find the dataset in ``root`` and list its image/mask records (no image is decoded).
+def index_folder(
+    root: str | Path,
+    layout: str | None = None,
+    slices_dir: str | Path | None = None,
+    slices: str = "all",
+    on_error: Literal["raise", "skip"] = "skip",
+    progress: bool = False,
+) -> IndexResult:
+    """Find the dataset in ``root`` and list its image/mask records.
 
     With ``layout`` None the layout is detected; a folder holding several datasets is an error, as are a
     missing folder, an empty one, an unrecognised one and one with no image/mask pairs.
+
+    No image is decoded, except 3D volumes when ``slices_dir`` is given: each is cut into 2D slice PNGs
+    under it (:func:`.volumes.slice_volumes`; ``slices`` ``"all"`` or ``"lesion"``), and the records point
+    at those; a bad volume (unreadable, or a label of another size) raises with ``on_error="raise"`` and is
+    skipped with ``"skip"``. Without ``slices_dir`` volumes are skipped with a reason and nothing is written.
     """
+    check_slice_mode(slices)
+    result = _index(root, layout)
+    volumes = [r for r in result.records if is_volume_record(r)]
+    if not volumes:
+        return result
+    if slices_dir is None:
+        result.records = [r for r in result.records if not is_volume_record(r)]
+        result.skipped += [unsliced_reason(r) for r in volumes]
+    else:
+        result.records, bad = slice_volumes(result.records, slices_dir, slices, on_error, progress)
+        result.skipped += bad
+    if not result.records:
+        raise _no_pairs(result.root, result.skipped)
+    return result
+
+
+def _index(root: str | Path, layout: str | None) -> IndexResult:
     root = Path(root).expanduser()
     if not root.exists():
         raise LesiondiffError(f"{root}: no such folder")
@@ -500,7 +551,7 @@ def check_records(
     records: Sequence[Record], on_error: Literal["raise", "skip"] = "raise", progress: bool = False
 ) -> tuple[list[Record], list[tuple[str, str]]]:
     """Decode every image and mask once and check that each mask (and each image-file ``extra``, such as
-    DRIVE's field of view) has its image's size.
+    DRIVE's field of view, but not a slice's source ``volume``) has its image's size.
 
     Returns ``(good, skipped)`` with ``skipped`` as ``(path, reason)``. With ``on_error="raise"`` the first
     bad file raises :class:`LesiondiffError` naming it; with ``"skip"`` bad records are left out.
@@ -513,7 +564,7 @@ def check_records(
         try:
             shape = read_image(rec.image).shape[:2]
             read_masks(list(rec.masks), shape=shape)
-            for path in _extra_files(rec.extra.values()):
+            for path in _extra_files(v for k, v in rec.extra.items() if k != "volume"):
                 read_masks([path], shape=shape)
         except FileError as e:
             if on_error == "raise":
