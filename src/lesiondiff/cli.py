@@ -31,7 +31,14 @@ def _build_parser() -> argparse.ArgumentParser:
     idx.add_argument("path")
     idx.add_argument("-o", "--output", required=True, help="manifest CSV to write")
     idx.add_argument("--layout", default=None, help="force a layout instead of detecting it")
-    idx.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"))
+    idx.add_argument("--ratios", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
+                     help="split ratios (default: 0.7 0.15 0.15; 0.7 0.1 0.2 when the rows are slices of 3D "
+                          "volumes, PGDiffSeg's DCE-MRI split; always by patient/case)")
+    idx.add_argument("--slices-dir", default=None, metavar="DIR",
+                     help="folder for the 2D slice PNGs cut from 3D volumes (NIfTI, DICOM series) "
+                          "(default: <manifest stem>_slices/ beside the manifest)")
+    idx.add_argument("--slices", choices=["all", "lesion"], default="all",
+                     help="slices of 3D volumes to keep: all (empty ones are negatives) or lesion (with foreground)")
     idx.add_argument("--seed", type=int, default=0)
     idx.add_argument("--folds", type=int, default=0, help="also assign k folds to the non-test rows")
     idx.add_argument("--skip-bad", action="store_true",
@@ -186,6 +193,47 @@ def _build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--device", default=None)
     fp.add_argument("--checkpoint", default="best", help="best or last")
     fp.add_argument("--out", required=True)
+    sw = an.add_parser("samplers", help="Dice against the number of network evaluations (NFE) per sampler, each "
+                       "setting repeated with other noise (PGDiffSeg Figs. 10-11)")
+    sw.add_argument("--run", required=True, help="a trained run directory")
+    sw.add_argument("--manifest", default=None, help="manifest to score on (default: the run's own)")
+    sw.add_argument("--split", default="test")
+    sw.add_argument("--samplers", default="ddpm,ddim,dpmsolver,dpmsolver++,unipc", help="comma-separated samplers")
+    sw.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated numbers of steps (= NFE)")
+    sw.add_argument("--reference-nfe", type=int, default=1000,
+                    help="steps of the DDPM reference (the horizontal line); 0: no reference")
+    sw.add_argument("--repeats", type=int, default=5, help="samples per image and setting, drawn in one batch")
+    sw.add_argument("--max-images", type=int, default=None, help="use N rows evenly spaced over the split")
+    sw.add_argument("--tolerance", type=float, default=1.0,
+                    help="Dice percentage points below the reference that still count as reaching it")
+    sw.add_argument("--checkpoint", default="best", help="best or last")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--device", default=None)
+    sw.add_argument("--out", required=True, help="output folder; a rerun skips the settings it already holds")
+
+    gc = an.add_parser("gradcam", help="Grad-CAM of chosen layers at chosen steps of one sampling trajectory "
+                       "(PGDiffSeg Figs. 6-8, 13)")
+    gc.add_argument("--run", required=True, help="a trained (diffusion) run directory")
+    gc.add_argument("--image", default=None, help="the image file to explain")
+    gc.add_argument("--manifest", default=None, help="or: a manifest, with --id")
+    gc.add_argument("--id", default=None, help="the manifest row to explain")
+    gc.add_argument("--layers", default=None, help="comma-separated module names (grid rows, as in "
+                    "model.named_modules(); --list-layers shows them); default: the model's cam_layers")
+    gc.add_argument("--psa-pairs", default=None, metavar="BEFORE:AFTER,...",
+                    help="layer pairs for psa.png (default: the model's; none: no psa.png)")
+    gc.add_argument("--prior-layer", default=None, help="layer for prior.png (default: the model's; none: no prior.png)")
+    gc.add_argument("--prior-target", default=None, help="aux output key of the prior view's [B,1] logit")
+    gc.add_argument("--steps", type=int, default=20, help="sampling steps (= NFE) of the trajectory")
+    gc.add_argument("--cam-steps", type=int, default=6, help="Grad-CAM at K steps evenly spaced from t near T to 0")
+    gc.add_argument("--cam-timesteps", default=None, metavar="T,...",
+                    help="or: these timesteps, each taken at the nearest step of the trajectory")
+    gc.add_argument("--sampler", default="ddim", help="ddim, ddpm, dpmsolver, dpmsolver++ or unipc")
+    gc.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's, as predict)")
+    gc.add_argument("--threshold", type=float, default=None, help="final region R: probability >= this")
+    gc.add_argument("--checkpoint", default="best", help="best or last")
+    gc.add_argument("--device", default=None)
+    gc.add_argument("--list-layers", action="store_true", help="print every module's name and output, then stop")
+    gc.add_argument("--out", default=None, help="output folder (required unless --list-layers)")
 
     sub.add_parser("presets", help="list presets")
     return parser
@@ -243,19 +291,27 @@ def cmd_data(args) -> int:
         return 0
     from .data.layouts import check_records, index_folder
     from .data.manifest import Manifest, assign_splits, summarize
+    from .data.volumes import is_slice_record, split_ratios
 
-    result = index_folder(Path(args.path), args.layout)
+    output = Path(args.output)
+    slices_dir = Path(args.slices_dir) if args.slices_dir else output.with_name(f"{output.stem}_slices")
+    result = index_folder(Path(args.path), args.layout, slices_dir=slices_dir, slices=args.slices,
+                          on_error="skip" if args.skip_bad else "raise", progress=True)
     if not args.no_check:
         good, bad = check_records(result.records, on_error="skip" if args.skip_bad else "raise")
         result.records = good
         result.skipped.extend(bad)
-    rows = assign_splits(result.records, ratios=tuple(args.ratios), seed=args.seed, k_folds=args.folds,
+    ratios = tuple(args.ratios) if args.ratios else split_ratios(result.records, (0.7, 0.15, 0.15))
+    rows = assign_splits(result.records, ratios=ratios, seed=args.seed, k_folds=args.folds,
                          train_only_labels=args.train_only)
     manifest = Manifest.from_records(rows) if not isinstance(rows, Manifest) else rows
-    manifest.write(Path(args.output))
+    manifest.write(output)
     print(summarize(manifest if not result.skipped else result))
     train_only = f"; label(s) {', '.join(args.train_only)} in train only" if args.train_only else ""
-    print(f"split: seed {args.seed}, ratios {'/'.join(str(r) for r in args.ratios)}, stratified by label, "
+    volumes = {r.extra["volume"] for r in result.records if is_slice_record(r)}
+    if volumes:
+        print(f"slices: {sum(map(is_slice_record, result.records))} from {len(volumes)} volumes in {slices_dir}")
+    print(f"split: seed {args.seed}, ratios {'/'.join(str(r) for r in ratios)}, stratified by label, "
           f"grouped by case{f', {args.folds} folds' if args.folds else ''}{train_only}")
     print(f"wrote {args.output}")
     return 0
@@ -418,7 +474,45 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_analyze_samplers(args) -> int:
+    from .analysis.sampler_sweep import OUTPUTS, format_table, sweep_samplers
+
+    try:
+        nfe = [int(n) for n in _names(args.nfe)]
+    except ValueError:
+        raise LesiondiffError(f"--nfe {args.nfe!r}: expected comma-separated integers, e.g. 5,10,20") from None
+    summary = sweep_samplers(
+        args.run, args.out, manifest=args.manifest, split=args.split, samplers=_names(args.samplers), nfe=nfe,
+        reference_nfe=args.reference_nfe, repeats=args.repeats, max_images=args.max_images,
+        checkpoint=args.checkpoint, seed=args.seed, device=args.device, tolerance=args.tolerance)
+    print(format_table(summary))
+    print(f"sampled {summary['sampled_settings']} settings (the others were in {args.out} already); wrote "
+          f"{', '.join(OUTPUTS)} to {args.out}")
+    return 0
+
+
 def cmd_analyze(args) -> int:
+    if args.analyze_command == "samplers":
+        return _cmd_analyze_samplers(args)
+    if args.analyze_command == "gradcam":
+        from .analysis.gradcam import format_table as gradcam_table
+        from .analysis.gradcam import write_gradcam
+
+        try:
+            cam_timesteps = [int(t) for t in args.cam_timesteps.split(",")] if args.cam_timesteps else None
+        except ValueError:
+            raise LesiondiffError(f"--cam-timesteps {args.cam_timesteps!r}: expected integers like 999,500,0") from None
+        summary = write_gradcam(
+            args.out, args.run, image=args.image, manifest=args.manifest, id_=args.id, layers=args.layers,
+            psa_pairs=args.psa_pairs, prior_layer=args.prior_layer, prior_target=args.prior_target, steps=args.steps,
+            cam_steps=args.cam_steps, cam_timesteps=cam_timesteps, sampler=args.sampler, seed=args.seed,
+            threshold=args.threshold, checkpoint=args.checkpoint, device=args.device, list_layers=args.list_layers)
+        if args.list_layers:
+            print(summary["layers"])
+            return 0
+        print(gradcam_table(summary), end="")
+        print(f"wrote {', '.join(summary['files'])} to {args.out}")
+        return 0
     from .analysis.fingerprint import format_table, write_fingerprint
 
     summary = write_fingerprint(
