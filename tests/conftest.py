@@ -35,3 +35,24 @@ def phantom_manifest(phantom_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("manifest") / "manifest.csv"
     Manifest.from_records(assign_splits(index_folder(phantom_dir).records, seed=0)).write(path)
     return path
+
+
+TINY_RUN = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]", "data.size=32",
+            "train.batch_size=8", "train.lr=1e-3", "train.val_steps=2", "data.val_max_images=4"]
+
+
+@pytest.fixture(scope="session")
+def train_tiny_run(phantom_manifest):
+    """``train_tiny_run(preset, out, steps, *overrides) -> out``: a tiny 32 px run (8-channel base, two levels)
+    trained on the phantom manifest, for tests of tools that read runs."""
+    from lesiondiff.config import load_preset
+    from lesiondiff.engine.train import Trainer
+
+    def train(preset: str, out: Path, steps: int, *overrides: str) -> Path:
+        cfg = load_preset(preset).override([f"data.manifest={phantom_manifest}", f"train.steps={steps}",
+                                            f"train.val_every={steps}", f"train.log_every={steps}", *TINY_RUN,
+                                            *overrides])
+        Trainer(cfg, out, device="cpu").fit()
+        return out
+
+    return train

@@ -24,14 +24,10 @@ from lesiondiff.data.io import read_image
 from lesiondiff.data.manifest import Manifest
 from lesiondiff.data.transforms import preprocess_image
 from lesiondiff.engine.predict import Predictor, load_run
-from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import MODELS, Denoiser, DenoiserOutput, build_model
 
 SIZE = 32
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
-        f"data.size={SIZE}", "train.batch_size=4", "train.val_every=1000", "train.log_every=1000",
-        "train.val_steps=2", "data.val_max_images=2"]
 
 
 class Halves(nn.Module):
@@ -286,12 +282,10 @@ def test_pgdiffseg_default_views():
 
 
 @pytest.fixture(scope="module")
-def run_dir(phantom_manifest, tmp_path_factory):
+def run_dir(train_tiny_run, tmp_path_factory):
     """A tiny eps-prediction MedSegDiff trained for 2 steps on phantoms."""
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    cfg = load_preset("medsegdiff").override([f"data.manifest={phantom_manifest}", "train.steps=2", *TINY])
-    Trainer(cfg, out, device="cpu").fit()
-    return out
+    return train_tiny_run("medsegdiff", tmp_path_factory.mktemp("run") / "tiny", 2, "train.batch_size=4",
+                          "data.val_max_images=2")
 
 
 def test_cli_writes_figures_for_an_eps_run(run_dir, phantom_manifest, tmp_path, capsys):

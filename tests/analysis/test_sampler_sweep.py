@@ -14,29 +14,21 @@ from PIL import Image
 from lesiondiff.analysis import sampler_sweep
 from lesiondiff.analysis.sampler_sweep import count_evaluations, fewest_within, summarize_sweep
 from lesiondiff.cli import main
-from lesiondiff.config import load_preset
 from lesiondiff.data.manifest import Manifest
 from lesiondiff.diffusion.samplers import DDIMSampler
 from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.predict import Predictor, load_run
-from lesiondiff.engine.train import Trainer
 from lesiondiff.report import evenly_spaced
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
-        "data.size=32", "train.batch_size=8", "train.lr=1e-3", "train.val_every=30", "train.log_every=30",
-        "train.val_steps=2", "data.val_max_images=4"]
 SAMPLERS, NFE, REFERENCE, REPEATS, IMAGES = ["ddim", "dpmsolver++", "ddpm"], [2, 3], 6, 2, 3
 SETTINGS = [(s, n) for s in SAMPLERS for n in NFE] + [("ddpm", REFERENCE)]
 OUTPUTS = ["sweep.csv", "summary.csv", "summary.json", "samplers.md", "dice_vs_nfe.png"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(phantom_manifest, tmp_path_factory):
+def run_dir(train_tiny_run, tmp_path_factory):
     """A tiny eps-prediction EnsemDiff (32 px) trained 30 steps on phantoms: about two seconds."""
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    cfg = load_preset("ensemdiff").override([f"data.manifest={phantom_manifest}", "train.steps=30", *TINY])
-    Trainer(cfg, out, device="cpu").fit()
-    return out
+    return train_tiny_run("ensemdiff", tmp_path_factory.mktemp("run") / "tiny", 30)
 
 
 def sweep_args(run_dir, manifest, out, samplers=SAMPLERS, nfe=NFE, reference=REFERENCE, repeats=REPEATS,
