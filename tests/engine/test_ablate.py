@@ -44,10 +44,21 @@ def test_arms_differ_only_in_their_component(manifest, tmp_path):
     assert abl.sampling(settings(manifest, tmp_path, samples=None), "diffusion")["samples"] == 5  # the preset's
 
 
+def test_pgdiffseg_arms_differ_only_in_their_component(manifest, tmp_path):
+    s = settings(manifest, tmp_path)
+    s.preset = "pgdiffseg"
+    runs = abl.plan(s)
+    assert [r["name"] for r in runs] == ["pgdiffseg", "no-prior", "no-psa", "no-sixfold"]
+    facts = {r["name"]: (c.model.options["prior"], c.model.options.get("psa", True), c.data.augment)
+             for r in runs for c in [abl.run_config(r, s)]}
+    assert facts == {"pgdiffseg": (True, True, ["sixfold"]), "no-prior": (False, True, ["sixfold"]),
+                     "no-psa": (True, False, ["sixfold"]), "no-sixfold": (True, True, [])}
+
+
 def test_unknown_arm_and_preset_without_ablation_are_errors(manifest, tmp_path):
     with pytest.raises(LesiondiffError, match="unknown arm 'nope'"):
         abl.plan(settings(manifest, tmp_path, arms=["nope"]))
-    with pytest.raises(LesiondiffError, match="has no ablation; ablations exist for: palscdiff"):
+    with pytest.raises(LesiondiffError, match="has no ablation; ablations exist for: palscdiff, pgdiffseg"):
         abl.load_ablation("ensemdiff")
     assert [r["name"] for r in abl.plan(settings(manifest, tmp_path, arms=["ibpa", "baseline"]))] == \
         ["baseline", "ibpa"]
