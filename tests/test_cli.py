@@ -106,7 +106,7 @@ def test_demo_end_to_end_small(tmp_path, capsys):
                        "sample.steps=2", "sample.samples=2", "train.val_every=5")
     assert code == 0
     assert (tmp_path / "demo/report.html").is_file() and (tmp_path / "demo/figures/examples.png").is_file()
-    html = (tmp_path / "demo/report.html").read_text()
+    html = (tmp_path / "demo/report.html").read_text(encoding="utf-8")
     assert "threshold 0.5" in html and "mean +- population std" in html
     assert "fused Dice" in out
 
@@ -135,11 +135,11 @@ def test_index_train_only_keeps_the_other_splits(phantom_dir, tmp_path, capsys):
 def test_difficulty_writes_columns(phantom_dir, tmp_path, capsys):
     path = tmp_path / "m.csv"
     assert run(capsys, "data", "index", phantom_dir, "-o", path, "--no-check")[0] == 0
-    before = path.read_text()
+    before = path.read_text(encoding="utf-8")
     code, out, _ = run(capsys, "data", "difficulty", "--manifest", path, "--out", tmp_path / "d.csv", "--size", 64)
-    assert code == 0 and path.read_text() == before  # --out leaves the input alone
+    assert code == 0 and path.read_text(encoding="utf-8") == before  # --out leaves the input alone
     assert "protocol: split train" in out and f"wrote {tmp_path / 'd.csv'}" in out
-    header = (tmp_path / "d.csv").read_text().splitlines()[0].split(",")
+    header = (tmp_path / "d.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert {"difficulty_area", "difficulty_contrast", "difficulty_complexity", "difficulty_boundary_ratio",
             "difficulty_disagreement", "difficulty_score", "difficulty_group"} <= set(header)
     rows = _split_of(tmp_path / "d.csv")

@@ -404,7 +404,7 @@ def cmd_report(args) -> int:
     summary = None
     folder = Path(args.evaluation) if args.evaluation else Path(args.pred) if args.pred else None
     if folder is not None and (folder / "summary.json").is_file():
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     elif args.evaluation:
         raise LesiondiffError(f"{folder / 'summary.json'}: not found; run lesiondiff evaluate --out {folder} first")
     path = write_report(args.out, run=args.run, pred_dir=args.pred, summary=summary, manifest=args.manifest,

@@ -143,7 +143,7 @@ class Config:
         if not path.is_file():
             raise LesiondiffError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise LesiondiffError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return cls.from_dict(data, source=str(path))
@@ -228,6 +228,6 @@ def load_preset(name: str) -> Config:
     path = resources.files("lesiondiff.presets") / f"{name}.yaml"
     if not path.is_file():
         raise LesiondiffError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     data["preset"] = name
     return Config.from_dict(data, source=f"preset {name}")

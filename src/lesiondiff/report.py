@@ -40,7 +40,7 @@ def training_figure(run: Path, path: Path) -> bool:
     log = run / "log.csv"
     if not log.is_file():
         return False
-    with log.open() as f:
+    with log.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return False
@@ -284,7 +284,7 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
         run = Path(run)
         train_summary = run / "summary.json"
         if train_summary.is_file():
-            s = json.loads(train_summary.read_text())
+            s = json.loads(train_summary.read_text(encoding="utf-8"))
             parts.append("<h2>Training</h2><table>" + "".join(
                 f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in s.items())
                 + "</table>")
@@ -320,7 +320,7 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
                          "mostly along lesion boundaries); the fusion settles them. Red: ground-truth contour; titles: per-image Dice.</p>"
                          '<img src="figures/rounds.png" alt="sampling rounds and the fused mask">')
     if run is not None and (Path(run) / "config.yaml").is_file():
-        parts.append("<h2>Configuration</h2><pre>" + html.escape((Path(run) / "config.yaml").read_text()) + "</pre>")
+        parts.append("<h2>Configuration</h2><pre>" + html.escape((Path(run) / "config.yaml").read_text(encoding="utf-8")) + "</pre>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
              "th{background:#f4f4f4;text-align:left}img{max-width:100%}.protocol{color:#444}pre{background:#f8f8f8;"

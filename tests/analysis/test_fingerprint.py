@@ -167,9 +167,9 @@ def test_trainer_writes_fingerprint_weights_and_recomputes_them_on_resume(run_di
     assert np.allclose(p, expected.numpy(), rtol=1e-6)
     assert 300 < int(np.argmax(p)) < 800  # where phantom masks lose their shape under the linear schedule
 
-    before = (run_dir / "timestep_weights.csv").read_text()
+    before = (run_dir / "timestep_weights.csv").read_text(encoding="utf-8")
     summary = Trainer(cfg, run_dir, device="cpu", resume=True).fit()  # already at its last step: no training
-    assert summary["step"] == 30 and (run_dir / "timestep_weights.csv").read_text() == before
+    assert summary["step"] == 30 and (run_dir / "timestep_weights.csv").read_text(encoding="utf-8") == before
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("ensemdiff (ensemdiff, diffusion): ") and line.endswith(
         "parameters, device cpu, timesteps fingerprint")
@@ -235,7 +235,7 @@ def test_cli_writes_curves_plots_and_settings(run_dir, manifest, tmp_path, capsy
     assert by["a"] == by["b"] and by["a"][0] > 0.9  # the same manifest and seed give the same fingerprint
     for name in ("mask_error.png", "loss_per_timestep.png", "grad_norm.png", "dataset_fingerprint.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    info = json.loads((out / "fingerprint.json").read_text())
+    info = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     assert info["settings"]["every"] == 100 and info["runs"][0]["prediction"] == "epsilon"
     assert [d["source"] for d in info["datasets"]] == ["a", "b"] and not list(out.glob("*.tmp*"))
 

@@ -202,7 +202,7 @@ def test_empty_prediction_uses_the_whole_image_and_says_so(tmp_path):
     summary = write_outputs(tmp_path, r, {"model": "twoflow"})
     assert summary["region_empty"] and "whole image" in summary["region"]
     assert all(e["mass_in_region"] is None for e in summary["cams"]["den.1"])
-    assert "whole image" in (tmp_path / "gradcam.md").read_text()
+    assert "whole image" in (tmp_path / "gradcam.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("kwargs, needles", [
@@ -238,7 +238,7 @@ def test_outputs_list_exactly_the_requested_layers_and_steps(fake_result, tmp_pa
     summary = write_outputs(tmp_path, r, {"model": "twoflow", "run": "none", "sampler": "ddim", "steps": 5})
     files = {"gradcam_grid.png", "psa.png", "prior.png", "trajectory.png", "gradcam.json", "gradcam.md"}
     assert set(summary["files"]) == files and all((tmp_path / f).is_file() for f in files)
-    saved = json.loads((tmp_path / "gradcam.json").read_text())
+    saved = json.loads((tmp_path / "gradcam.json").read_text(encoding="utf-8"))
     assert saved["layers"] == {"condition": ["cond.3"], "denoising": ["den.1"]}
     assert list(saved["cams"]) == ["cond.3", "den.1", "tap"] and saved["psa_pairs"] == [["den.1", "tap"]]
     assert saved["cam_timesteps"] == r.cam_timesteps and len(saved["timesteps"]) == 5
@@ -246,7 +246,7 @@ def test_outputs_list_exactly_the_requested_layers_and_steps(fake_result, tmp_pa
     assert saved["target"]["kind"] == "x0_logits" and saved["prior"]["target"] == "aux['prior_logit']"
     share = saved["cams"]["den.1"][0]["mass_in_region"]
     assert 0 <= share <= 1
-    md = (tmp_path / "gradcam.md").read_text()
+    md = (tmp_path / "gradcam.md").read_text(encoding="utf-8")
     assert all(f"t={t}" in md for t in r.cam_timesteps) and "| cond.3 |" in md
 
 
@@ -296,7 +296,7 @@ def test_cli_writes_figures_for_an_eps_run(run_dir, phantom_manifest, tmp_path, 
                  "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and "| body.down.0.0 |" in printed
-    saved = json.loads((out / "gradcam.json").read_text())
+    saved = json.loads((out / "gradcam.json").read_text(encoding="utf-8"))
     assert saved["layers"] == {"layers": ["body.down.0.0", "condition_encoder.levels.0"]}
     assert len(saved["timesteps"]) == 4 and len(saved["cam_timesteps"]) == 3 and saved["target"]["kind"] == "eps"
     assert saved["id"] == row["id"] and saved["sampler"] == "ddim" and saved["prior"] is None

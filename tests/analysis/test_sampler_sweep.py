@@ -77,7 +77,7 @@ def test_summary_is_mean_and_population_std_of_the_repeat_rows(sweep):
 
 
 def test_summary_json_markdown_and_figure(sweep, phantom_manifest):
-    summary = json.loads((sweep / "summary.json").read_text())
+    summary = json.loads((sweep / "summary.json").read_text(encoding="utf-8"))
     p = summary["protocol"]
     test_ids = [r["id"] for r in Manifest.read(phantom_manifest).rows(split="test")]
     assert p["image_ids"] == evenly_spaced(test_ids, IMAGES) and p["images"] == IMAGES
@@ -87,7 +87,7 @@ def test_summary_json_markdown_and_figure(sweep, phantom_manifest):
     assert summary["reference"]["sampler"] == "ddpm" and summary["reference"]["nfe"] == REFERENCE
     assert summary["nfe_mismatches"] == []
     assert set(summary["fewest_nfe_within_tolerance"]) == {"ddim", "dpmsolver++", "ddpm", "overall"}
-    md = (sweep / "samplers.md").read_text()
+    md = (sweep / "samplers.md").read_text(encoding="utf-8")
     assert md.count("\n| ") == 1 + len(SETTINGS)  # the separator and one row per setting
     for name in ["ddim", "dpmsolver++", "ddpm", "overall"]:
         assert any(line.startswith(f"- {name}: ") for line in md.splitlines())
@@ -130,8 +130,8 @@ def test_fresh_sweep_reproduces_the_rows_whatever_else_is_swept(sweep, run_dir, 
     first = {(r["sampler"], r["nfe"], r["repeat"]): r["dice"] for r in read_csv(sweep / "sweep.csv")}
     assert len(fresh) == 2 * len(NFE) * REPEATS
     assert all(first[key] == value for key, value in fresh.items())
-    assert json.loads((tmp_path / "summary.json").read_text())["reference"] is None
-    assert "no reference" in (tmp_path / "samplers.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))["reference"] is None
+    assert "no reference" in (tmp_path / "samplers.md").read_text(encoding="utf-8")
 
 
 def test_repeat_r_is_sample_r_of_predict_scored_as_evaluate_does(run_dir, phantom_manifest, tmp_path, capsys,
@@ -159,7 +159,7 @@ def test_repeat_r_is_sample_r_of_predict_scored_as_evaluate_does(run_dir, phanto
 def test_feedforward_runs_and_bad_options_are_one_line_errors(run_dir, phantom_manifest, tmp_path, capsys):
     ff = tmp_path / "ff"
     ff.mkdir()
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     cfg["diffusion"]["mode"] = "feedforward"
     (ff / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(sweep_args(ff, phantom_manifest, tmp_path / "o1")) == 2
@@ -202,7 +202,7 @@ def test_a_sampler_making_extra_evaluations_is_measured_and_warned(run_dir, phan
                                                reference_nfe=0, repeats=2, max_images=2, device="cpu",
                                                progress=False)
     assert summary["results"][0]["measured_nfe"] == 3 and summary["nfe_mismatches"] == ["ddim NFE 2: measured 3"]
-    assert "NFE measured differs from requested" in (tmp_path / "samplers.md").read_text()
+    assert "NFE measured differs from requested" in (tmp_path / "samplers.md").read_text(encoding="utf-8")
 
 
 def test_fewest_within_known_values():

@@ -91,7 +91,7 @@ def test_trainer_follows_the_stages(scored_manifest, tmp_path):
     assert [s["began_at_step"] for s in summary["curriculum"]] == [0, 4, 6, 8]
     for stage, drawn in seen.items():
         assert max(drawn) <= stage  # only the stage's pool is drawn from
-    assert "curriculum:" in (tmp_path / "run/config.yaml").read_text()
+    assert "curriculum:" in (tmp_path / "run/config.yaml").read_text(encoding="utf-8")
 
 
 def test_curriculum_resume_is_exact(scored_manifest, tmp_path):

@@ -143,7 +143,7 @@ def test_csv_round_trip(tmp_path):
     rows = assign_splits(records, seed=0, k_folds=2)
     path = tmp_path / "sub" / "manifest.csv"
     Manifest.from_records(rows).write(path)
-    header = path.read_text().splitlines()[0].split(",")
+    header = path.read_text(encoding="utf-8").splitlines()[0].split(",")
     assert header == [*COLUMNS, "fov", "source_split"]
     back = Manifest.read(path)
     assert back.rows() == Manifest(rows).rows()

@@ -35,7 +35,7 @@ def _files(out: Path) -> dict[str, bytes]:
 
 def test_layout_and_counts(phantoms: Path) -> None:
     rows = _labels(phantoms)
-    assert (phantoms / "labels.csv").read_text().splitlines()[0] == "id,label"
+    assert (phantoms / "labels.csv").read_text(encoding="utf-8").splitlines()[0] == "id,label"
     assert [r["id"] for r in rows] == [f"phantom_{k:04d}" for k in range(N)]
     assert {r["label"] for r in rows} <= {"lesion", "normal"}
     assert len(list((phantoms / "images").glob("*.png"))) == N

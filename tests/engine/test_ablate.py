@@ -88,16 +88,16 @@ def test_ablation_end_to_end_and_idempotent(manifest, tmp_path, capsys):
     assert int(rows["ibpa-pal"]["steps"]) == 3
     # every diffusion run was sampled the same way: 2 samples, ddim 2 steps, majority vote
     for run in ("baseline", "ibpa-pal"):
-        meta = json.loads((out / run / "predictions/predict.json").read_text())
+        meta = json.loads((out / run / "predictions/predict.json").read_text(encoding="utf-8"))
         assert (meta["samples"], meta["sampler"], meta["steps"], meta["fusion"]) == (2, "ddim", 2, "majority")
-    assert json.loads((out / "ibpa-pal/train/summary.json").read_text())["curriculum"]
-    md = (out / "ablation.md").read_text()
+    assert json.loads((out / "ibpa-pal/train/summary.json").read_text(encoding="utf-8"))["curriculum"]
+    md = (out / "ablation.md").read_text(encoding="utf-8")
     assert "| Baseline (MedSegDiff) |" in md and "(reference)" in md and "Protocol: split test" in md
     assert md.strip() in printed
 
     # the same command again: nothing is retrained, re-predicted or re-evaluated
     assert main(cli) == 0
-    state = json.loads((out / "ablation.json").read_text())
+    state = json.loads((out / "ablation.json").read_text(encoding="utf-8"))
     for entry in state["runs"].values():
         assert entry["train"]["action"] == "skipped (already trained)"
         assert entry["predictions"].startswith("skipped") and entry["evaluation"].startswith("skipped")

@@ -81,7 +81,7 @@ def test_compare_end_to_end_resumes_and_is_idempotent(manifest, tmp_path, capsys
 
     monkeypatch.setattr(Trainer, "_validate_and_save", interrupt)
     assert main(_cli(manifest, out)) == 130
-    state = json.loads((out / "compare.json").read_text())
+    state = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert state["runs"]["ensemdiff-diffusion"]["status"] == "interrupted"
     assert Checkpoint(out / "ensemdiff-diffusion/train/checkpoints/last.safetensors").state["step"] == 5
     assert not (out / "ensemdiff-feedforward").exists()
@@ -91,7 +91,7 @@ def test_compare_end_to_end_resumes_and_is_idempotent(manifest, tmp_path, capsys
     # 2. the same command continues the interrupted run and does the rest
     assert main(_cli(manifest, out)) == 0
     printed = capsys.readouterr().out
-    state = json.loads((out / "compare.json").read_text())
+    state = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     runs = state["runs"]
     assert runs["ensemdiff-diffusion"]["train"]["action"] == "resumed from step 5"
     assert runs["ensemdiff-diffusion"]["train"]["step"] == 6
@@ -102,7 +102,7 @@ def test_compare_end_to_end_resumes_and_is_idempotent(manifest, tmp_path, capsys
                                                            "unet-feedforward"))
 
     def ev(name):
-        return json.loads((out / name / "evaluation/summary.json").read_text())
+        return json.loads((out / name / "evaluation/summary.json").read_text(encoding="utf-8"))
 
     for name in ("ensemdiff-diffusion", "ensemdiff-feedforward"):
         assert ev(name)["prediction_settings"]["samples"] == 2
@@ -127,7 +127,7 @@ def test_compare_end_to_end_resumes_and_is_idempotent(manifest, tmp_path, capsys
     assert u["iou_pct_diffusion"] == "" and u["delta_iou_pct"] == "" and u["status_diffusion"].startswith("skipped")
     assert float(u["ece_ff"]) == pytest.approx(ev("unet-feedforward")["calibration"]["ece_per_image"]["mean"])
 
-    md = (out / "compare.md").read_text()
+    md = (out / "compare.md").read_text(encoding="utf-8")
     assert md.startswith("Protocol: split test") and "S = 2 samples" in md and "size 32 px" in md
     assert "ensemdiff-diffusion 6" in md and "threshold 0.5" in md
     assert f"| ensemdiff | {float(e['iou_pct_ff']):.2f} |" in md and f"{float(e['delta_ece']):+.4f}" in md
@@ -139,17 +139,17 @@ def test_compare_end_to_end_resumes_and_is_idempotent(manifest, tmp_path, capsys
     assert (out / "ensemdiff-diffusion/evaluation/reliability.png").is_file()
 
     # 3. again, after losing one training summary: nothing is retrained, re-predicted or re-evaluated
-    before, table = _mtimes(out), (out / "compare.csv").read_text()
+    before, table = _mtimes(out), (out / "compare.csv").read_text(encoding="utf-8")
     assert len(before) == 3 * 2 + 3 + 3  # best + last per run, predictions, evaluations
     (out / "unet-feedforward/train/summary.json").unlink()
     assert main(_cli(manifest, out)) == 0
     assert _mtimes(out) == before
-    runs = json.loads((out / "compare.json").read_text())["runs"]
+    runs = json.loads((out / "compare.json").read_text(encoding="utf-8"))["runs"]
     assert runs["ensemdiff-diffusion"]["train"]["action"] == "skipped (already trained)"
     assert runs["unet-feedforward"]["train"]["action"] == "resumed from step 6"  # nothing left to do
     assert runs["unet-feedforward"]["predictions"].startswith("skipped")
     assert (out / "unet-feedforward/train/summary.json").is_file()
-    assert (out / "compare.csv").read_text() == table
+    assert (out / "compare.csv").read_text(encoding="utf-8") == table
 
 
 def test_changed_settings_are_refused_not_mixed(manifest, tmp_path):

@@ -41,7 +41,7 @@ def test_resume_continues_exactly(manifest, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
-    log = (tmp_path / "split/log.csv").read_text().splitlines()
+    log = (tmp_path / "split/log.csv").read_text(encoding="utf-8").splitlines()
     assert [line.split(",")[0] for line in log[1:]] == ["3", "6"]
 
 
@@ -62,7 +62,7 @@ def test_checkpoint_is_safetensors_with_state(manifest, tmp_path):
 def test_incompatible_checkpoint_is_refused(manifest, tmp_path):
     Trainer(cfg_for(manifest, steps=3), tmp_path / "run", device="cpu").fit()
     cfg_path = tmp_path / "run/config.yaml"
-    cfg_path.write_text(cfg_path.read_text().replace("base_channels: 8", "base_channels: 16"))
+    cfg_path.write_text(cfg_path.read_text(encoding="utf-8").replace("base_channels: 8", "base_channels: 16"))
     with pytest.raises(LesiondiffError, match="checkpoint does not match the model in config.yaml"):
         Predictor.from_run(tmp_path / "run", device="cpu")
 
@@ -91,9 +91,9 @@ def test_train_predict_evaluate(manifest, tmp_path, preset, fusion):
         assert stats["n"] + stats["n_nan"] == len(items)
     d = summary["fused"]["all"]["dice"]
     assert 0 <= d["mean"] <= 1 and summary["fused"]["all"]["iou"]["mean"] <= d["mean"] + 1e-9
-    rows = (tmp_path / "pred/metrics.csv").read_text().splitlines()
+    rows = (tmp_path / "pred/metrics.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + len(items) * (1 + 3)
-    assert json.loads((tmp_path / "pred/summary.json").read_text())["threshold"] == 0.5
+    assert json.loads((tmp_path / "pred/summary.json").read_text(encoding="utf-8"))["threshold"] == 0.5
 
 
 def test_a_two_head_model_is_sampled_through_either_head(manifest, tmp_path):
@@ -105,7 +105,7 @@ def test_a_two_head_model_is_sampled_through_either_head(manifest, tmp_path):
         p = Predictor.from_run(tmp_path / "pal", overrides=[f"diffusion.prediction={prediction}"])
         assert p.model.prediction == prediction
         p.run(items, tmp_path / prediction)
-        assert json.loads((tmp_path / prediction / "predict.json").read_text())["prediction"] == prediction
+        assert json.loads((tmp_path / prediction / "predict.json").read_text(encoding="utf-8"))["prediction"] == prediction
         via[prediction] = p.sample(*items[0][:1], image=np.full((32, 32, 1), 128, np.uint8))
     assert not np.allclose(via["x0"], via["epsilon"])
     Trainer(cfg_for(manifest, steps=1), tmp_path / "ens", device="cpu").fit()

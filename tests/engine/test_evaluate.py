@@ -83,7 +83,7 @@ def test_calibration_section_per_image_and_pooled(hand_made, tmp_path):
             assert b["lo"] - 1e-9 <= b["mean_prob"] <= b["hi"] + 1e-9 and 0 <= b["frac_fg"] <= 1
         else:
             assert b["mean_prob"] is None and b["frac_fg"] is None
-    on_disk = json.loads((tmp_path / "ev/summary.json").read_text())  # valid JSON: empty bins are null
+    on_disk = json.loads((tmp_path / "ev/summary.json").read_text(encoding="utf-8"))  # valid JSON: empty bins are null
     assert on_disk["calibration"]["ece_pooled"] == pytest.approx(pooled)
     figure = tmp_path / "ev/reliability.png"
     assert figure.is_file() and Image.open(figure).size[0] > 200
@@ -95,12 +95,12 @@ def test_calibration_section_per_image_and_pooled(hand_made, tmp_path):
 def test_report_shows_reliability_diagram(hand_made, tmp_path):
     pred, manifest, _, _ = hand_made
     summary = evaluate(pred, manifest, "test", out=tmp_path / "ev")
-    page = write_report(tmp_path / "report", summary=summary).read_text()
+    page = write_report(tmp_path / "report", summary=summary).read_text(encoding="utf-8")
     assert 'src="figures/reliability.png"' in page and (tmp_path / "report/figures/reliability.png").is_file()
     assert f"{summary['calibration']['ece_pooled']:.4f}" in page
     # a summary from before the calibration section still renders, without the diagram
     old = {k: v for k, v in summary.items() if k != "calibration"}
-    page = write_report(tmp_path / "old", summary=old).read_text()
+    page = write_report(tmp_path / "old", summary=old).read_text(encoding="utf-8")
     assert "reliability.png" not in page and "ECE per image" in page
 
 
@@ -202,7 +202,7 @@ def test_rounds_table_markdown_and_printed_table(rounds_run):
     ]
     assert "Dice -16.67 (best: round 1)" in md
     assert "2 images" in md and "threshold 0.5" in md and "sampler ddpm, steps 1000, seed 7" in md
-    assert (out / "rounds.md").read_text() == md + "\n"
+    assert (out / "rounds.md").read_text(encoding="utf-8") == md + "\n"
 
     table = format_table(summary).splitlines()
     assert sum(x.startswith("round ") for x in table) == 3
@@ -236,13 +236,13 @@ def test_rounds_figure_panels_and_dice(rounds_run, tmp_path):
 
 def test_report_shows_rounds_table_and_figure(rounds_run, tmp_path):
     pred, manifest, summary, _ = rounds_run
-    page = write_report(tmp_path / "report", pred_dir=pred, summary=summary, manifest=manifest).read_text()
+    page = write_report(tmp_path / "report", pred_dir=pred, summary=summary, manifest=manifest).read_text(encoding="utf-8")
     assert "<h2>Sampling rounds and the fused mask</h2>" in page and 'src="figures/rounds.png"' in page
     assert Image.open(tmp_path / "report/figures/rounds.png").format == "PNG"
     assert "<h3>Sampling rounds</h3>" in page and "<td>73.33 ± 6.67</td>" in page
     assert "<th>majority vote</th>" in page
     old = {k: v for k, v in summary.items() if k not in ("rounds", "rounds_spread", "ensemble_minus_best_round")}
-    page = write_report(tmp_path / "old", summary=old).read_text()
+    page = write_report(tmp_path / "old", summary=old).read_text(encoding="utf-8")
     assert "<h3>Sampling rounds</h3>" not in page
 
 
@@ -253,7 +253,7 @@ def test_report_cli_reads_an_evaluation_written_elsewhere(rounds_run, tmp_path, 
     out = tmp_path / "rep"
     assert main(["report", "--pred", str(pred), "--evaluation", str(ev), "--manifest", str(manifest),
                  "--out", str(out)]) == 0
-    assert "<h3>Sampling rounds</h3>" in (out / "report.html").read_text()
+    assert "<h3>Sampling rounds</h3>" in (out / "report.html").read_text(encoding="utf-8")
     assert main(["report", "--pred", str(pred), "--evaluation", str(tmp_path / "none"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "none/summary.json: not found" in err and len(err.splitlines()) == 1

@@ -8,10 +8,13 @@ from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import MODELS, build_model
 from lesiondiff.models.base import Denoiser
 
+FOUR_LEVELS = {"pgdiffseg"}  # designs with a fixed number of down/up units (four)
+
 
 def small(name: str, **over) -> Config:
-    cfg = Config().override([f"model.name={name}", "model.base_channels=8", "model.channel_mult=[1,2]",
-                             "model.attention_levels=[false,true]"])
+    levels = (["model.channel_mult=[1,2,2,2]", "model.attention_levels=[false,false,false,true]"]
+              if name in FOUR_LEVELS else ["model.channel_mult=[1,2]", "model.attention_levels=[false,true]"])
+    cfg = Config().override([f"model.name={name}", "model.base_channels=8", *levels])
     return cfg.override([f"{k}={v}" for k, v in over.items()])
 
 

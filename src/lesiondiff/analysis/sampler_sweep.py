@@ -202,7 +202,7 @@ def _find_reference(summary: list[dict], reference_nfe: int) -> dict | None:
 
 # ---- files ------------------------------------------------------------------------------------------------------
 def _read_sweep(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if rows and set(SWEEP_FIELDS) - set(rows[0]):
         raise LesiondiffError(f"{path}: not a sampler sweep (columns {', '.join(rows[0])})")
@@ -235,7 +235,7 @@ def _existing_rows(out: Path, protocol: dict) -> list[dict]:
     sweep, summary = out / "sweep.csv", out / "summary.json"
     if summary.is_file():
         try:
-            data = json.loads(summary.read_text())
+            data = json.loads(summary.read_text(encoding="utf-8"))
         except ValueError:
             data = None
         old = data.get("protocol") if isinstance(data, dict) else None

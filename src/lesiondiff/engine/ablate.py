@@ -72,7 +72,7 @@ def load_ablation(preset: str) -> dict:
     if not path.is_file():
         raise LesiondiffError(f"preset {preset!r} has no ablation; ablations exist for: "
                               f"{', '.join(ablation_names()) or 'none'}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     arms = data.get("arms") or []
     names = [a.get("name") for a in arms]
     if not arms or len(set(names)) != len(names) or data.get("baseline") not in names:
@@ -172,7 +172,7 @@ PAIRED = ("dice", "iou")
 def _per_image(folder: Path) -> dict[str, dict[str, float]]:
     """The fused masks' per-image ``PAIRED`` metrics of a run, ``{metric: {id: value}}``, from one read of its
     evaluation/metrics.csv."""
-    with (folder / "evaluation" / "metrics.csv").open() as f:
+    with (folder / "evaluation" / "metrics.csv").open(encoding="utf-8") as f:
         fused = [r for r in csv.DictReader(f) if r["which"] == "fused"]
     return {m: {r["id"]: float(r[m]) for r in fused} for m in PAIRED}
 

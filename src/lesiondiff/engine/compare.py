@@ -127,7 +127,7 @@ def _previous_runs(out: Path) -> dict:
     """The run entries of an earlier compare.json in ``out`` (kept until this call revisits them), else {}.
     Informational only: what to skip is decided from the run folders themselves."""
     try:
-        runs = json.loads((out / "compare.json").read_text()).get("runs", {})
+        runs = json.loads((out / "compare.json").read_text(encoding="utf-8")).get("runs", {})
     except (OSError, ValueError):
         return {}
     return {k: v for k, v in runs.items() if isinstance(v, dict) and "preset" in v and "mode" in v}

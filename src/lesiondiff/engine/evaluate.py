@@ -69,10 +69,10 @@ def read_predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
     table = pred_dir / "predictions.csv"
     if not table.is_file():
         raise LesiondiffError(f"{table}: not found; run lesiondiff predict --out {pred_dir} first")
-    with table.open() as f:
+    with table.open(encoding="utf-8") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     meta_path = pred_dir / "predict.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return rows, meta
 
 

@@ -53,7 +53,7 @@ def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str],
     train_dir = run / "train"
     summary_path = train_dir / "summary.json"
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
         if summary.get("status") in DONE:
             check_same_config(cfg, train_dir)
             return {**summary, "action": "skipped (already trained)"}
@@ -127,7 +127,7 @@ def evaluate_stage(run: Path, manifest: str, split: str) -> tuple[dict, str]:
     pred_dir, eval_dir = run / "predictions", run / "evaluation"
     path = eval_dir / "summary.json"
     if path.is_file() and path.stat().st_mtime_ns >= (pred_dir / "predictions.csv").stat().st_mtime_ns:
-        summary = json.loads(path.read_text())
+        summary = json.loads(path.read_text(encoding="utf-8"))
         if summary.get("split") == split and summary.get("manifest") == str(manifest) \
                 and "calibration" in summary and "rounds" in summary:
             return summary, "skipped (newer than its predictions)"

@@ -208,7 +208,7 @@ class Trainer:
             self.stage_steps = list(s.get("stage_steps", [0]))
         log = self.out / "log.csv"
         if log.is_file():
-            with log.open() as f:
+            with log.open(encoding="utf-8") as f:
                 self.log_rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
 
     def _write_log(self) -> None:
