@@ -170,12 +170,9 @@ def _read_volume(path: Path, slice_index: int | None) -> tuple[np.ndarray, float
     """A 2D slice as [H,W] or [H,W,C] (the file's dtype), plus the whole file's min and max."""
     import SimpleITK as sitk
 
-    reader = _sitk_reader(path)
-    try:
-        arr = sitk.GetArrayFromImage(reader.Execute())
-    except Exception as e:
-        raise FileError(path, f"corrupt or unreadable file ({_sitk_reason(e)})") from None
-    vector = reader.GetNumberOfComponents() > 1
+    volume = read_volume(path)
+    arr = sitk.GetArrayFromImage(volume)
+    vector = volume.GetNumberOfComponentsPerPixel() > 1
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     spatial = arr.shape[:-1] if vector else arr.shape
     # Singleton trailing axes (e.g. a 2D image stored as X*Y*1) are 2D.
