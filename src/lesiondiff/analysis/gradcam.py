@@ -245,7 +245,7 @@ def sample_trajectory(model: Denoiser, cfg: Config, image: torch.Tensor, steps: 
     """The reverse process of ``sampler`` (a scheduler-based one) for ``image`` [1,C,H,W] in [-1,1], step by step,
     with the same noise and updates as ``SchedulerSampler``. Returns the trajectory and the target kind
     ("x0" when the output carries x0 logits, else "eps")."""
-    from ..diffusion.samplers import SAMPLERS, SchedulerSampler, model_output, start_noise
+    from ..diffusion.samplers import SAMPLERS, SchedulerSampler, start_noise
     from ..diffusion.schedules import alphas_cumprod
 
     if cfg.diffusion.mode == "feedforward":
@@ -257,24 +257,22 @@ def sample_trajectory(model: Denoiser, cfg: Config, image: torch.Tensor, steps: 
                               f"dpmsolver, dpmsolver++ or unipc")
     if steps < 1:
         raise LesiondiffError(f"--steps must be >= 1, got {steps}")
-    scheduler = runner.make_scheduler(model)
-    scheduler.set_timesteps(steps, device=image.device)
     abar = alphas_cumprod(cfg.diffusion).to(image.device)
     _, _, h, w = image.shape
-    xs, probs, kind = [], [], "eps"
+    ts, xs, probs, kinds = [], [], [], []
+
+    def record(t: int, x: torch.Tensor, out: DenoiserOutput) -> None:
+        ts.append(t)
+        kinds.append("x0" if out.x0 is not None else "eps")
+        xs.append(x[0, 0].float().cpu())
+        probs.append(mask_probability(out, x, abar[t])[0, 0].float().cpu())
+
     with torch.no_grad():
-        condition = model.encode(image)
         x = start_noise((1, 1, h, w), generator, image.device)
-        for t in scheduler.timesteps:
-            out = model.denoise(x, _timesteps(int(t), x), condition)
-            kind = "x0" if out.x0 is not None else "eps"
-            xs.append(x[0, 0].float().cpu())
-            probs.append(mask_probability(out, x, abar[int(t)])[0, 0].float().cpu())
-            x = scheduler.step(model_output(model, out), t, x, **runner.step_kwargs(generator)).prev_sample
-    final = ((x + 1) / 2).clamp(0, 1)[0, 0].float().cpu()
-    traj = Trajectory(scheduler.timesteps.cpu().numpy().astype(int), torch.stack(xs).numpy(),
-                      torch.stack(probs).numpy(), final.numpy())
-    return traj, kind
+        final = runner.run(model, x, model.encode(image), steps, generator, on_step=record)
+    traj = Trajectory(np.array(ts, dtype=int), torch.stack(xs).numpy(), torch.stack(probs).numpy(),
+                      final.clamp(0, 1)[0, 0].float().cpu().numpy())
+    return traj, kinds[-1]
 
 
 def choose_steps(timesteps: np.ndarray, cam_steps: int = DEFAULT_CAM_STEPS,

@@ -13,6 +13,8 @@ Choices made here where the papers are silent (configurable through the construc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -100,12 +102,17 @@ class SchedulerSampler(Sampler):
         prediction_type = "epsilon" if model.prediction == "epsilon" else "sample"
         return self.scheduler_cls(prediction_type=prediction_type, **self.kwargs)
 
-    def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
+    def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator,
+            on_step: Callable[[int, torch.Tensor, DenoiserOutput], None] | None = None) -> torch.Tensor:
+        """``on_step(t, x_t, output)``, if given, sees every step before the update (e.g. to record a
+        trajectory, ``analysis/gradcam.py``)."""
         scheduler = self.make_scheduler(model)
         scheduler.set_timesteps(steps, device=x.device)
         for t in scheduler.timesteps:
             tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
             out = model.denoise(x, tt, condition)
+            if on_step is not None:
+                on_step(int(t), x, out)
             x = scheduler.step(model_output(model, out), t, x, **self.step_kwargs(generator)).prev_sample
         return (x + 1) / 2
 
