@@ -338,6 +338,14 @@ def _names(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
+def _ints(text: str | None, option: str, example: str) -> list[int]:
+    """A comma-separated option of integers; anything else is a one-line error naming the option."""
+    try:
+        return [int(p) for p in _names(text)]
+    except ValueError:
+        raise LesiondiffError(f"{option} {text!r}: expected comma-separated integers, e.g. {example}") from None
+
+
 def cmd_compare(args) -> int:
     from .engine.compare import CompareSettings, compare
 
@@ -477,10 +485,7 @@ def cmd_bench(args) -> int:
 def _cmd_analyze_samplers(args) -> int:
     from .analysis.sampler_sweep import OUTPUTS, format_table, sweep_samplers
 
-    try:
-        nfe = [int(n) for n in _names(args.nfe)]
-    except ValueError:
-        raise LesiondiffError(f"--nfe {args.nfe!r}: expected comma-separated integers, e.g. 5,10,20") from None
+    nfe = _ints(args.nfe, "--nfe", "5,10,20")
     summary = sweep_samplers(
         args.run, args.out, manifest=args.manifest, split=args.split, samplers=_names(args.samplers), nfe=nfe,
         reference_nfe=args.reference_nfe, repeats=args.repeats, max_images=args.max_images,
@@ -498,10 +503,7 @@ def cmd_analyze(args) -> int:
         from .analysis.gradcam import format_table as gradcam_table
         from .analysis.gradcam import write_gradcam
 
-        try:
-            cam_timesteps = [int(t) for t in args.cam_timesteps.split(",")] if args.cam_timesteps else None
-        except ValueError:
-            raise LesiondiffError(f"--cam-timesteps {args.cam_timesteps!r}: expected integers like 999,500,0") from None
+        cam_timesteps = _ints(args.cam_timesteps, "--cam-timesteps", "999,500,0") or None
         summary = write_gradcam(
             args.out, args.run, image=args.image, manifest=args.manifest, id_=args.id, layers=args.layers,
             psa_pairs=args.psa_pairs, prior_layer=args.prior_layer, prior_target=args.prior_target, steps=args.steps,
