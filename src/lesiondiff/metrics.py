@@ -196,6 +196,12 @@ def pooled_metrics(preds: Iterable[np.ndarray], gts: Iterable[np.ndarray]) -> di
     return _pooled_from_counts(tp, fp, fn, tn)
 
 
+
+def image_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of one image: its pooled Dice, with the same empty-mask rule as the per-image metrics (both empty:
+    1), without computing HD95."""
+    return float(pooled_metrics([pred], [gt])["pooled_dice"])
+
 class MetricAggregator:
     """Stateful counterpart of ``binary_metrics`` (MONAI's function/aggregator pairing).
 

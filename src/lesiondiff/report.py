@@ -15,7 +15,7 @@ from .data.io import read_image, read_mask, read_masks
 from .data.manifest import Manifest
 from .data.transforms import resize_prob
 from .io_utils import atomic_path, atomic_write_text
-from .metrics import METRIC_NAMES, pooled_metrics
+from .metrics import METRIC_NAMES, image_dice
 
 GT_COLOUR = "#e41a1c"  # red: visible on a white mask, a black background and a grey ultrasound image alike
 
@@ -107,11 +107,6 @@ def evenly_spaced(items: list, n: int) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    # the pooled Dice of one image is its per-image Dice, with the same empty-mask rule, and needs no HD95
-    return float(pooled_metrics([pred], [gt])["pooled_dice"])
-
-
 def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
                   threshold: float | None = None) -> list[dict]:
     """PalScDiff Fig. 5: one row per image; columns: the image with its ground-truth contour, round 1 .. round S
@@ -155,7 +150,7 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
             # one sample at a time: at a dermoscopy image's full size, S float32 maps are hundreds of MB
             masks = [resize_prob(samples[k].astype(np.float32), hw) >= thr for k in range(samples.shape[0])]
         masks.append(read_mask(pred_dir / p["mask"]))
-        dice = [None if gt is None else _dice(m, gt) for m in masks]
+        dice = [None if gt is None else image_dice(m, gt) for m in masks]
         records.append({"id": row["id"], "rounds": dice[:-1], "fused": dice[-1]})
         names = [f"round {k + 1}" for k in range(len(masks) - 1)] + [f"fused ({fusion})"]
         panels = [(image[..., 0] if image.shape[2] == 1 else image / 255.0, "image + GT contour")]

@@ -255,13 +255,13 @@ def test_cli_errors_are_one_line(manifest, tmp_path, capsys, argv, needle):
 
 
 def test_max_images_takes_rows_evenly_spaced_over_the_split(manifest):
-    from lesiondiff.analysis.fingerprint import _split_rows
+    from lesiondiff.analysis.fingerprint import split_rows
 
     rows = Manifest.read(manifest).rows(split="train")
-    _, picked = _split_rows(manifest, "train", 4)
+    _, picked = split_rows(manifest, "train", 4)
     ids = [r["id"] for r in picked]
     assert len(set(ids)) == 4 and ids[0] == rows[0]["id"] and ids[-1] == rows[-1]["id"]
-    assert [r["id"] for r in _split_rows(manifest, "train", 10**6)[1]] == [r["id"] for r in rows]
+    assert [r["id"] for r in split_rows(manifest, "train", 10**6)[1]] == [r["id"] for r in rows]
 
 
 def test_runs_of_a_comparison_are_named_by_their_combination(tmp_path):

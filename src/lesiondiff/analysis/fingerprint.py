@@ -285,18 +285,19 @@ def _run_label(run: str | Path) -> str:
     return path.parent.name if path.name == "train" and path.parent.name else path.name
 
 
-def _split_rows(manifest: str | Path, split: str, max_images: int | None) -> tuple[Manifest, list[dict]]:
+def split_rows(manifest: str | Path, split: str, max_images: int | None) -> tuple[Manifest, list[dict]]:
+    """The manifest and the rows of ``split``, or ``max_images`` of them evenly spaced over it (not its first
+    rows: manifests list classes in blocks, BUSI benign first)."""
+    from ..report import evenly_spaced
+
     m = Manifest.read(manifest)
     rows = m.rows(split=split or None)
     if not rows:
         raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
-    if max_images and max_images < len(rows):
-        # evenly spaced over the split, not its first rows: manifests list classes in blocks (BUSI: benign first)
-        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_images).round().astype(int)]
-    return m, rows
+    return m, evenly_spaced(rows, max_images) if max_images else rows
 
 
-def _dataset_name(manifest: Manifest, path: str | Path) -> str:
+def dataset_name(manifest: Manifest, path: str | Path) -> str:
     """The manifest's dataset column when it holds one value, else the file's stem."""
     values = {r["dataset"] for r in manifest.rows() if r["dataset"]}
     return values.pop() if len(values) == 1 else Path(path).stem
@@ -338,7 +339,7 @@ def write_fingerprint(out: str | Path, manifests: list[str] | tuple = (), runs: 
             skipped.append({"source": source, "run": str(run), "reason": "feed-forward run: no timesteps"})
             continue
         schedule = schedule or cfg.diffusion
-        _, rows = _split_rows(manifest, split, max_images)
+        _, rows = split_rows(manifest, split, max_images)
         data_cfg = dataclasses.replace(cfg.data, manifest=str(manifest))
         data = load_rows(rows, data_cfg, cfg.data.channels, desc=f"loading {source}")
         curves.append(model_curves(model, cfg, data, source, every, seed, batch_size, grad_batches, progress))
@@ -349,8 +350,8 @@ def write_fingerprint(out: str | Path, manifests: list[str] | tuple = (), runs: 
     sources = list(manifests) or list(dict.fromkeys(run_manifests))
     datasets, masks_by = [], []
     for path in sources:
-        manifest, rows = _split_rows(path, split, max_images)
-        masks_by.append((_dataset_name(manifest, path), path, load_masks(rows, size, desc=f"reading {path}")))
+        manifest, rows = split_rows(path, split, max_images)
+        masks_by.append((dataset_name(manifest, path), path, load_masks(rows, size, desc=f"reading {path}")))
     given = list(names) if names and manifests else [name for name, _, _ in masks_by]
     for name, (_, path, masks) in zip(_unique(given), masks_by):
         fp = dataset_fingerprint(masks, name, schedule, every, sigma, seed, window)

@@ -52,9 +52,10 @@ from ..data.transforms import preprocess_image, resize_prob
 from ..diffusion.samplers import SAMPLERS, SchedulerSampler, build_sampler
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
+from ..metrics import image_dice
 from ..models import Denoiser
-from ..report import _dice, _save, pyplot
-from .fingerprint import _dataset_name, _split_rows
+from ..report import _save, pyplot
+from .fingerprint import dataset_name, split_rows
 
 DEFAULT_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc")
 DEFAULT_NFE: tuple[int, ...] = (5, 10, 20, 50, 100)
@@ -129,7 +130,7 @@ def run_setting(model: Denoiser, cfg: Config, sampler: str, nfe: int, images: li
             probs = sample(model, im.x, repeats, nfe, generator)[0, :, 0].float().cpu().numpy()
             seconds += time.perf_counter() - start
             masks = resize_prob(probs, im.gt.shape) >= threshold
-            dice[i] = [_dice(m, im.gt) for m in masks]
+            dice[i] = [image_dice(m, im.gt) for m in masks]
             if progress is not None:
                 progress.update(1)
     measured = count.rows / (len(images) * repeats)
@@ -309,7 +310,7 @@ def sweep_samplers(run: str | Path, out: str | Path, manifest: str | Path | None
     manifest = manifest or cfg.data.manifest
     if not manifest:
         raise LesiondiffError(f"{run}: the run names no manifest; give --manifest")
-    m, rows = _split_rows(manifest, split, max_images)
+    m, rows = split_rows(manifest, split, max_images)
     n_split = len(m.rows(split=split or None))
     ckpt = _checkpoint_file(run, checkpoint)
     threshold = cfg.sample.threshold
@@ -338,7 +339,7 @@ def sweep_samplers(run: str | Path, out: str | Path, manifest: str | Path | None
     todo = [s for s in settings if s not in complete]
 
     requested = {"samplers": samplers, "nfe": nfe, "reference_nfe": reference_nfe, "tolerance": tolerance,
-                 "dataset": _dataset_name(m, manifest)}
+                 "dataset": dataset_name(m, manifest)}
     device_name = ""
     if todo:
         predictor = Predictor.from_run(run, checkpoint, device, overrides=[f"sample.seed={seed}"])
