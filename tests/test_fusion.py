@@ -1,9 +1,12 @@
 import builtins
+import inspect
+import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from lesiondiff.config import FusionConfig
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.fusion import FUSERS, crf_refine, fuse, majority, mean, staple
 from lesiondiff.metrics import binary_metrics
@@ -16,10 +19,44 @@ def square(shape=(16, 16), top=4, left=4, size=8):
 
 
 def sitk_staple(masks, iterations):
+    """SimpleITK's STAPLE: (probability [H,W] float64, sensitivity [S], specificity [S], elapsed iterations)."""
     f = sitk.STAPLEImageFilter()
     f.SetForegroundValue(1.0)
     f.SetMaximumIterations(iterations)
-    return sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks]))
+    out = f.Execute([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks])
+    return (sitk.GetArrayFromImage(out), np.array(f.GetSensitivity()), np.array(f.GetSpecificity()),
+            f.GetElapsedIterations())
+
+
+def reference_staple(masks, iterations, sens0=0.9, spec0=0.9, prior=0.5):
+    """Warfield's EM written out per Eq. 2-3 with plain products (no logs, no clamping): E, then M and E
+    ``iterations`` times. Returns (W [H,W], sensitivity [S], specificity [S])."""
+    d = masks.reshape(len(masks), -1)
+
+    def e_step(sens, spec):
+        a = prior * np.prod(np.where(d, sens[:, None], 1 - sens[:, None]), axis=0)
+        b = (1 - prior) * np.prod(np.where(d, 1 - spec[:, None], spec[:, None]), axis=0)
+        return a / (a + b)
+
+    sens, spec = np.full(len(d), sens0), np.full(len(d), spec0)
+    w = e_step(sens, spec)
+    for _ in range(iterations):
+        sens = (d * w).sum(1) / w.sum()
+        spec = (~d * (1 - w)).sum(1) / (1 - w).sum()
+        w = e_step(sens, spec)
+    return w.reshape(masks.shape[1:]), sens, spec
+
+
+def noisy_raters(seed, n, shape=(40, 50), flip=(0.02, 0.3)):
+    """``n`` copies of a rectangle, each with its own fraction of flipped pixels drawn from ``flip``."""
+    rng = np.random.default_rng(seed)
+    truth = square(shape, 10, 12, 20)
+    return np.stack([truth ^ (rng.random(shape) < rng.uniform(*flip)) for _ in range(n)])
+
+
+def disc(shape=(64, 64), radius=20):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2 <= radius**2
 
 
 def test_registry_names():
@@ -41,35 +78,160 @@ def test_majority_tie_goes_to_foreground():
     assert fuse(probs, "majority")[0, 0] >= 0.5
 
 
-def test_staple_matches_simpleitk_and_is_not_the_mean():
+def test_staple_defaults_are_unisegdiffs():
+    # UniSegDiff (Eqs. 2-3): alpha_j = 0.9, beta_j = 0.1, prior 0.5, 20 EM iterations; the config agrees
+    params = inspect.signature(staple).parameters
+    defaults = {k: params[k].default for k in ("max_iterations", "sensitivity", "specificity", "prior")}
+    assert defaults == {"max_iterations": 20, "sensitivity": 0.9, "specificity": 0.9, "prior": 0.5}
+    assert params["tolerance"].default == 0.0 and params["init"].default == "rates"
+    cfg = FusionConfig()
+    assert (cfg.staple_max_iterations, cfg.staple_sensitivity, cfg.staple_specificity, cfg.staple_prior) == (
+        20, 0.9, 0.9, 0.5)
+
+
+def test_staple_first_e_step_known_values():
+    # 3 raters, pixels with 3, 2, 1 and 0 foreground votes; before any M-step all raters have sens = spec = 0.9
+    masks = np.array([[[1, 1, 1, 0]], [[1, 1, 0, 0]], [[1, 0, 0, 0]]], float)
+    fused, stats = staple(masks, max_iterations=0, return_stats=True)
+    expected = [0.9**3 / (0.9**3 + 0.1**3), 0.9, 0.1, 0.1**3 / (0.9**3 + 0.1**3)]
+    np.testing.assert_allclose(fused[0], expected, rtol=1e-6)
+    assert stats.iterations == 0 and np.allclose(stats.sensitivity, 0.9) and np.allclose(stats.specificity, 0.9)
+    # a prior of 0.8 multiplies the odds by 4
+    odds = staple(masks, max_iterations=0, prior=0.8)[0, 1] / (1 - staple(masks, max_iterations=0, prior=0.8)[0, 1])
+    assert odds == pytest.approx(4 * 0.9 / 0.1, rel=1e-5)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 20])
+def test_staple_matches_the_em_written_out(iterations):
+    masks = noisy_raters(1, 5)
+    w, sens, spec = reference_staple(masks, iterations)
+    fused, stats = staple(masks.astype(np.float32), max_iterations=iterations, return_stats=True)
+    np.testing.assert_allclose(fused, w, rtol=0, atol=1e-7)  # float32 output
+    np.testing.assert_allclose(stats.sensitivity, sens, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats.specificity, spec, rtol=0, atol=1e-12)
+    assert stats.iterations == iterations
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("iterations", [1, 2, 5, 20, 200])
+def test_staple_reproduces_simpleitk(seed, iterations):
+    # ITK starts from the vote fraction with the mean foreground fraction as prior, runs M then E, and stops
+    # once every squared change of an estimate is <= 1e-14; its output is the last E-step's W
+    masks = noisy_raters(seed, 3 + seed)
+    w, sens, spec, elapsed = sitk_staple(masks, iterations)
+    fused, stats = staple(masks.astype(np.float32), init="vote", prior="mean", max_iterations=iterations,
+                          tolerance=1e-7, return_stats=True)
+    np.testing.assert_allclose(fused, w, rtol=0, atol=1e-7)  # float32 output of ITK's float64
+    np.testing.assert_allclose(stats.sensitivity, sens, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats.specificity, spec, rtol=0, atol=1e-12)
+    # ITK's GetElapsedIterations is one less than the iterations it ran when it converged before the limit
+    assert stats.iterations == (elapsed if elapsed == iterations else elapsed + 1)
+
+
+def test_staple_differs_from_simpleitk_only_by_clamping_where_an_estimate_is_0_or_1():
+    masks = noisy_raters(4, 5, flip=(0.05, 0.15))
+    for extra in (masks.any(0), masks.all(0), np.ones_like(masks[0])):  # sensitivity 1, specificity 1, 0
+        m = np.concatenate([masks, extra[None]])
+        w, sens, spec, _ = sitk_staple(m, 20)
+        assert max(sens.max(), spec.max()) == 1.0 or min(sens.min(), spec.min()) == 0.0
+        fused, stats = staple(m, init="vote", prior="mean", tolerance=1e-7, return_stats=True)
+        np.testing.assert_allclose(fused, w, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(stats.sensitivity, sens, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(stats.specificity, spec, rtol=0, atol=2e-6)
+
+
+def test_staple_all_raters_agree_returns_their_mask():
+    for mask in (square(), np.zeros((16, 16), bool), np.ones((16, 16), bool)):
+        a = mask.astype(np.float32)
+        out, stats = staple(np.stack([a, a, a]), return_stats=True)
+        np.testing.assert_array_equal(out, a)
+        assert out.dtype == np.float32 and stats.iterations == 0
+        assert (stats.sensitivity == 1).all() and (stats.specificity == 1).all()
+    # ITK returns NaN on identical empty raters (its estimates are 0/0); the early return avoids that case
+    assert np.isnan(sitk_staple(np.zeros((3, 16, 16), bool), 20)[0]).all()
+
+
+@pytest.mark.parametrize("bad", ["noise", "inverted"])
+def test_staple_finds_the_bad_rater(bad):
+    rng = np.random.default_rng(5)
+    truth = disc()
+    good = [truth ^ (rng.random(truth.shape) < 0.08) for _ in range(6)]
+    wrong = rng.random(truth.shape) < 0.5 if bad == "noise" else ~truth
+    masks = np.stack([*good, wrong])
+    fused, stats = staple(masks.astype(np.float32), return_stats=True)
+    assert stats.sensitivity.argmin() == 6 and stats.specificity.argmin() == 6
+    assert stats.sensitivity[6] < 0.6 and stats.sensitivity[:6].min() > 0.85
+    assert stats.specificity[6] < 0.6 and stats.specificity[:6].min() > 0.85
+    dice = [binary_metrics(m, truth)["dice"] for m in masks]
+    fused_dice = binary_metrics(fused >= 0.5, truth)["dice"]
+    assert fused_dice > max(dice) and fused_dice > 0.99 and dice[6] < 0.6
+
+
+def test_staple_weights_raters_unlike_the_mean():
     a = square()
     b = a.copy()
     b[2, 2:14] = True  # one rater adds a stray row
     masks = np.stack([a, a, b])
     fused, stats = staple(masks.astype(np.float32), return_stats=True)
-    np.testing.assert_allclose(fused, sitk_staple(masks, 20), atol=1e-6)
-    np.testing.assert_array_equal(fused >= 0.5, majority(masks) >= 0.5)
+    np.testing.assert_array_equal(fused >= 0.5, a)
     assert not np.allclose(fused, mean(masks))
     assert stats.sensitivity.shape == (3,) and stats.specificity[2] < stats.specificity[0]
-    assert 1 <= stats.iterations <= 20
+    assert stats.iterations == 20
 
 
-def test_staple_terminates_on_disagreeing_raters():
-    rng = np.random.default_rng(0)
-    probs = rng.random((5, 32, 32))
+def test_staple_iterations_and_tolerance():
+    probs = np.random.default_rng(0).random((5, 32, 32))
     fused, stats = staple(probs, max_iterations=7, return_stats=True)
     assert stats.iterations == 7
     assert np.isfinite(fused).all() and fused.min() >= 0 and fused.max() <= 1
+    masks = noisy_raters(2, 6)
+    full, full_stats = staple(masks, max_iterations=500, return_stats=True)
+    early, early_stats = staple(masks, max_iterations=500, tolerance=1e-6, return_stats=True)
+    assert 1 <= early_stats.iterations < 500 == full_stats.iterations
+    np.testing.assert_allclose(early, full, atol=1e-4)
+    np.testing.assert_allclose(early_stats.sensitivity, full_stats.sensitivity, atol=1e-5)
 
 
-def test_staple_degenerate_inputs():
-    a = square().astype(np.float32)
-    np.testing.assert_array_equal(staple(np.stack([a, a, a])), a)
-    zeros = np.zeros((3, 16, 16))
-    out, stats = staple(zeros, return_stats=True)
-    assert (out == 0).all() and stats.iterations == 0
-    # ITK returns NaN on identical empty raters; this is the case the guard exists for
-    assert np.isnan(sitk_staple(zeros.astype(bool), 20)).all()
+@pytest.mark.parametrize("init", ["rates", "vote"])
+def test_staple_output_shape_range_and_no_nan(init):
+    rng = np.random.default_rng(0)
+    one_pixel = np.zeros((4, 8, 9))
+    one_pixel[0, 3, 3] = 1.0  # nearly empty: one rater marks one pixel
+    nearly_full = 1.0 - one_pixel
+    many = (rng.random((200, 8, 9)) < 0.5).astype(float)  # 200 raters: linear-space products would underflow
+    for probs in (one_pixel, nearly_full, many, rng.random((3, 8, 9))):
+        fused, stats = staple(probs, init=init, return_stats=True)
+        assert fused.shape == (8, 9) and fused.dtype == np.float32
+        assert np.isfinite(fused).all() and fused.min() >= 0 and fused.max() <= 1
+        assert np.isfinite(stats.sensitivity).all() and np.isfinite(stats.specificity).all()
+
+
+def test_staple_zero_posterior_sum_keeps_the_estimates():
+    # 400 empty raters and one that marks a pixel: W underflows to 0 everywhere, sum_i W_i = 0, and the
+    # sensitivities keep their last (here initial) value instead of becoming 0/0
+    one_pixel = np.zeros((1, 8, 9))
+    one_pixel[0, 3, 3] = 1.0
+    fused, stats = staple(np.concatenate([np.zeros((400, 8, 9)), one_pixel]), return_stats=True)
+    assert (fused == 0).all() and np.allclose(stats.sensitivity, 0.9) and (stats.specificity > 0.9).all()
+
+
+def test_staple_rejects_bad_settings():
+    probs = np.random.default_rng(0).random((3, 4, 4))
+    for kw, match in [({"prior": 0.0}, "prior"), ({"prior": "median"}, "prior"), ({"init": "ones"}, "init"),
+                      ({"sensitivity": 1.5}, "sensitivity"), ({"max_iterations": -1}, "max_iterations"),
+                      ({"init": "vote", "max_iterations": 0}, "max_iterations")]:
+        with pytest.raises(LesiondiffError, match=match):
+            staple(probs, **kw)
+
+
+def test_staple_is_fast():
+    probs = np.random.default_rng(0).random((20, 256, 256))
+    best = np.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        staple(probs)
+        best = min(best, time.perf_counter() - start)
+    assert best < 0.5
 
 
 def _noisy_square_case():
