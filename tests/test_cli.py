@@ -163,3 +163,36 @@ def test_difficulty_errors_name_the_problem(phantom_dir, tmp_path, capsys):
     assert_one_line_error(code, err, "NAME=NUMBER")
     code, _, err = run(capsys, "data", "difficulty", "--manifest", tmp_path / "none.csv")
     assert_one_line_error(code, err, tmp_path / "none.csv")
+
+
+def test_index_several_folders_into_one_manifest(phantom_dir, tmp_path, capsys):
+    other = generic_folder(tmp_path / "lesions", n=12)  # ids case0..case11; phantom ids phantom_0000..
+    shutil.copy(other / "images" / "case0.png", other / "images" / "phantom_0000.png")  # an id in both folders
+    shutil.copy(other / "masks" / "case0.png", other / "masks" / "phantom_0000.png")
+    code, out, _ = run(capsys, "data", "index", phantom_dir, other, "-o", tmp_path / "u.csv", "--folds", "2",
+                       "--seed", "3", "--train-only", "normal")
+    assert code == 0
+    rows = _split_of(tmp_path / "u.csv")
+    name = phantom_dir.name
+    assert len(rows) == 40 + 13 and {r["dataset"] for r in rows.values()} == {name, "lesions"}
+    assert f"{name}_phantom_0000" in rows and "lesions_phantom_0000" in rows  # prefixed, so unique
+    assert all(i.startswith(f"{r['dataset']}_") and r["case"].startswith(f"{r['dataset']}_") for i, r in rows.items())
+    for dataset in (name, "lesions"):
+        mine = [r for r in rows.values() if r["dataset"] == dataset]
+        assert {r["split"] for r in mine} == {"train", "val", "test"}
+        assert {r["fold"] for r in mine if r["split"] != "test" and r["label"] != "normal"} == {0, 1}
+    assert all(r["split"] == "train" and r["fold"] == -1 for r in rows.values() if r["label"] == "normal")
+    assert "dataset lesions: 13 (no labels; split train " in out and "stratified by dataset and label" in out
+    assert f"dataset {name}: 40 records, layout generic, from {phantom_dir}" in out
+
+    # one folder alone: ids, cases and splits exactly as before several folders were possible
+    code, out, _ = run(capsys, "data", "index", phantom_dir, "-o", tmp_path / "one.csv", "--seed", "3")
+    from lesiondiff.data.layouts import index_folder
+    from lesiondiff.data.manifest import assign_splits
+
+    expected = {r["id"]: r["split"] for r in assign_splits(index_folder(phantom_dir).records, seed=3)}
+    assert {i: r["split"] for i, r in _split_of(tmp_path / "one.csv").items()} == expected
+    assert "stratified by label," in out and "dataset " not in out.replace("datasets:", "")
+
+    code, _, err = run(capsys, "data", "index", phantom_dir, phantom_dir, "-o", tmp_path / "x.csv")
+    assert_one_line_error(code, err, "given twice")

@@ -1,4 +1,5 @@
-"""The ``lesiondiff`` command line: data, train, compare, predict, evaluate, report, analyze, demo, bench, presets.
+"""The ``lesiondiff`` command line: data, train, compare, ablate, cv, predict, evaluate, report, analyze, demo, bench,
+presets.
 
 Errors meant for the user (bad files, unknown keys, missing checkpoints) print one line and exit with status 2.
 """
@@ -19,6 +20,17 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="config overrides, e.g. train.steps=500 data.size=64 (values parsed as YAML)")
 
 
+def _add_run_options(p: argparse.ArgumentParser, unit: str) -> None:
+    """The training and sampling settings every ``unit`` (run, fold) of an experiment shares."""
+    p.add_argument("--size", type=int, default=128, help=f"network input size for every {unit}")
+    p.add_argument("--seed", type=int, default=0, help=f"training and sampling seed for every {unit}")
+    p.add_argument("--samples", type=int, default=None, help="S per image (default: the preset's)")
+    p.add_argument("--sampler", default=None, help="diffusion runs (default: the preset's); feed-forward: oneshot")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
+    p.add_argument("--max-steps", type=int, default=1_000_000, help=f"step cap per {unit} (the budget usually ends it)")
+    p.add_argument("--device", default=None)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lesiondiff", description="Diffusion-model segmentation of lesions in 2D medical images.",
@@ -27,10 +39,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="index a dataset folder, score image difficulty or generate phantoms")
     data = data.add_subparsers(dest="data_command", required=True)
-    idx = data.add_parser("index", help="recognise a folder's layout and write a manifest with splits")
-    idx.add_argument("path")
+    idx = data.add_parser("index", help="recognise a folder's layout and write a manifest with splits",
+                          description="Index one dataset folder, or several into one unified manifest (one model "
+                                      "over many datasets, UniSegDiff): then each folder's rows carry its dataset "
+                                      "name, ids and cases are prefixed '<dataset>_', and the splits and folds are "
+                                      "stratified by dataset and label, so every dataset has its share of each.")
+    idx.add_argument("path", nargs="+", help="dataset folder(s)")
     idx.add_argument("-o", "--output", required=True, help="manifest CSV to write")
-    idx.add_argument("--layout", default=None, help="force a layout instead of detecting it")
+    idx.add_argument("--layout", default=None, help="force a layout instead of detecting it (for every folder)")
     idx.add_argument("--ratios", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
                      help="split ratios (default: 0.7 0.15 0.15; 0.7 0.1 0.2 when the rows are slices of 3D "
                           "volumes, PGDiffSeg's DCE-MRI split; always by patient/case)")
@@ -109,21 +125,30 @@ def _build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--out", required=True, help="ablation folder (one subfolder per run)")
     ab.add_argument("--baselines", default="", help="comma-separated reference presets, e.g. ensemdiff,unet")
     ab.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all)")
-    ab.add_argument("--size", type=int, default=128, help="network input size for every run")
-    ab.add_argument("--seed", type=int, default=0, help="training and sampling seed for every run")
-    ab.add_argument("--samples", type=int, default=None, help="S per image (default: the preset's)")
-    ab.add_argument("--sampler", default=None, help="diffusion runs (default: the preset's); feed-forward: oneshot")
-    ab.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     ab.add_argument("--split", default="test")
-    ab.add_argument("--max-steps", type=int, default=1_000_000, help="step cap per run (the budget usually ends it)")
-    ab.add_argument("--device", default=None)
+    _add_run_options(ab, "run")
     _add_overrides(ab)
+
+    cv = sub.add_parser("cv", help="k-fold cross-validation of a preset, per dataset (UniSegDiff Table 3 form)",
+                        description="For each fold k of the manifest: train the preset on the other folds' rows "
+                                    "(data.fold=k), predict and evaluate fold k; then write cv.json and cv.md with "
+                                    "mDice and mIoU per fold, per dataset and overall, and their mean ± std over "
+                                    "folds. The test split is held out. Rerunning the same command skips finished "
+                                    "work and resumes interrupted runs.")
+    cv.add_argument("--preset", required=True, help="ensemdiff, unet, ... (see: lesiondiff presets)")
+    cv.add_argument("--manifest", required=True, help="a manifest with folds (lesiondiff data index ... --folds K)")
+    cv.add_argument("--folds", type=int, default=None, metavar="K",
+                    help="run folds 0..K-1 (default: every fold of the manifest)")
+    cv.add_argument("--budget-minutes", type=float, required=True, help="training wall-clock budget per fold")
+    cv.add_argument("--out", required=True, help="cross-validation folder (one subfolder per fold)")
+    _add_run_options(cv, "fold")
+    _add_overrides(cv)
 
     pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
     pr.add_argument("--run", required=True)
     pr.add_argument("inputs", nargs="*", help="image files or folders")
     pr.add_argument("--manifest", default=None)
-    pr.add_argument("--split", default=None)
+    pr.add_argument("--split", default=None, help="train, val, test or fold:K (a fold's rows; default: every row)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--samples", type=int, default=None)
     pr.add_argument("--sampler", default=None, help="ddpm, ddim, dpmsolver, dpmsolver++, unipc, oneshot")
@@ -140,7 +165,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score predictions against a manifest split")
     ev.add_argument("--pred", required=True)
     ev.add_argument("--manifest", required=True)
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--split", default="test", help="train, val, test or fold:K (the rows of fold K)")
     ev.add_argument("--out", default=None, help="where metrics.csv and summary.json go (default: --pred)")
 
     rp = sub.add_parser("report", help="write report.html from a run, its predictions and their evaluation")
@@ -290,13 +315,21 @@ def cmd_data(args) -> int:
         print(f"wrote {args.n} phantom images ({args.size} px, seed {args.seed}) to {out} (generic layout)")
         return 0
     from .data.layouts import check_records, index_folder
-    from .data.manifest import Manifest, assign_splits, summarize
+    from .data.manifest import Manifest, assign_splits, merge_indexes, summarize
     from .data.volumes import is_slice_record, split_ratios
 
     output = Path(args.output)
     slices_dir = Path(args.slices_dir) if args.slices_dir else output.with_name(f"{output.stem}_slices")
-    result = index_folder(Path(args.path), args.layout, slices_dir=slices_dir, slices=args.slices,
-                          on_error="skip" if args.skip_bad else "raise", progress=True)
+    several = len(args.path) > 1
+    results = [index_folder(Path(path), args.layout, slices=args.slices,
+                            slices_dir=slices_dir / f"{k}-{Path(path).resolve().name}" if several else slices_dir,
+                            on_error="skip" if args.skip_bad else "raise", progress=True)
+               for k, path in enumerate(args.path)]
+    result = merge_indexes(results) if several else results[0]
+    names = list(dict.fromkeys(r.dataset for r in result.records))  # merged records keep the folders' order
+    if several:
+        for part, name in zip(results, names):
+            print(f"dataset {name}: {len(part.records)} records, layout {part.layout}, from {part.root}")
     if not args.no_check:
         good, bad = check_records(result.records, on_error="skip" if args.skip_bad else "raise")
         result.records = good
@@ -311,15 +344,18 @@ def cmd_data(args) -> int:
     volumes = {r.extra["volume"] for r in result.records if is_slice_record(r)}
     if volumes:
         print(f"slices: {sum(map(is_slice_record, result.records))} from {len(volumes)} volumes in {slices_dir}")
-    print(f"split: seed {args.seed}, ratios {'/'.join(str(r) for r in ratios)}, stratified by label, "
+    strata = "dataset and label" if several else "label"
+    print(f"split: seed {args.seed}, ratios {'/'.join(str(r) for r in ratios)}, stratified by {strata}, "
           f"grouped by case{f', {args.folds} folds' if args.folds else ''}{train_only}")
+    if several:
+        print(f"ids and cases: '<dataset>_<id>' for the {len(results)} datasets ({', '.join(names)})")
     print(f"wrote {args.output}")
     return 0
 
 
 def cmd_train(args) -> int:
     from .config import Config
-    from .engine.train import Trainer
+    from .engine.train import train_run
 
     if args.resume:
         cfg_path = Path(args.out) / "config.yaml"
@@ -328,7 +364,7 @@ def cmd_train(args) -> int:
         if not (args.manifest or args.config):
             raise LesiondiffError("train needs --manifest (or a --config that names data.manifest)")
         cfg = _config(args)
-    summary = Trainer(cfg, args.out, device=args.device, resume=args.resume).fit()
+    summary = train_run(cfg, args.out, device=args.device, resume=args.resume)
     print(json.dumps(summary, indent=2))
     return 130 if summary["status"] == "interrupted" else 0
 
@@ -346,6 +382,16 @@ def _ints(text: str | None, option: str, example: str) -> list[int]:
         raise LesiondiffError(f"{option} {text!r}: expected comma-separated integers, e.g. {example}") from None
 
 
+def _experiment(run, settings, wrote: str) -> int:
+    """Run a multi-run experiment (compare, ablate, cv): print its table, then ``wrote``; 130 if interrupted."""
+    result = run(settings)
+    print(result["text"])
+    if result["status"] == "interrupted":
+        return 130
+    print(wrote)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .engine.compare import CompareSettings, compare
 
@@ -354,12 +400,8 @@ def cmd_compare(args) -> int:
         budget_minutes=args.budget_minutes, out=args.out, size=args.size, seed=args.seed, samples=args.samples,
         sampler=args.sampler, steps=args.steps, split=args.split, max_steps=args.max_steps,
         figure_images=args.figure_images, device=args.device, overrides=list(args.overrides))
-    result = compare(settings)
-    print(result["text"])
-    if result["status"] == "interrupted":
-        return 130
-    print(f"wrote {Path(args.out) / 'compare.csv'}, compare.md and compare.png; progress in compare.json")
-    return 0
+    return _experiment(compare, settings, f"wrote {Path(args.out) / 'compare.csv'}, compare.md and compare.png; "
+                                          "progress in compare.json")
 
 
 def cmd_ablate(args) -> int:
@@ -370,12 +412,19 @@ def cmd_ablate(args) -> int:
         baselines=_names(args.baselines), arms=_names(args.arms) if args.arms else None, size=args.size,
         seed=args.seed, samples=args.samples, sampler=args.sampler, steps=args.steps, split=args.split,
         max_steps=args.max_steps, device=args.device, overrides=list(args.overrides))
-    result = ablate(settings)
-    print(result["text"])
-    if result["status"] == "interrupted":
-        return 130
-    print(f"wrote {Path(args.out) / 'ablation.csv'} and ablation.md; progress in ablation.json")
-    return 0
+    return _experiment(ablate, settings, f"wrote {Path(args.out) / 'ablation.csv'} and ablation.md; progress in "
+                                         "ablation.json")
+
+
+def cmd_cv(args) -> int:
+    from .engine.crossval import CVSettings, crossval
+
+    settings = CVSettings(
+        preset=args.preset, manifest=args.manifest, budget_minutes=args.budget_minutes, out=args.out,
+        folds=args.folds, size=args.size, seed=args.seed, samples=args.samples, sampler=args.sampler,
+        steps=args.steps, max_steps=args.max_steps, device=args.device, overrides=list(args.overrides))
+    return _experiment(crossval, settings, f"wrote {Path(args.out) / 'cv.md'} and cv.json (per-fold figures, the "
+                                           "aggregate and progress)")
 
 
 def cmd_predict(args) -> int:
@@ -438,7 +487,7 @@ def cmd_demo(args) -> int:
     from .data.synthetic import generate
     from .engine.evaluate import evaluate, format_table
     from .engine.predict import Predictor, collect_inputs
-    from .engine.train import Trainer
+    from .engine.train import train_run
     from .report import write_report
 
     out = Path(args.out)
@@ -454,7 +503,7 @@ def cmd_demo(args) -> int:
     print(f"[2/5] training {args.preset} ({cfg.model.base_channels}-channel base, {cfg.diffusion.prediction} "
           f"prediction, objective {cfg.diffusion.objective}) at {args.size} px for up to {args.minutes} min")
     resume = (run / "checkpoints" / "last.safetensors").is_file()
-    summary = Trainer(cfg, run, device=args.device, resume=resume).fit()
+    summary = train_run(cfg, run, device=args.device, resume=resume)
     if summary["status"] == "interrupted":
         print(summary["message"])
         return 130
@@ -537,9 +586,9 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "ablate": cmd_ablate, "predict": cmd_predict,
-            "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench,
-            "analyze": cmd_analyze, "presets": cmd_presets}
+COMMANDS = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "ablate": cmd_ablate, "cv": cmd_cv,
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo,
+            "bench": cmd_bench, "analyze": cmd_analyze, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

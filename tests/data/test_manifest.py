@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from lesiondiff.data.layouts import IndexResult, Record
-from lesiondiff.data.manifest import COLUMNS, Manifest, _quotas, assign_splits, summarize
+from lesiondiff.data.manifest import COLUMNS, Manifest, _quotas, assign_splits, merge_indexes, summarize
 from lesiondiff.errors import LesiondiffError
 
 LABELS = {"benign": 350, "malignant": 168, "normal": 106, "rare": 3, "tiny": 2}
@@ -197,3 +197,103 @@ def test_summarize_manifest_and_index_result(tmp_path):
     assert lines[:2] == ["layout: generic", "root: /data"]
     assert "skipped: 28" in lines and lines[-1] == "  and 8 more"
     assert sum(line.startswith("  /data/") for line in lines) == 20
+
+
+# --- several datasets (a unified manifest) ------------------------------------------------------------
+
+OTHER = {"lesion": 60, "normal": 9}
+
+
+def _two_datasets() -> list[IndexResult]:
+    """The BUSI-sized "toy" records and a second folder whose ids and cases repeat the first's names."""
+    other = [Record(f"benign_{i:03d}", f"/other/{i}.png", [f"/other/{i}_m.png"], label, f"benign_p{i:03d}", "kvasir")
+             for i, label in enumerate(lb for lb, n in OTHER.items() for _ in range(n))]
+    return [IndexResult("busi", "/data/BUSI", _records(cases_of=2)), IndexResult("kvasir", "/data/Kvasir", other)]
+
+
+def test_merge_indexes_prefixes_ids_and_cases_with_distinct_dataset_names():
+    merged = merge_indexes(_two_datasets())
+    ids = [r.id for r in merged.records]
+    assert len(ids) == len(set(ids)) == sum(LABELS.values()) + sum(OTHER.values())
+    assert {r.dataset for r in merged.records} == {"toy", "kvasir"}
+    first = merged.records[0]
+    assert (first.id, first.case, first.dataset, first.image) == ("toy_benign_000", "toy_benign_p000", "toy",
+                                                                  "/data/benign_000.png")
+    assert "kvasir_benign_000" in ids and merged.layout == "busi, kvasir"
+    # two folders whose layouts give the same name: each takes its folder's name
+    a, b = (IndexResult("isic", root, [Record("ISIC_1", f"{root}/1.jpg", dataset="isic")])
+            for root in ("/d/ISIC2017", "/d/ISIC2017_512"))
+    assert [r.id for r in merge_indexes([a, b]).records] == ["ISIC2017_ISIC_1", "ISIC2017_512_ISIC_1"]
+    c = IndexResult("isic", "/e/ISIC2017", [Record("ISIC_1", "/e/1.jpg", dataset="isic")])
+    assert [r.dataset for r in merge_indexes([a, c]).records] == ["ISIC2017", "ISIC2017-2"]
+    with pytest.raises(LesiondiffError, match="/d/ISIC2017: given twice"):
+        merge_indexes([a, a])
+
+
+def test_splits_and_folds_are_stratified_per_dataset_and_label():
+    rows = assign_splits(merge_indexes(_two_datasets()).records, seed=0, k_folds=4)
+    for dataset, labels, case_size in (("toy", LABELS, 2), ("kvasir", OTHER, 1)):  # rounding: one case
+        for label, n in labels.items():
+            mine = [r for r in rows if r["dataset"] == dataset and r["label"] == label]
+            split = Counter(r["split"] for r in mine)
+            n_cases = len({r["case"] for r in mine})
+            if n_cases >= 3:
+                assert set(split) == {"train", "val", "test"}, (dataset, label, split)
+            for name, ratio in zip(("train", "val", "test"), (0.7, 0.15, 0.15)):
+                assert abs(split[name] - n * ratio) <= case_size, (dataset, label, split)
+            folds = Counter(r["fold"] for r in mine if r["fold"] >= 0)
+            if n >= 20:
+                assert sorted(folds) == [0, 1, 2, 3] and max(folds.values()) - min(folds.values()) <= case_size
+    # each dataset is split as it is alone: the unified test set is the union of the single-dataset ones
+    for result in _two_datasets():
+        alone = {f"{r['dataset']}_{r['id']}": (r["split"], r["fold"])
+                 for r in assign_splits(result.records, seed=0, k_folds=4)}
+        assert alone == {r["id"]: (r["split"], r["fold"]) for r in rows if r["id"] in alone}
+    # a case is a (dataset, case) pair: "benign_p000" of kvasir is not that of toy; each stays whole
+    assert all(len({r["split"] for r in rows if (r["dataset"], r["case"]) == key}) == 1
+               for key in {(r["dataset"], r["case"]) for r in rows})
+
+
+def test_same_case_name_in_two_datasets_is_two_cases():
+    rows = [{"id": f"{d}{i}", "image": "/x.png", "case": "p", "dataset": d, "label": "normal" if d == "a" else ""}
+            for d in "ab" for i in range(2)]
+    with pytest.raises(LesiondiffError, match="dataset a: 2 folds need at least 2 non-test cases; there are 1"):
+        assign_splits(rows, ratios=(1.0, 0.0, 0.0), seed=0, k_folds=2)  # every fold needs every dataset
+    moved = assign_splits(rows, ratios=(0.0, 1.0, 0.0), seed=0, train_only_labels=["normal"])
+    assert {r["dataset"]: r["split"] for r in moved} == {"a": "train", "b": "val"}  # only a's case "p" moves
+
+
+def test_single_dataset_split_ignores_the_dataset_name():
+    plain = assign_splits(_records(), seed=0, k_folds=3)
+    renamed = [Record(**{**vars(r), "dataset": "other"}) for r in _records()]
+    assert [(r["split"], r["fold"]) for r in assign_splits(renamed, seed=0, k_folds=3)] == \
+        [(r["split"], r["fold"]) for r in plain]
+
+
+def test_select_split_or_fold(tmp_path):
+    path = tmp_path / "m.csv"
+    Manifest.from_records(assign_splits(_records(), seed=0, k_folds=3)).write(path)
+    manifest = Manifest.read(path)
+    assert manifest.folds() == [0, 1, 2]
+    assert manifest.select("val") == manifest.rows(split="val") and manifest.select(None) == manifest.rows()
+    fold1 = manifest.select("fold:1")
+    assert fold1 == manifest.rows(fold=1) and fold1 and all(r["split"] != "test" for r in fold1)
+    for bad, message in (("fold:3", "no fold 3; this manifest has folds 0, 1, 2"), ("fold:x", "fold:0"),
+                         ("training", "unknown split 'training'; expected train, val, test or fold:K"),
+                         ("fold", "unknown split 'fold'")):
+        with pytest.raises(LesiondiffError) as exc:
+            manifest.select(bad)
+        assert str(exc.value).startswith(f"{path}: ") and message in str(exc.value)
+    with pytest.raises(LesiondiffError, match="no folds.*--folds K"):
+        Manifest(assign_splits(_records(), seed=0)).select("fold:0")
+
+
+def test_summarize_lists_each_dataset():
+    rows = assign_splits(merge_indexes(_two_datasets()).records, seed=0, k_folds=2)
+    lines = summarize(Manifest(rows), sizes=False).splitlines()
+    kvasir = next(x for x in lines if x.startswith("dataset kvasir: "))
+    n = Counter(r["split"] for r in rows if r["dataset"] == "kvasir")
+    assert kvasir.startswith("dataset kvasir: 69 (labels lesion 60, normal 9; split "
+                             f"train {n['train']}, val {n['val']}, test {n['test']}; folds 0: ")
+    assert any(x.startswith("dataset toy: 629 (") for x in lines)
+    assert not any(x.startswith("dataset ") for x in summarize(Manifest(assign_splits(_records())), False).split("\n"))

@@ -19,6 +19,7 @@ from lesiondiff.engine.evaluate import (
     rounds_table,
 )
 from lesiondiff.engine.predict import Prediction, Predictor
+from lesiondiff.errors import LesiondiffError
 from lesiondiff.fusion import majority
 from lesiondiff.metrics import binary_metrics
 from lesiondiff.report import rounds_figure, write_report
@@ -257,3 +258,47 @@ def test_report_cli_reads_an_evaluation_written_elsewhere(rounds_run, tmp_path, 
     assert main(["report", "--pred", str(pred), "--evaluation", str(tmp_path / "none"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "none/summary.json: not found" in err and len(err.splitlines()) == 1
+
+
+def test_per_dataset_statistics_and_fold_selection(tmp_path):
+    """Images a (dataset busi) and b (kvasir) form fold 0, c (kvasir, empty mask, empty prediction) fold 1."""
+    pred, manifest = _rounds_predictions(tmp_path / "r")
+    where = {"a": ("busi", "train", 0), "b": ("kvasir", "val", 0), "c": ("kvasir", "train", 1)}
+    rows = [{**r, **dict(zip(("dataset", "split", "fold"), where[r["id"]]))} for r in Manifest.read(manifest).rows()]
+    folds = tmp_path / "folds.csv"
+    Manifest.from_records(rows).write(folds)
+
+    summary = evaluate(pred, folds, "fold:0", out=tmp_path / "ev")
+    assert summary["split"] == "fold:0" and summary["n_images"] == 2
+    d = summary["datasets"]
+    assert list(d) == ["busi", "kvasir"] and d["busi"]["n_images"] == d["kvasir"]["n_images"] == 1
+    # busi = image a: fused = half the lesion; rounds: the lesion, empty, half the lesion
+    assert d["busi"]["fused"]["dice"] == pytest.approx({"mean": 2 / 3, "std": 0.0, "n": 1, "n_nan": 0})
+    assert d["busi"]["fused"]["iou"]["mean"] == pytest.approx(0.5)
+    assert d["busi"]["samples"]["dice"]["mean"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert d["busi"]["samples"]["dice"]["n"] == 3
+    # kvasir = image b: fused = the lesion; rounds: the lesion, empty, the lesion plus 8 false positives
+    assert d["kvasir"]["fused"]["dice"]["mean"] == pytest.approx(1.0)
+    assert d["kvasir"]["samples"]["dice"]["mean"] == pytest.approx((1 + 0 + 0.8) / 3)
+    assert summary["fused"]["all"]["dice"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    on_disk = json.loads((tmp_path / "ev/summary.json").read_text(encoding="utf-8"))
+    assert on_disk["datasets"]["busi"]["fused"]["iou"]["mean"] == pytest.approx(0.5)
+    with (tmp_path / "ev/metrics.csv").open() as f:
+        metrics = list(csv.DictReader(f))
+    assert {(r["id"], r["dataset"]) for r in metrics} == {("a", "busi"), ("b", "kvasir")} and len(metrics) == 8
+
+    table = format_table(summary).splitlines()
+    names = [x.split("  ")[0] for x in table if x.startswith(("fused /", "single_sample /"))]
+    assert names == ["fused / all", "fused / dataset busi", "fused / dataset kvasir", "single_sample / all",
+                     "single_sample / dataset busi", "single_sample / dataset kvasir"]
+    busi = next(x for x in table if x.startswith("fused / dataset busi"))
+    assert busi.split()[4:6] == ["0.667", "±0.000"] and busi.split()[-1] == "1"
+
+    one = evaluate(pred, folds, "fold:1", out=tmp_path / "ev1")  # image c only: empty and empty score 1
+    assert one["n_images"] == 1 and list(one["datasets"]) == ["kvasir"]
+    assert one["datasets"]["kvasir"]["fused"]["dice"]["mean"] == 1.0
+    assert not any("dataset kvasir" in x for x in format_table(one).splitlines())  # one dataset: "all" says it
+    with pytest.raises(LesiondiffError, match="no fold 2; this manifest has folds 0, 1"):
+        evaluate(pred, folds, "fold:2", out=tmp_path / "ev2")
+    # a manifest without dataset names has no per-dataset section
+    assert "datasets" not in evaluate(pred, manifest, "test", out=tmp_path / "ev3")

@@ -5,13 +5,17 @@ Columns: ``id, image, masks, label, case, dataset, split, fold``, then each ``ex
 all-background mask); ``split`` is ``train``, ``val``, ``test`` or empty; ``fold`` is ``0..k-1`` or ``-1``.
 
 In memory a row is a plain ``dict``: the columns above, with ``masks`` as ``list[str]`` and ``fold`` as
-``int``. Splits come from :func:`assign_splits`: seeded, stratified by label and grouped by case.
+``int``. Splits come from :func:`assign_splits`: seeded, stratified by label (by dataset and label when
+the rows come from several datasets) and grouped by case. :func:`merge_indexes` joins the index results of
+several dataset folders into one unified manifest (UniSegDiff: one model over many datasets).
+:meth:`Manifest.select` picks the rows of a split (``train``, ``val``, ``test``) or of a fold (``fold:K``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
@@ -27,6 +31,8 @@ from .layouts import IndexResult, Record
 
 COLUMNS = ("id", "image", "masks", "label", "case", "dataset", "split", "fold")
 SPLITS = ("train", "val", "test")
+SELECTIONS = "train, val, test or fold:K"
+"""What :meth:`Manifest.select` (and so ``--split`` of predict and evaluate) accepts."""
 
 Row = dict[str, Any]
 
@@ -60,6 +66,7 @@ class Manifest:
 
     def __init__(self, rows: Iterable[Record | Row] = ()) -> None:
         self._rows = [_as_row(r) for r in rows]
+        self.source: Path | None = None  # the CSV it was read from, named in errors
 
     @classmethod
     def from_records(cls, items: Iterable[Record | Row]) -> Manifest:
@@ -86,6 +93,36 @@ class Manifest:
             and (fold is None or r["fold"] == fold)
             and (exclude_fold is None or r["fold"] != exclude_fold)
         ]
+
+    def folds(self) -> list[int]:
+        """The fold numbers present (``fold >= 0``), sorted; empty for a manifest indexed without ``--folds``."""
+        return sorted({r["fold"] for r in self._rows if r["fold"] >= 0})
+
+    def select(self, which: str | None) -> list[Row]:
+        """Copies of the rows of split ``which`` (``train``, ``val``, ``test``; None: every row), or with
+        ``which = "fold:K"`` the rows of fold K: in k-fold cross-validation the rows that are validated on
+        when training with ``data.fold=K``. Test rows have fold -1, so they are never in a fold.
+
+        Raises :class:`LesiondiffError` for any other value, for ``fold:K`` on a manifest without folds and
+        for a K it does not have. The result may be empty (a split with no rows).
+        """
+        if which is None or which in SPLITS:
+            return self.rows(split=which)
+        where = f"{self.source}: " if self.source else ""
+        kind, sep, number = which.partition(":")
+        if kind != "fold" or not sep:
+            raise LesiondiffError(f"{where}unknown split {which!r}; expected {SELECTIONS} (K: a fold number)")
+        try:
+            k = int(number)
+        except ValueError:
+            raise LesiondiffError(f"{where}{which!r}: K in fold:K must be a fold number, e.g. fold:0") from None
+        folds = self.folds()
+        if not folds:
+            raise LesiondiffError(f"{where}no folds (fold -1 on every row), so {which!r} selects nothing; index "
+                                  "the data with lesiondiff data index ... --folds K")
+        if k not in folds:
+            raise LesiondiffError(f"{where}no fold {k}; this manifest has folds {', '.join(map(str, folds))}")
+        return self.rows(fold=k)
 
     def write(self, path: str | Path) -> None:
         """Write the CSV atomically (temp file, then rename)."""
@@ -134,7 +171,9 @@ class Manifest:
             if r["id"] in seen:
                 raise LesiondiffError(f"{path}: duplicate id {r['id']!r}")
             seen.add(r["id"])
-        return cls(rows)
+        manifest = cls(rows)
+        manifest.source = path
+        return manifest
 
 
 def _parse_row(path: Path, line: int, raw: dict, n_columns: int) -> Row:
@@ -201,6 +240,11 @@ def _distribute(
     return out, groups
 
 
+def _case_key(row: Row) -> tuple[str, str]:
+    """A patient/case is one within its dataset: equal case names of two datasets are two cases."""
+    return row["dataset"], row["case"]
+
+
 def _strata(rows: list[Row], stratify: bool) -> dict[str, list[list[Row]]]:
     """Rows grouped by case, groups by label (a group's label is its most common one; ties: first name)."""
     cases: dict[str, list[Row]] = {}
@@ -213,6 +257,29 @@ def _strata(rows: list[Row], stratify: bool) -> dict[str, list[list[Row]]]:
         label = min(counts, key=lambda lb: (-counts[lb], lb)) if stratify else ""
         strata.setdefault(label, []).append(group)
     return dict(sorted(strata.items()))
+
+
+def _assign(rows: list[Row], ratios: tuple[float, ...], seed: int, stratify: bool, k_folds: int, where: str) -> None:
+    """Set ``split`` and ``fold`` of ``rows`` (one dataset's, sorted by id) in place; see :func:`assign_splits`."""
+    rng = np.random.default_rng(seed)
+    totals = [0, 0, 0]
+    for groups in _strata(rows, stratify).values():
+        parts, shuffled = _distribute(groups, ratios, totals, rng)
+        for j, group in zip(parts, shuffled):
+            for r in group:
+                r["split"], r["fold"] = SPLITS[j], -1
+    if k_folds:
+        pool = [r for r in rows if r["split"] != "test"]
+        n_cases = len({r["case"] for r in pool})
+        if n_cases < k_folds:
+            raise LesiondiffError(f"{where}{k_folds} folds need at least {k_folds} non-test cases; there are "
+                                  f"{n_cases}")
+        fold_totals = [0] * k_folds
+        for groups in _strata(pool, stratify).values():
+            parts, shuffled = _distribute(groups, [1.0 / k_folds] * k_folds, fold_totals, rng)
+            for j, group in zip(parts, shuffled):
+                for r in group:
+                    r["fold"] = j
 
 
 def assign_splits(
@@ -232,11 +299,19 @@ def assign_splits(
     non-test rows also get folds ``0..k-1`` the same way (test rows keep ``-1``); the train/val/test split
     does not depend on ``k_folds``. The result depends only on the ids, cases, labels and ``seed``.
 
+    Several datasets (rows with different ``dataset`` values, a unified manifest): each dataset is split on
+    its own as above, with the same ``seed``, so the strata are (dataset, label) pairs, every dataset has its
+    share of each split and fold (a dataset with fewer than ``k_folds`` non-test cases is an error), a case
+    is one within its dataset, and each dataset's rows get exactly the split and folds they get when that
+    dataset is split alone (ids prefixed alike keep their order): the unified test set is the union of the
+    single-dataset test sets.
+
     Rows labelled one of ``train_only_labels`` are then moved to ``train`` with fold ``-1`` (never a
     validation fold): PalScDiff trains on BUSI's "normal" images but never validates or tests on them.
     The splits are assigned as without the option first, so every other row keeps the split and fold it
     would have had, except rows that share a case with a moved row: the whole case moves, so a patient
-    never spans splits. A label with no rows is an error (most likely a typo).
+    never spans splits. A label with no rows is an error (most likely a typo); with several datasets the
+    label is moved wherever it occurs (BUSI's ``normal``: Kvasir-SEG and ISIC have no such label).
     """
     ratios = tuple(float(r) for r in ratios)
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
@@ -254,30 +329,54 @@ def assign_splits(
     if missing:
         known = ", ".join(sorted(labels)) or "none"
         raise LesiondiffError(f"no rows with label {missing[0]!r} to keep in train (labels: {known})")
-    rng = np.random.default_rng(seed)
-    totals = [0, 0, 0]
-    for groups in _strata(rows, stratify).values():
-        parts, shuffled = _distribute(groups, ratios, totals, rng)
-        for j, group in zip(parts, shuffled):
-            for r in group:
-                r["split"], r["fold"] = SPLITS[j], -1
-    if k_folds:
-        pool = [r for r in rows if r["split"] != "test"]
-        n_cases = len({r["case"] for r in pool})
-        if n_cases < k_folds:
-            raise LesiondiffError(f"{k_folds} folds need at least {k_folds} non-test cases; there are {n_cases}")
-        fold_totals = [0] * k_folds
-        for groups in _strata(pool, stratify).values():
-            parts, shuffled = _distribute(groups, [1.0 / k_folds] * k_folds, fold_totals, rng)
-            for j, group in zip(parts, shuffled):
-                for r in group:
-                    r["fold"] = j
+    datasets = sorted({r["dataset"] for r in rows})
+    for name in datasets:
+        where = f"dataset {name or '(none)'}: " if len(datasets) > 1 else ""
+        _assign([r for r in rows if r["dataset"] == name], ratios, seed, stratify, k_folds, where)
     if train_only:
-        moved = {r["case"] for r in rows if r["label"] in train_only}
+        moved = {_case_key(r) for r in rows if r["label"] in train_only}
         for r in rows:
-            if r["case"] in moved:
+            if _case_key(r) in moved:
                 r["split"], r["fold"] = "train", -1
     return rows
+
+
+# --- several datasets ---------------------------------------------------------------------------------
+
+
+def merge_indexes(results: Sequence[IndexResult]) -> IndexResult:
+    """One index of several dataset folders, for a unified manifest (``lesiondiff data index A B C``).
+
+    Every folder's records get one dataset name, distinct between folders: the name its layout gives
+    (``busi``, ``kvasir``, ``isic``, ``drive``; the data folder's name for generic and nnU-Net folders), or,
+    where two folders would share one, each of those its data folder's name (then ``-2``, ``-3``, ... while
+    still equal). ids and cases are always prefixed ``<dataset>_`` (``busi_benign (1)``, ``kvasir_cju0...``),
+    so ids stay unique and file names (predictions are ``<id>_mask.png``) stay valid, and a patient/case never
+    joins rows of two datasets. Records keep every other field. ``layout`` and ``root`` of the result list
+    the folders' layouts and roots (``", "``-joined); ``skipped`` is every folder's.
+
+    The same data folder given twice, and ids that collide even so, are errors.
+    """
+    roots = [r.root for r in results]
+    twice = next((r for r in roots if roots.count(r) > 1), None)
+    if twice:
+        raise LesiondiffError(f"{twice}: given twice; give each dataset folder once")
+    own = [Counter(rec.dataset for rec in r.records).most_common(1)[0][0] if r.records else "" for r in results]
+    names = [name if name and own.count(name) == 1 else os.path.basename(root) for name, root in zip(own, roots)]
+    for i, name in enumerate(names):
+        n = names[:i].count(name)
+        names[i] = f"{name}-{n + 1}" if n else name
+    records: list[Record] = []
+    for result, name in zip(results, names):
+        for rec in result.records:
+            records.append(Record(f"{name}_{rec.id}", rec.image, list(rec.masks), rec.label, f"{name}_{rec.case}",
+                                  name, dict(rec.extra)))
+    ids = Counter(r.id for r in records)
+    dupe = next((i for i, c in ids.items() if c > 1), None)
+    if dupe:
+        raise LesiondiffError(f"id {dupe!r} occurs twice after prefixing the dataset names {', '.join(names)}")
+    return IndexResult(", ".join(r.layout for r in results), ", ".join(roots), records,
+                       [s for r in results for s in r.skipped])
 
 
 # --- summary ------------------------------------------------------------------------------------------
@@ -288,10 +387,23 @@ def _counts(values: Iterable[str]) -> str:
     return ", ".join(f"{k or '(none)'} {v}" for k, v in sorted(counts.items())) or "none"
 
 
+def _per_dataset(rows: list[Row]) -> str:
+    """"N (labels ...; split train N, ...; folds 0: N, ...)" for the rows of one dataset."""
+    parts = [f"labels {_counts(r['label'] for r in rows)}" if any(r["label"] for r in rows) else "no labels"]
+    splits = Counter(r["split"] for r in rows if r["split"])
+    if splits:
+        parts.append("split " + ", ".join(f"{s} {splits[s]}" for s in SPLITS if splits[s]))
+    folds = Counter(r["fold"] for r in rows if r["fold"] >= 0)
+    if folds:
+        parts.append("folds " + ", ".join(f"{k}: {v}" for k, v in sorted(folds.items())))
+    return f"{len(rows)} ({'; '.join(parts)})"
+
+
 def summarize(source: IndexResult | Manifest, sizes: bool = True, max_skipped: int = 20) -> str:
     """A multi-line, human-readable report of an index result or a manifest.
 
-    Lists the layout and root (index results), counts per dataset, label, split and fold, the image size
+    Lists the layout and root (index results), counts per dataset, label, split and fold (with several
+    datasets also one line per dataset with its labels, splits and folds), the image size
     range (from file headers; ``sizes=False`` skips reading them), mask file counts and the skipped files
     with their reasons (the first ``max_skipped``, then ``and N more``).
     """
@@ -305,6 +417,10 @@ def summarize(source: IndexResult | Manifest, sizes: bool = True, max_skipped: i
         rows = source.rows()
     lines.append(f"records: {len(rows)}")
     lines.append(f"datasets: {_counts(r['dataset'] for r in rows)}")
+    datasets = sorted({r["dataset"] for r in rows})
+    if len(datasets) > 1:
+        lines += [f"dataset {name or '(none)'}: {_per_dataset([r for r in rows if r['dataset'] == name])}"
+                  for name in datasets]
     lines.append(f"labels: {_counts(r['label'] for r in rows) if any(r['label'] for r in rows) else 'none'}")
     if any(r["split"] for r in rows):
         for split in (*SPLITS, ""):

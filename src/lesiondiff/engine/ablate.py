@@ -34,7 +34,17 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import paired_difference
 from .predict import collect_inputs
-from .stages import CHECKPOINT, evaluate_stage, interrupted_result, predict_stage, train_recorded, write_state
+from .stages import (
+    CHECKPOINT,
+    check_budget,
+    evaluate_stage,
+    experiment_config,
+    interrupted_result,
+    predict_stage,
+    sampling_settings,
+    train_recorded,
+    write_state,
+)
 
 METRICS = ("accuracy", "precision", "dice", "iou")
 HEADERS = {"accuracy": "ACC %", "precision": "Precision %", "dice": "Dice %", "iou": "IoU %"}
@@ -101,27 +111,17 @@ def plan(s: AblateSettings) -> list[dict]:
 
 
 def run_config(run: dict, s: AblateSettings) -> Config:
-    return load_preset(run["preset"]).override([
-        f"data.manifest={Path(s.manifest).resolve()}", f"data.size={s.size}", f"train.seed={s.seed}",
-        f"train.max_minutes={s.budget_minutes}", f"train.steps={s.max_steps}", *run["overrides"], *s.overrides])
+    return experiment_config(run["preset"], s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
+                             [*run["overrides"], *s.overrides])
 
 
 def sampling(s: AblateSettings, mode: str) -> dict:
     """The shared sampling settings (keys of ``predict.json``): the ablated preset's, unless given."""
-    own = load_preset(s.preset)
-    samples = s.samples or own.sample.samples
-    if mode == "feedforward":
-        sampler, steps = "oneshot", 1
-    else:
-        sampler, steps = s.sampler or own.sample.sampler, s.steps or own.sample.steps
-    return {"samples": samples, "sampler": sampler, "steps": steps, "seed": s.seed, "fusion": own.fusion.method}
+    return sampling_settings(load_preset(s.preset), mode, s.seed, s.samples, s.sampler, s.steps)
 
 
 def _check(s: AblateSettings) -> None:
-    if s.budget_minutes <= 0:
-        raise LesiondiffError(f"--budget-minutes must be > 0, got {s.budget_minutes}")
-    if s.samples is not None and s.samples < 1:
-        raise LesiondiffError(f"--samples must be >= 1, got {s.samples}")
+    check_budget(s.budget_minutes, s.samples)
     for b in s.baselines:
         load_preset(b)
 

@@ -59,7 +59,9 @@ from .evaluate import read_predictions
 from .predict import collect_inputs
 from .stages import (
     CHECKPOINT,
+    check_budget,
     evaluate_stage,
+    experiment_config,
     interrupted_result,
     predict_stage,
     train_recorded,
@@ -107,10 +109,8 @@ def skip_reason(preset: str, mode: str) -> str | None:
 
 def run_config(preset: str, mode: str, s: CompareSettings) -> Config:
     """The preset, then the shared settings, then the user's overrides (which therefore win)."""
-    return load_preset(preset).override([
-        f"data.manifest={Path(s.manifest).resolve()}", f"data.size={s.size}", f"train.seed={s.seed}",
-        f"diffusion.mode={mode}", f"train.max_minutes={s.budget_minutes}", f"train.steps={s.max_steps}",
-        *s.overrides])
+    return experiment_config(preset, s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
+                             [f"diffusion.mode={mode}", *s.overrides])
 
 
 def sampling(cfg: Config, mode: str, s: CompareSettings) -> dict:
@@ -139,10 +139,7 @@ def _check_settings(s: CompareSettings) -> None:
     bad = [m for m in s.modes if m not in MODES]
     if bad or not s.modes:
         raise LesiondiffError(f"unknown mode {bad[0] if bad else ''!r}; known: {', '.join(MODES)}")
-    if s.samples < 1:
-        raise LesiondiffError(f"--samples must be >= 1, got {s.samples}")
-    if s.budget_minutes <= 0:
-        raise LesiondiffError(f"--budget-minutes must be > 0, got {s.budget_minutes}")
+    check_budget(s.budget_minutes, s.samples)
     for preset in s.presets:
         load_preset(preset)  # an unknown preset fails here, before any training
 

@@ -9,6 +9,14 @@ Every figure is per image at the original image size, thresholded at the predict
 Per class where the manifest has labels. Uncertainty: the standard GED (d = 1 - IoU) between the S samples
 and the one ground truth, per image then averaged.
 
+Several datasets (a unified manifest, ``lesiondiff data index A B C``; UniSegDiff): where the evaluated rows
+name their ``dataset``, ``summary["datasets"]`` holds, per dataset name, ``{"n_images": N, "fused":
+summarize(its fused rows), "samples": summarize(its single-sample rows)}``, the same statistics as the
+``fused`` and ``single_sample`` views' ``"all"`` restricted to that dataset's images; ``metrics.csv`` has a
+``dataset`` column, and ``format_table`` prints one row per dataset ("dataset busi") after "all" when there
+are two or more. ``split`` is a split name or ``fold:K`` (the rows of fold K: the validation rows of fold K
+in cross-validation), :meth:`~lesiondiff.data.manifest.Manifest.select`.
+
 Sampling rounds (PalScDiff, Table 4: five rounds of sampling, each scored alone, and their majority-vote
 ensemble): round k is the k-th of the S samples of every image. The S samples of one image are drawn in one
 batch from independent noise, so each round is an independent draw of the whole split, and the spread of the
@@ -84,7 +92,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     pred_dir = Path(pred_dir)
     out = Path(out) if out else pred_dir
     preds, meta = read_predictions(pred_dir)
-    rows = Manifest.read(manifest).rows(split=split)
+    rows = Manifest.read(manifest).select(split)
     if not rows:
         raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
     missing = [r["id"] for r in rows if r["id"] not in preds]
@@ -104,11 +112,10 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
             coh = resize_prob(npz["coherence"], gt.shape)  # the mean of the S samples
             if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
                 fused = resize_prob(npz["fused"], gt.shape) >= thr
-        label = row.get("label", "")
-        per_image.append({"id": row["id"], "label": label, "which": "fused", **binary_metrics(fused, gt)})
+        tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
+        per_image.append({**tags, "which": "fused", **binary_metrics(fused, gt)})
         for k, s in enumerate(samples):
-            per_sample.append({"id": row["id"], "label": label, "which": f"sample_{k}",
-                               **binary_metrics(s >= thr, gt)})
+            per_sample.append({**tags, "which": f"sample_{k}", **binary_metrics(s >= thr, gt)})
         bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
         n_samples.add(int(samples.shape[0]))
         uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ece": ece_from_bins(bins[-1])})
@@ -136,9 +143,12 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ece")},
         "calibration": calibration_summary(bins, [u["ece"] for u in uncertainty], n_samples),
     }
+    datasets = sorted({r["dataset"] for r in per_image if r["dataset"]})
+    if datasets:
+        summary["datasets"] = {name: dataset_summary(per_image, per_sample, name) for name in datasets}
     out.mkdir(parents=True, exist_ok=True)
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["id", "label", "which", *METRIC_NAMES])
+    writer = csv.DictWriter(buffer, fieldnames=["id", "label", "dataset", "which", *METRIC_NAMES])
     writer.writeheader()
     writer.writerows(per_image + per_sample)
     atomic_write_text(out / "metrics.csv", buffer.getvalue())
@@ -146,6 +156,13 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     atomic_write_text(out / "rounds.md", format_rounds_markdown(summary) + "\n")
     reliability_figure(summary["calibration"], out / "reliability.png", title=reliability_title(summary))
     return summary
+
+
+def dataset_summary(per_image: list[dict], per_sample: list[dict], name: str) -> dict:
+    """``summary["datasets"][name]``: the fused and single-sample statistics of dataset ``name``'s rows."""
+    fused = [r for r in per_image if r["dataset"] == name]
+    return {"n_images": len(fused), "fused": summarize(fused),
+            "samples": summarize([r for r in per_sample if r["dataset"] == name])}
 
 
 def rounds_summary(per_sample: list[dict], n_rounds: int, labels: list[str]) -> list[dict]:
@@ -294,30 +311,37 @@ def calibration_line(summary: dict) -> str:
 def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
     """The summary as a fixed-width text table, with its protocol line first.
 
-    Rows: fused and single_sample per group, then (summaries that have them) one row per sampling round over
-    the split, the spread of the round means and the ensemble minus the best round, under the same columns.
+    Rows: fused and single_sample over the split ("all"), per dataset (summaries with two or more datasets)
+    and per label, then (summaries that have them) one row per sampling round over the split, the spread of
+    the round means and the ensemble minus the best round, under the same columns.
     """
     lines = [summary["protocol"]]
     settings = summary.get("prediction_settings") or {}
     if settings:
         lines.append("predictions: " + ", ".join(f"{k} {v}" for k, v in settings.items() if k != "checkpoint"))
-    header = f"{'view':<26}" + "".join(f"{k:>16}" for k in keys) + f"{'n':>6}"
+    datasets = summary.get("datasets") or {}
+    datasets = datasets if len(datasets) > 1 else {}  # one dataset: its row would repeat "all"
+    groups = {view: [(group, stats) for group, stats in summary[view].items()] for view in ("fused", "single_sample")}
+    for view, key in (("fused", "fused"), ("single_sample", "samples")):
+        groups[view][1:1] = [(f"dataset {name}", d[key]) for name, d in datasets.items()]
+    width = max([26, *(len(f"{view} / {g}") + 1 for view, rows in groups.items() for g, _ in rows)])
+    header = f"{'view':<{width}}" + "".join(f"{k:>16}" for k in keys) + f"{'n':>6}"
     lines += [header, "-" * len(header)]
 
     def stats_line(name: str, stats: dict) -> str:
         cells = "".join(f"{stats[k]['mean']:>9.3f} ±{stats[k]['std']:>5.3f}" for k in keys)
-        return f"{name:<26}{cells}{stats[keys[0]]['n'] + stats[keys[0]]['n_nan']:>6}"
+        return f"{name:<{width}}{cells}{stats[keys[0]]['n'] + stats[keys[0]]['n_nan']:>6}"
 
-    for view in ("fused", "single_sample"):
-        lines += [stats_line(f"{view} / {group}", stats) for group, stats in summary[view].items()]
+    for view, rows in groups.items():
+        lines += [stats_line(f"{view} / {group}", stats) for group, stats in rows]
     if summary.get("rounds"):
         lines.append("-" * len(header))
         lines += [stats_line(f"round {r['round']} / all", r["all"]) for r in summary["rounds"]]
         # the spread and the difference are single numbers: padded to the width of a "mean ± std" cell
         spread, gain = summary["rounds_spread"], summary["ensemble_minus_best_round"]
-        lines.append(f"{'spread (max - min)':<26}"
+        lines.append(f"{'spread (max - min)':<{width}}"
                      + "".join(f"{spread[k]['range']:>9.3f}{'':7}" for k in keys).rstrip())
-        lines.append(f"{'fused - best round':<26}" + "".join(f"{gain[k]:>+9.3f}{'':7}" for k in keys).rstrip())
+        lines.append(f"{'fused - best round':<{width}}" + "".join(f"{gain[k]:>+9.3f}{'':7}" for k in keys).rstrip())
         lines.append(f"rounds: round k = the k-th of the S = {len(summary['rounds'])} samples of every image, each "
                      "round an independent draw of the split; best round = highest mean (hd95: lowest)")
         lines.append(f"fused = the S samples fused by {ensemble_name(summary)} (prediction_settings fusion); "

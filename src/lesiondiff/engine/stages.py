@@ -1,6 +1,8 @@
 """Train, predict and evaluate one run folder, resumably and without redoing finished work.
 
-Shared by the multi-run experiments (``lesiondiff compare``, ``lesiondiff ablate``). A run folder holds
+Shared by the multi-run experiments (``lesiondiff compare``, ``lesiondiff ablate``, ``lesiondiff cv``), with the
+settings every run of one experiment shares (:func:`experiment_config`, :func:`sampling_settings`). A run
+folder holds
     train/         a run directory (config.yaml, checkpoints/, log.csv, summary.json)
     predictions/   ``lesiondiff predict`` output for the split
     evaluation/    metrics.csv, summary.json, reliability.png, rounds.md
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..config import Config
+from ..config import Config, load_preset
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from .evaluate import evaluate, read_predictions
@@ -29,6 +31,36 @@ from .predict import Predictor
 
 DONE = ("finished", "time budget reached")
 CHECKPOINT = "best"
+
+
+def experiment_config(preset: str, manifest: str, size: int, seed: int, budget_minutes: float, max_steps: int,
+                      overrides: Sequence[str] = ()) -> Config:
+    """The preset, then an experiment's shared settings (manifest, network size, training seed, wall-clock
+    budget per run, step cap), then ``overrides`` (which therefore win)."""
+    return load_preset(preset).override([
+        f"data.manifest={Path(manifest).resolve()}", f"data.size={size}", f"train.seed={seed}",
+        f"train.max_minutes={budget_minutes}", f"train.steps={max_steps}", *overrides])
+
+
+def sampling_settings(defaults: Config, mode: str, seed: int, samples: int | None = None, sampler: str | None = None,
+                      steps: int | None = None) -> dict:
+    """How one run is sampled, in the keys ``predict.json`` records (for :func:`predict_stage`): ``samples``,
+    ``sampler`` and ``steps`` as given, else ``defaults``'s; feed-forward ``mode``: the one-shot sampler, one
+    step; ``fusion``: ``defaults``'s."""
+    if mode == "feedforward":
+        sampler, steps = "oneshot", 1
+    else:
+        sampler, steps = sampler or defaults.sample.sampler, steps or defaults.sample.steps
+    return {"samples": samples or defaults.sample.samples, "sampler": sampler, "steps": steps, "seed": seed,
+            "fusion": defaults.fusion.method}
+
+
+def check_budget(budget_minutes: float, samples: int | None) -> None:
+    """One-line errors for a training budget <= 0 and fewer than one sample per image."""
+    if budget_minutes <= 0:
+        raise LesiondiffError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    if samples is not None and samples < 1:
+        raise LesiondiffError(f"--samples must be >= 1, got {samples}")
 
 
 def check_same_config(cfg: Config, train_dir: Path) -> None:
@@ -47,10 +79,17 @@ def check_same_config(cfg: Config, train_dir: Path) -> None:
 
 
 def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
-    """Train, resume or skip one run; returns its training summary plus ``action``."""
-    from .train import Trainer
+    """Train, resume or skip one run of an experiment (``run/train``); returns its summary plus ``action``."""
+    return train_in(cfg, run / "train", device, log)
 
-    train_dir = run / "train"
+
+def train_in(cfg: Config, train_dir: Path, device: str | None, log: Callable[[str], None] = print,
+             runner: Callable[..., dict] | None = None) -> dict:
+    """Train, resume or skip the run in ``train_dir``: a run whose summary says it is done is skipped, one with
+    a last checkpoint is resumed, both only if trained with ``cfg``. ``runner(cfg, dir, device, resume, log)``
+    trains (default ``engine.train.train_run``). Returns the training summary plus ``action``."""
+    from .train import train_run
+
     summary_path = train_dir / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -62,9 +101,8 @@ def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str],
         check_same_config(cfg, train_dir)
     t = cfg.train
     log(f"{'resuming' if resume else 'training'} (budget {t.max_minutes:g} min, at most {t.steps} steps)")
-    trainer = Trainer(cfg, train_dir, device=device, resume=resume)
-    start = trainer.step
-    summary = trainer.fit()
+    summary = (runner or train_run)(cfg, train_dir, device, resume, log)
+    start = summary.get("started_at_step", 0)
     return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}
 
 
