@@ -46,13 +46,13 @@ def train_tiny_run(phantom_manifest):
     """``train_tiny_run(preset, out, steps, *overrides) -> out``: a tiny 32 px run (8-channel base, two levels)
     trained on the phantom manifest, for tests of tools that read runs."""
     from lesiondiff.config import load_preset
-    from lesiondiff.engine.train import Trainer
+    from lesiondiff.engine.train import train_run
 
     def train(preset: str, out: Path, steps: int, *overrides: str) -> Path:
         cfg = load_preset(preset).override([f"data.manifest={phantom_manifest}", f"train.steps={steps}",
                                             f"train.val_every={steps}", f"train.log_every={steps}", *TINY_RUN,
                                             *overrides])
-        Trainer(cfg, out, device="cpu").fit()
+        train_run(cfg, out, device="cpu")
         return out
 
     return train

@@ -109,6 +109,9 @@ class FusionConfig:
     method: str = "mean"  # "mean", "majority" or "staple"
     crf: bool = False  # DenseCRF refinement of the fused probability (needs pydensecrf2)
     staple_max_iterations: int = 20
+    staple_sensitivity: float = 0.9  # STAPLE's initial sensitivity of every sample (UniSegDiff: 0.9)
+    staple_specificity: float = 0.9  # initial specificity, 1 - false-positive rate (UniSegDiff: 0.9)
+    staple_prior: float = 0.5  # prior foreground probability P(y_i=1) of every pixel (UniSegDiff: 0.5)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from lesiondiff.config import Config, load_preset
 from lesiondiff.diffusion.samplers import build_sampler
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import build_model
+from lesiondiff.models.blocks import pool_to
 from lesiondiff.models.pgdiffseg import ParameterSharedAttention, PriorBranch, SlimDenseBlock
 
 
@@ -68,8 +69,8 @@ def test_psa_exchanges_information_once_gamma_is_set():
     assert not torch.allclose(c2, c3)
     # keys and values are pooled to at most kv_size x kv_size: the attended values are piecewise constant
     # over the 3 x 3 pooling cells only through the softmax, so check the pooling itself
-    assert psa.pooled(torch.randn(1, 16, 12, 12)).shape[-2:] == (4, 4)
-    assert psa.pooled(torch.randn(1, 16, 3, 3)).shape[-2:] == (3, 3)
+    assert pool_to(torch.randn(1, 16, 12, 12), psa.kv_size).shape[-2:] == (4, 4)
+    assert pool_to(torch.randn(1, 16, 3, 3), psa.kv_size).shape[-2:] == (3, 3)
 
 
 def test_prior_branch_reaches_the_bottleneck_size():

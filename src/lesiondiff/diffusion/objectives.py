@@ -21,6 +21,7 @@ from ..errors import LesiondiffError
 from ..models.base import Denoiser, DenoiserOutput
 from ..registry import Registry
 from .schedules import training_scheduler
+from .staging import STAGE_DEFAULTS, STAGE_NAMES, Stages
 
 OBJECTIVES = Registry("objective")
 
@@ -31,12 +32,16 @@ class LossOutput:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def soft_dice_loss(logits: torch.Tensor, target01: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per image (smoothing ``eps`` so empty masks give a finite, small loss), averaged."""
+def soft_dice_per_image(logits: torch.Tensor, target01: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of each image [B] (``soft_dice_loss`` before the batch mean)."""
     p = torch.sigmoid(logits).flatten(1)
     y = target01.flatten(1)
-    inter = (p * y).sum(1)
-    return (1 - (2 * inter + eps) / (p.sum(1) + y.sum(1) + eps)).mean()
+    return 1 - (2 * (p * y).sum(1) + eps) / (p.sum(1) + y.sum(1) + eps)
+
+
+def soft_dice_loss(logits: torch.Tensor, target01: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image (smoothing ``eps`` so empty masks give a finite, small loss), averaged."""
+    return soft_dice_per_image(logits, target01, eps).mean()
 
 
 def dice_bce(logits: torch.Tensor, target01: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -204,6 +209,39 @@ class EpsPrior(Objective):
         if "prior_logit" in out.aux and "prior_mask" in out.aux:
             for name, value in prior_losses(out.aux["prior_logit"], out.aux["prior_mask"], batch["mask"]).items():
                 total, parts[name] = total + w[name] * value, value.detach()
+        return LossOutput(total, parts)
+
+
+@OBJECTIVES.register("staged")
+class Staged(Objective):
+    """UniSegDiff's staged training (shared paper 002, Eq. 1; stages and weights: ``diffusion/staging.py``).
+
+    Each sample of the batch is noised at its own t as usual; the network is given the remapped timestep
+    (T - 1 above ``high``, 0 below ``low``), and its loss is ``alpha_stage * MSE(eps decoder, noise) +
+    beta_stage * (soft Dice + BCE)(x0 decoder, mask)``, averaged over the batch. Needs a design whose output
+    carries both eps and x0 (``unisegdiff``). Options: ``staging.STAGE_DEFAULTS``.
+    """
+
+    defaults = dict(STAGE_DEFAULTS)
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__(cfg)
+        self.stages = Stages.from_options(cfg, self.weights)
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), self.stages.network_t(t), batch["image"])
+        if out.eps is None or out.x0 is None:
+            raise LesiondiffError("objective staged needs a design that predicts both eps and x0 (e.g. unisegdiff)")
+        target01 = (batch["mask"] > 0).float()
+        mse = (out.eps.float() - noise).pow(2).flatten(1).mean(1)
+        dice = soft_dice_per_image(out.x0, target01)
+        bce = F.binary_cross_entropy_with_logits(out.x0, target01, reduction="none").flatten(1).mean(1)
+        alpha, beta = self.stages.weights(t)
+        total = (alpha * mse + beta * (dice + bce)).mean()
+        parts = {"mse": mse.mean().detach(), "dice": dice.mean().detach(), "bce": bce.mean().detach()}
+        stage = self.stages.stage_of(t)
+        for k, name in enumerate(STAGE_NAMES):  # each stage's share of the batch, to see the draw in log.csv
+            parts[f"frac_{name}"] = (stage == k).float().mean()
         return LossOutput(total, parts)
 
 

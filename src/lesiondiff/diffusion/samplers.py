@@ -27,6 +27,7 @@ from ..config import DiffusionConfig
 from ..models.base import Denoiser, DenoiserOutput
 from ..registry import Registry
 from .schedules import alphas_cumprod, scheduler_config
+from .staging import Stages
 
 SAMPLERS = Registry("sampler")
 
@@ -85,6 +86,11 @@ class Sampler:
 
     def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
+        """What sampling one image costs: ``passes``, the network calls one after another (the latency), and
+        ``evaluations``, the network evaluations over all samples (the work; a batch of n counts n)."""
+        return {"passes": steps, "evaluations": steps * num_samples}
 
 
 class SchedulerSampler(Sampler):
@@ -184,6 +190,127 @@ class OneShotSampler(Sampler):
         abar = self.abar_last.to(x.device)
         x0 = ((x - (1 - abar).sqrt() * out.eps) / abar.sqrt()).clamp(-1, 1)
         return (x0 + 1) / 2
+
+    def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
+        return {"passes": 1, "evaluations": num_samples}
+
+
+@SAMPLERS.register("staged")
+class StagedSampler(Sampler):
+    """UniSegDiff's staged inference (shared paper 002, sec. 2.2) for designs with eps and x0 decoders.
+
+    Per image, with the stage thresholds of the run (``diffusion/staging.py``; 600 and 300 by default):
+    1. one x_{T-1} ~ N(0, I); one call of the x0 decoder (network t = T - 1) and a DDIM step straight to
+       x_{high-1} (x_599);
+    2. DDIM (eta = 0) every ``stride`` (30) timesteps from high-1 down to low-1 (599 -> 569 -> ... -> 299: ten
+       calls), once through the x0 decoder and once through the eps decoder, both branches in one batch: two
+       x_299;
+    3. each branch's x_299 is sampled K times in one step to x_0 through the eps decoder (network t = 0, the
+       refinement stage's remapping; the conversion to x_0 uses the true t = 299). S = 2K masks per image; the
+       paper's S = 20. An odd S gives the x0 branch one more.
+    The paper does not say where the K one-step samples of one x_299 differ, since the refinement step is
+    deterministic. Ours: the last DDIM step into x_299 is stochastic with ``final_eta`` (1: the DDPM posterior
+    variance, the usual DDIM eta) and is drawn K times per branch, so each of the K samples starts from its own
+    x_299 of the branch's distribution. ``final_eta=0`` makes the K samples of a branch identical.
+    x0 estimates are clipped to [-1, 1] at every step; the final x_0 maps to a probability as (x_0 + 1) / 2.
+    ``steps`` is ignored: the schedule fixes the calls (``network_calls``: 12 passes, 1 + 2 x 10 + S
+    evaluations per image with the defaults; the paper counts its schedule as 11 steps).
+    """
+
+    def __init__(self, cfg: DiffusionConfig, max_batch: int = 0, stride: int = 30, final_eta: float = 1.0) -> None:
+        super().__init__(cfg, max_batch)
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stages = Stages.from_options(cfg)
+        self.abar = alphas_cumprod(cfg).double()
+        self.stride, self.final_eta = stride, final_eta
+
+    def middle_timesteps(self) -> list[int]:
+        """The DDIM timesteps of stage 2: high-1, high-1-stride, ... while above low-1."""
+        return list(range(self.stages.high - 1, self.stages.low - 1, -self.stride))
+
+    def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
+        branches = 1 if num_samples == 1 else 2
+        middle = len(self.middle_timesteps())
+        return {"passes": 2 + middle, "evaluations": 1 + branches * middle + num_samples}
+
+    def _denoise(self, model: Denoiser, x: torch.Tensor, t: int, condition, owner: torch.Tensor) -> DenoiserOutput:
+        """One network pass over the rows of ``x`` (row r belongs to image ``owner[r]``), in chunks of at most
+        ``max_batch`` rows, at network timestep ``network_t(t)``."""
+        net_t = int(self.stages.network_t(torch.tensor([t]))[0])
+        chunk = self.max_batch or auto_max_batch(*x.shape[-2:])
+        outs = []
+        for i in range(0, x.shape[0], chunk):
+            xi = x[i:i + chunk]
+            tt = torch.full((xi.shape[0],), net_t, device=x.device, dtype=torch.long)
+            outs.append(model.denoise(xi, tt, model.take_condition(condition, owner[i:i + chunk])))
+        return DenoiserOutput(eps=torch.cat([o.eps for o in outs]), x0=torch.cat([o.x0 for o in outs]))
+
+    def _ab(self, t: int, x: torch.Tensor) -> torch.Tensor:
+        return self.abar[t].to(x.device, torch.float32)
+
+    def _estimates(self, x: torch.Tensor, t: int, out: DenoiserOutput, through_x0: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) estimates at t: rows where ``through_x0`` from the x0 decoder, the others from the eps
+        decoder; x0 clipped to [-1, 1] and eps recomputed from it where it was derived from x0."""
+        ab = self._ab(t, x)
+        x0_from_eps = ((x - (1 - ab).sqrt() * out.eps) / ab.sqrt()).clamp(-1, 1)
+        x0_direct = out.x0_diffusion_space()
+        eps_from_x0 = (x - ab.sqrt() * x0_direct) / (1 - ab).sqrt()
+        sel = through_x0.view(-1, 1, 1, 1)
+        return torch.where(sel, x0_direct, x0_from_eps), torch.where(sel, eps_from_x0, out.eps)
+
+    def _ddim(self, x0: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_{t_prev} from the (x0, eps) estimates at t (Song et al. 2021, Eq. 12)."""
+        ab, ab_prev = self._ab(t, x0), self._ab(t_prev, x0)
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp_min(0).sqrt()
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp_min(0).sqrt() * eps
+        return x if noise is None else x + sigma * noise
+
+    @torch.inference_mode()
+    def __call__(self, model: Denoiser, image: torch.Tensor, num_samples: int = 20, steps: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        b, _, h, w = image.shape
+        dev = image.device
+        condition = model.encode(image)
+        images = torch.arange(b, device=dev)
+        counts = [(num_samples + 1) // 2, num_samples // 2]  # samples from the x0 and the eps branch
+        counts = [c for c in counts if c > 0]
+        t_top, rapid_end = self.cfg.num_train_timesteps - 1, self.stages.high - 1
+        # 1. rapid segmentation: one x0 step from x_{T-1} to x_{high-1}
+        x = start_noise((b, 1, h, w), generator, dev)
+        out = self._denoise(model, x, t_top, condition, images)
+        x0, eps = self._estimates(x, t_top, out, torch.ones(b, dtype=torch.bool, device=dev))
+        x = self._ddim(x0, eps, t_top, rapid_end)
+        # 2. probabilistic modelling: DDIM in both branches (branch-major rows: x0 branch first)
+        n_branch = len(counts)
+        owner = images.repeat(n_branch)
+        through_x0 = torch.arange(n_branch, device=dev).repeat_interleave(b) == 0
+        x = x.repeat(n_branch, 1, 1, 1)
+        middle = self.middle_timesteps()
+        for i, t in enumerate(middle):
+            t_prev = max(t - self.stride, self.stages.low - 1)
+            out = self._denoise(model, x, t, condition, owner)
+            x0, eps = self._estimates(x, t, out, through_x0)
+            if i < len(middle) - 1:
+                x = self._ddim(x0, eps, t, t_prev)
+                continue
+            # the last step into x_{low-1}: drawn K times per branch (rows: branch, image, sample)
+            reps = torch.cat([torch.full((b,), counts[k], dtype=torch.long, device=dev) for k in range(n_branch)])
+            x0, eps = x0.repeat_interleave(reps, 0), eps.repeat_interleave(reps, 0)
+            noise = start_noise(tuple(x0.shape), generator, dev)
+            x = self._ddim(x0, eps, t, t_prev, self.final_eta, noise)
+            owner = owner.repeat_interleave(reps)
+        # 3. denoising refinement: one eps step from x_{low-1} to x_0
+        t_end = self.stages.low - 1
+        out = self._denoise(model, x, t_end, condition, owner)
+        x0, _ = self._estimates(x, t_end, out, torch.zeros(x.shape[0], dtype=torch.bool, device=dev))
+        probs = ((x0 + 1) / 2).clamp(0, 1)
+        # rows are (branch, image, sample): regroup to [b, S] with the x0 branch's samples first
+        per_image = [probs[sum(counts[:k]) * b:sum(counts[:k + 1]) * b].reshape(b, counts[k], 1, h, w)
+                     for k in range(n_branch)]
+        return torch.cat(per_image, dim=1)
 
 
 def build_sampler(name: str, cfg: DiffusionConfig, max_batch: int = 0) -> Sampler:

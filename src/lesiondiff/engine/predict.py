@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,11 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | None = Non
 
 
 def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | None = None) -> list[tuple[str, str]]:
-    """(id, image path) pairs from files, folders (recursively, image suffixes only) or a manifest split."""
+    """(id, image path) pairs from files, folders (recursively, image suffixes only) or a manifest's rows of
+    ``split`` (train, val, test or fold:K, :meth:`Manifest.select`; None: every row)."""
     items: list[tuple[str, str]] = []
     if manifest:
-        rows = Manifest.read(manifest).rows(split=split)
+        rows = Manifest.read(manifest).select(split)
         if not rows:
             raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
         items += [(r["id"], r["image"]) for r in rows]
@@ -105,6 +107,7 @@ class Predictor:
         self.model = model
         self.device = next(model.parameters()).device
         self.sampler = build_sampler(cfg.sample.sampler, cfg.diffusion, cfg.sample.max_batch)
+        self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | None = None,
@@ -127,18 +130,30 @@ class Predictor:
         d, s = self.cfg.data, self.cfg.sample
         x = preprocess_image(image, d.size, d.channels, d.intensity_window)[None].to(self.device)
         gen = torch.Generator().manual_seed(self.image_seed(id_))
-        probs = self.sampler(self.model, x, s.samples, s.steps, gen)
-        return probs[0, :, 0].float().cpu().numpy()
+        start = time.perf_counter()
+        probs = self.sampler(self.model, x, s.samples, s.steps, gen)[0, :, 0].float().cpu().numpy()
+        self.sampling_seconds += time.perf_counter() - start
+        return probs
 
     def predict(self, id_: str, path: str) -> Prediction:
         image = read_image(path)
         probs = self.sample(id_, image)
         f = self.cfg.fusion
         small = resize_prob(np.moveaxis(image, -1, 0), probs.shape[-2:]) if f.crf else None
-        kw = {"max_iterations": f.staple_max_iterations} if f.method == "staple" else {}
+        kw = ({"max_iterations": f.staple_max_iterations, "sensitivity": f.staple_sensitivity,
+               "specificity": f.staple_specificity, "prior": f.staple_prior} if f.method == "staple" else {})
         fused = fuse(probs, f.method, image=None if small is None else np.moveaxis(small, 0, -1),
                      threshold=self.cfg.sample.threshold, crf=f.crf, **kw)
         return Prediction(id_, probs, fused, image.shape[:2], image)
+
+    def speed(self, n_images: int) -> dict:
+        """Sampling speed of the last ``run``: wall clock in the sampler only (not reading, fusion or writing),
+        one image at a time with its S samples in one batch, on this device."""
+        secs = self.sampling_seconds
+        per_s = (lambda n: round(n / secs, 3)) if secs > 0 else (lambda n: None)
+        return {"device": str(self.device), "images": n_images, "sampling_s": round(secs, 3),
+                "images_per_s": per_s(n_images), "masks_per_s": per_s(n_images * self.cfg.sample.samples),
+                "threads": torch.get_num_threads()}
 
     def write(self, pred: Prediction, out: Path) -> dict:
         thr = self.cfg.sample.threshold
@@ -163,13 +178,15 @@ class Predictor:
         out.mkdir(parents=True, exist_ok=True)
         s = self.cfg.sample
         rows = []
+        self.sampling_seconds = 0.0
         for id_, path in tqdm(items, desc=f"predict ({s.sampler}, {s.steps} steps, S={s.samples})", unit="img"):
             row = self.write(self.predict(id_, path), out)
             rows.append({**row, "image": path})
         meta = {"sampler": s.sampler if self.cfg.diffusion.mode != "feedforward" else "oneshot",
                 "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method, "crf": self.cfg.fusion.crf,
                 "threshold": s.threshold, "seed": s.seed, "size": self.cfg.data.size, "checkpoint": checkpoint,
-                "preset": self.cfg.preset, "prediction": self.model.prediction}
+                "preset": self.cfg.preset, "prediction": self.model.prediction,
+                "network_calls": self.sampler.network_calls(s.steps, s.samples), "speed": self.speed(len(rows))}
         buffer = _io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
         writer.writeheader()

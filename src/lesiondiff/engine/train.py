@@ -73,7 +73,11 @@ class EMA:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: str | Path, device: str | None = None, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, out_dir: str | Path, device: str | None = None, resume: bool = False,
+                 pretrained: Path | None = None, elapsed: float = 0.0) -> None:
+        """``pretrained``: a checkpoint the design's ``load_pretrained`` takes before training starts (its
+        frozen part, e.g. UniSegDiff's CFENet; ignored on resume, where the run's checkpoint holds it);
+        ``elapsed``: seconds already spent on this run (by that pre-training), counted against the budget."""
         self.out = Path(out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         last = self.ckpt_dir / "last.safetensors"
@@ -95,9 +99,13 @@ class Trainer:
         self.val_data = load_rows(val_rows, cfg.data, cfg.data.channels, desc="loading val") if val_rows else None
 
         model = build_model(cfg, cfg.data.channels)
+        if pretrained is not None and not resume:
+            model.load_pretrained(pretrained)
         self.n_params = count_parameters(model)
+        self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.ema = EMA(model, cfg.train.ema_decay)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                      weight_decay=cfg.train.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema.model.to(self.device)
         self.objective = build_objective(cfg.diffusion)
@@ -107,7 +115,7 @@ class Trainer:
         self.curriculum = (Curriculum(cfg.curriculum, row_groups(self.train_data.rows, cfg.curriculum, log=self._print),
                                       cfg.train.lr) if cfg.curriculum.enabled else None)
 
-        self.step, self.best, self.best_step, self.elapsed = 0, -1.0, -1, 0.0
+        self.step, self.best, self.best_step, self.elapsed = 0, -1.0, -1, float(elapsed)
         self.stage, self.stage_steps = 0, [0]  # curriculum stage, and the step at which each stage began
         self.pool = self.curriculum.pool(0) if self.curriculum else torch.arange(len(self.train_data))
         self.perm, self.pos = self._permutation(), 0
@@ -116,6 +124,7 @@ class Trainer:
             self._restore(Checkpoint(last))
         else:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.start_step = self.step
         cfg.save(self.out / "config.yaml")
         self._write_timestep_weights()
 
@@ -247,8 +256,10 @@ class Trainer:
         t_start = time.perf_counter() - self.elapsed
         desc = f"train {self.cfg.preset}" + (f" (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes > 0 else "")
         if self.accelerator.is_main_process:
+            frozen = (f" ({self.n_params - self.n_trainable:,} frozen)" if self.n_trainable < self.n_params else "")
             print(f"{self.cfg.preset} ({self.cfg.model.name}, {self.cfg.diffusion.mode}): {self.n_params:,} "
-                  f"parameters, device {self.device}, timesteps {self.cfg.diffusion.timestep_sampling}", flush=True)
+                  f"parameters{frozen}, device {self.device}, timesteps {self.cfg.diffusion.timestep_sampling}",
+                  flush=True)
             if self.curriculum is not None:
                 n = len(self.curriculum.stages)
                 print("curriculum, by progress = max(step / train.steps, elapsed / train.max_minutes):\n" + "\n".join(
@@ -325,7 +336,8 @@ class Trainer:
     def _summary(self, status: str) -> dict:
         summary = {
             "status": status, "preset": self.cfg.preset, "step": self.step, "steps": self.cfg.train.steps,
-            "elapsed_s": round(self.elapsed, 1), "parameters": self.n_params,
+            "started_at_step": self.start_step,
+            "elapsed_s": round(self.elapsed, 1), "parameters": self.n_params, "trainable_parameters": self.n_trainable,
             "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
             **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
@@ -338,3 +350,56 @@ class Trainer:
         if self.accelerator.is_main_process:
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+
+def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resume: bool = False,
+              log=print) -> dict:
+    """Train (or resume) a run, pre-training first the part of the design that trains apart and then stays
+    frozen, when the design has one (a model class with ``pretrain_config(cfg) -> Config``; UniSegDiff's CFENet).
+
+    The part is trained as its own run in ``out_dir/<name>`` (``pretrain_name``; resumed or skipped like any
+    run), unless ``model.options.<name>_checkpoint`` names a trained one. Its best checkpoint (last when there
+    is no validation) is loaded into the model before the main phase starts, and the main phase's budget
+    (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
+    """
+    from ..models import MODELS
+    from .stages import train_in
+
+    out = Path(out_dir)
+    resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
+    pretrain_config = getattr(MODELS.get(cfg.model.name), "pretrain_config", None)
+    pretrained, elapsed, pre_summary = None, 0.0, None
+    if pretrain_config is not None:
+        name = MODELS.get(cfg.model.name).pretrain_name
+        given = (cfg.model.options or {}).get(f"{name}_checkpoint")
+        if given:
+            pretrained = Path(given)
+            if not pretrained.is_file():
+                raise LesiondiffError(f"{pretrained}: model.options.{name}_checkpoint not found")
+            pre_summary = {"checkpoint": str(pretrained), "action": "given"}
+        elif not resume:
+            if not (out / "config.yaml").is_file():  # so that --resume finds the config during pre-training
+                out.mkdir(parents=True, exist_ok=True)
+                cfg.save(out / "config.yaml")
+            pre_out = out / name
+            pre_summary = train_in(pretrain_config(cfg), pre_out, device, lambda m: log(f"{name}: {m}"),
+                                   runner=_plain)
+            if pre_summary["status"] == "interrupted":
+                return {**pre_summary, "pretraining": dict(pre_summary)}
+            best = pre_out / "checkpoints" / "best.safetensors"
+            pretrained = best if best.is_file() else pre_out / "checkpoints" / "last.safetensors"
+            elapsed = float(pre_summary["elapsed_s"])
+    summary = Trainer(cfg, out, device=device, resume=resume, pretrained=pretrained, elapsed=elapsed).fit()
+    if pre_summary is not None:
+        summary["pretraining"] = pre_summary
+    elif resume and (out / "summary.json").is_file():
+        summary.setdefault("pretraining", json.loads((out / "summary.json").read_text(encoding="utf-8"))
+                           .get("pretraining"))
+    if summary.get("pretraining") is not None:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+
+def _plain(cfg: Config, out: Path, device: str | None, resume: bool, log=print) -> dict:
+    return Trainer(cfg, out, device=device, resume=resume).fit()

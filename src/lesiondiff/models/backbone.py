@@ -59,24 +59,8 @@ class UNetBody(nn.Module):
             [ResBlock(cin, cin, temb_dim, num_groups, dropout), AttentionBlock(cin, groups=num_groups),
              ResBlock(cin, cin, temb_dim, num_groups, dropout)]
         )
-        self.up = nn.ModuleList()
-        self.upsample = nn.ModuleList()
-        for level in reversed(range(len(chans))):
-            c, attn = chans[level], attention_levels[level]
-            blocks = nn.ModuleList()
-            for i in range(num_res_blocks):
-                blocks.append(ResBlock(cin + (c if i == 0 else 0), c, temb_dim, num_groups, dropout))
-                cin = c
-                if attn:
-                    blocks.append(AttentionBlock(c, groups=num_groups))
-            self.up.append(blocks)
-            if level > 0:
-                self.upsample.append(Upsample(c, chans[level - 1]))
-                cin = chans[level - 1]
-            else:
-                self.upsample.append(nn.Identity())
-        self.out = (nn.Sequential(norm(cin, num_groups), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
-                    if out_channels > 0 else nn.Identity())
+        self.up, self.upsample, self.out = build_decoder(chans, attention_levels, num_res_blocks, num_groups, dropout,
+                                                         out_channels, temb_dim)
         self.multiple = 2 ** (len(chans) - 1)
         n = len(chans)
         self.level_channels = [base_channels] + chans[:-1] + [chans[-1]]
@@ -88,8 +72,9 @@ class UNetBody(nn.Module):
             h = block(h, temb) if isinstance(block, ResBlock) else block(h)
         return h
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, merge=None) -> torch.Tensor:
-        """``merge``: optional ``(level, h) -> h`` joining condition features at each level (see the module)."""
+    def encode(self, h: torch.Tensor, temb: torch.Tensor | None = None, merge=None
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder and the bottleneck: ``(bottleneck output, skips)`` (one skip per level)."""
         skips = []
         for level, (blocks, down) in enumerate(zip(self.down, self.downsample)):
             if merge is not None:
@@ -99,8 +84,55 @@ class UNetBody(nn.Module):
             h = down(h)
         if merge is not None:
             h = merge(len(self.down), h)
-        h = self._run(self.mid, h, temb)
-        for blocks, up in zip(self.up, self.upsample):
+        return self._run(self.mid, h, temb), skips
+
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor | None = None,
+               decoder: tuple[nn.ModuleList, nn.ModuleList, nn.Module] | None = None,
+               features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """A decoder (this body's own, or ``decoder = (up, upsample, out)`` from ``build_decoder`` for designs
+        with several) over the encoder's output. ``features``: if a list, it receives the decoder's features at
+        each level, coarsest first (before each upsampling; channels ``chans[level]``, stride ``2 ** level``)."""
+        up, upsample, out = decoder or (self.up, self.upsample, self.out)
+        skips = list(skips)
+        for blocks, upsampling in zip(up, upsample):
             h = self._run(blocks, torch.cat([h, skips.pop()], dim=1), temb)
-            h = up(h)
-        return self.out(h)
+            if features is not None:
+                features.append(h)
+            h = upsampling(h)
+        return out(h)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor | None = None, merge=None,
+                features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``merge``: optional ``(level, h) -> h`` joining condition features at each level (see the module);
+        ``features``: optional list that receives the bottleneck output, then the decoder features (``decode``)."""
+        h, skips = self.encode(h, temb, merge)
+        if features is not None:
+            features.append(h)
+        return self.decode(h, skips, temb, features=features)
+
+
+def build_decoder(chans: list[int], attention_levels: list[bool], num_res_blocks: int, num_groups: int,
+                  dropout: float, out_channels: int, temb_dim: int | None
+                  ) -> tuple[nn.ModuleList, nn.ModuleList, nn.Module]:
+    """``(up, upsample, out)`` of a U-Net decoder over levels of widths ``chans`` (see ``UNetBody``): per level,
+    coarsest first, ResBlocks joining that level's skip, then an upsampling to the next level's width; ``out``
+    maps the full-resolution features to ``out_channels`` (0: identity)."""
+    up, upsample = nn.ModuleList(), nn.ModuleList()
+    cin = chans[-1]
+    for level in reversed(range(len(chans))):
+        c, attn = chans[level], attention_levels[level]
+        blocks = nn.ModuleList()
+        for i in range(num_res_blocks):
+            blocks.append(ResBlock(cin + (c if i == 0 else 0), c, temb_dim, num_groups, dropout))
+            cin = c
+            if attn:
+                blocks.append(AttentionBlock(c, groups=num_groups))
+        up.append(blocks)
+        if level > 0:
+            upsample.append(Upsample(c, chans[level - 1]))
+            cin = chans[level - 1]
+        else:
+            upsample.append(nn.Identity())
+    out = (nn.Sequential(norm(cin, num_groups), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
+           if out_channels > 0 else nn.Identity())
+    return up, upsample, out

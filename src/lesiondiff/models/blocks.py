@@ -200,3 +200,73 @@ class ConditionPyramid(nn.Module):
         for level in self.levels:
             feats.append(level(feats[-1]))
         return feats
+
+
+def pool_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` average-pooled to at most ``size`` x ``size`` positions (unchanged when already that small)."""
+    h, w = x.shape[-2:]
+    if h <= size and w <= size:
+        return x
+    return F.adaptive_avg_pool2d(x, (min(h, size), min(w, size)))
+
+
+def cross_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q [B,d,H,W], k [B,d,h,w], v [B,C,h,w] -> [B,C,H,W]: softmax(q^T k / sqrt(d)) v^T per query pixel."""
+    b, c, hh, ww = v.shape[0], v.shape[1], q.shape[-2], q.shape[-1]
+    out = F.scaled_dot_product_attention(q.flatten(2).transpose(1, 2), k.flatten(2).transpose(1, 2),
+                                         v.flatten(2).transpose(1, 2))
+    return out.transpose(1, 2).reshape(b, c, hh, ww)
+
+
+class CrossAttention(nn.Module):
+    """queries [B,Cq,H,W] attend to context [B,Ck,h,w] (pooled to at most ``kv_size``^2 keys) -> [B,Cq,H,W],
+    added back to the queries: ``x + W_o softmax(q k^T / sqrt(d)) v``. Query/key dimension max(4, Cq //
+    reduction); the queries keep full resolution (spatial-reduction attention, as PGDiffSeg's PSA here)."""
+
+    def __init__(self, channels: int, context_channels: int, reduction: int = 8, kv_size: int = 16,
+                 groups: int = 8) -> None:
+        super().__init__()
+        if kv_size < 1:
+            raise ValueError(f"kv_size must be >= 1, got {kv_size}")
+        dim = max(4, channels // reduction)
+        self.kv_size = kv_size
+        self.norm_x, self.norm_context = norm(channels, groups), norm(context_channels, groups)
+        self.query = nn.Conv2d(channels, dim, 1)
+        self.key = nn.Conv2d(context_channels, dim, 1)
+        self.value = nn.Conv2d(context_channels, channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        ctx = pool_to(self.norm_context(grad_safe(context)), self.kv_size)
+        return x + self.proj(cross_attend(self.query(self.norm_x(grad_safe(x))), self.key(ctx), self.value(ctx)))
+
+
+def grad_safe(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the standard layout when it is channels-last and needs no gradient while autograd records.
+
+    Works around a crash of PyTorch 2.13 on the CPU: GroupNorm's backward segfaults on a channels-last input
+    that does not require grad (a frozen network's features, UniSegDiff's CFENet) when its weights do.
+    """
+    if (torch.is_grad_enabled() and not x.requires_grad and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return x.contiguous()
+    return x
+
+
+class DualCrossAttention(nn.Module):
+    """UniSegDiff's Dual Cross-Attention (DCA): (denoising d [B,Cd,H,W], condition c [B,Cc,H,W]) -> d'.
+
+    Two cascaded cross-attention blocks in which the two feature maps take turns as the queries (the paper,
+    sec. 2.3): first the condition queries the denoising features, c' = c + CA(c -> d); then the denoising
+    features query the updated condition, d' = d + CA(d -> c'). Both maps must share H x W. The paper gives no
+    further detail; ours: keys and values pooled to at most ``kv_size``^2 positions (``CrossAttention``).
+    """
+
+    def __init__(self, channels: int, condition_channels: int, reduction: int = 8, kv_size: int = 16,
+                 groups: int = 8) -> None:
+        super().__init__()
+        self.condition_queries = CrossAttention(condition_channels, channels, reduction, kv_size, groups)
+        self.denoising_queries = CrossAttention(channels, condition_channels, reduction, kv_size, groups)
+
+    def forward(self, d: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.denoising_queries(d, self.condition_queries(c, d))

@@ -49,11 +49,10 @@ must be divisible by 16.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import MODELS, Denoiser, DenoiserOutput
-from .blocks import AttentionBlock, Downsample, ResBlock, TimeEmbedding, Upsample, norm
+from .blocks import AttentionBlock, Downsample, ResBlock, TimeEmbedding, Upsample, cross_attend, norm, pool_to
 
 OUT_CHANNELS = 2  # eps, x0 logits
 LEVELS = 4
@@ -126,30 +125,16 @@ class ParameterSharedAttention(nn.Module):
         self.condition_out = nn.Identity()
         self.denoise_out = nn.Identity()
 
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if h <= self.kv_size and w <= self.kv_size:
-            return x
-        return F.adaptive_avg_pool2d(x, (min(h, self.kv_size), min(w, self.kv_size)))
-
-    @staticmethod
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [B,d,H,W], k [B,d,h,w], v [B,C,h,w] -> [B,C,H,W]: softmax(q^T k / sqrt(d)) v^T per query pixel."""
-        b, c, hh, ww = v.shape[0], v.shape[1], q.shape[-2], q.shape[-1]
-        out = F.scaled_dot_product_attention(q.flatten(2).transpose(1, 2), k.flatten(2).transpose(1, 2),
-                                             v.flatten(2).transpose(1, 2))
-        return out.transpose(1, 2).reshape(b, c, hh, ww)
-
     def forward(self, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nc, nd = self.norm_c(c), self.norm_d(d)
-        pc, pd = self.pooled(nc), self.pooled(nd)
+        pc, pd = pool_to(nc, self.kv_size), pool_to(nd, self.kv_size)
         q_c, q_d = self.query(nc), self.query(nd)
         k_c, k_d = self.key(pc), self.key(pd)
         v_c, v_d = self.value_c(pc), self.value_d(pd)
         if self.values == "other":
-            semantic, denoising = self.attend(q_c, k_d, v_d), self.attend(q_d, k_c, v_c)
+            semantic, denoising = cross_attend(q_c, k_d, v_d), cross_attend(q_d, k_c, v_c)
         else:
-            semantic, denoising = self.attend(q_c, k_d, v_c), self.attend(q_d, k_c, v_d)
+            semantic, denoising = cross_attend(q_c, k_d, v_c), cross_attend(q_d, k_c, v_d)
         return (self.condition_out(c + self.gamma_c * semantic), self.denoise_out(d + self.gamma_d * denoising))
 
 
