@@ -28,7 +28,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     fold: int | None = None  # with k-fold manifests: train on folds != fold, validate on fold
-    val_max_images: int = 32
+    val_max_images: int = 32  # validation images, spread evenly over the validation split (sorted by id)
     include_labels: list[str] | None = None  # e.g. drop BUSI "normal" from training: ["benign", "malignant"]
 
 

@@ -101,3 +101,44 @@ def test_ablation_end_to_end_and_idempotent(manifest, tmp_path, capsys):
     for entry in state["runs"].values():
         assert entry["train"]["action"] == "skipped (already trained)"
         assert entry["predictions"].startswith("skipped") and entry["evaluation"].startswith("skipped")
+
+
+@pytest.mark.slow
+def test_unisegdiff_denoising_methods_ablation(manifest, tmp_path):
+    """Arms with their own sampling (the paper's Table 4): one-step arms reuse the uniform arm's training, the
+    staged arm draws 20 masks in 12 passes fused by STAPLE, the baseline samples its own way; the table gives
+    each run's sampling and speed."""
+    out = tmp_path / "abl"
+    cli = ["ablate", "--preset", "unisegdiff", "--manifest", str(manifest), "--budget-minutes", "1", "--out",
+           str(out), "--arms", "uniform-x0,onestep-x0,staged", "--baselines", "unet", "--size", "32",
+           "--max-steps", "2", "--steps", "3", "--device", "cpu", *TINY, "train.val_samples=1"]
+    assert main(cli) == 0
+    assert not (out / "onestep-x0" / "train").exists()
+    meta = {run: json.loads((out / run / "predictions/predict.json").read_text(encoding="utf-8"))
+            for run in ("uniform-x0", "onestep-x0", "staged", "ref-unet")}
+    assert (meta["uniform-x0"]["sampler"], meta["uniform-x0"]["samples"]) == ("ddim", 1)
+    assert (meta["onestep-x0"]["sampler"], meta["onestep-x0"]["network_calls"]) == ("oneshot",
+                                                                                    {"passes": 1, "evaluations": 1})
+    assert (meta["staged"]["sampler"], meta["staged"]["samples"], meta["staged"]["fusion"]) == ("staged", 20, "staple")
+    assert meta["staged"]["network_calls"] == {"passes": 12, "evaluations": 41}
+    assert meta["ref-unet"]["sampler"] == "oneshot" and meta["ref-unet"]["samples"] == 1
+    assert meta["staged"]["speed"]["images_per_s"] > 0 and meta["staged"]["speed"]["device"] == "cpu"
+    with (out / "ablation.csv").open() as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["onestep-x0"]["steps"] == rows["uniform-x0"]["steps"]  # the same trained model
+    assert float(rows["staged"]["images_per_s"]) == pytest.approx(meta["staged"]["speed"]["images_per_s"])
+    md = (out / "ablation.md").read_text(encoding="utf-8")
+    assert "onestep-x0 reuses the trained model of uniform-x0" in md and "staged, S=20, staple, 12 passes" in md
+
+
+def test_an_arm_reusing_training_must_match_it(manifest, tmp_path, monkeypatch):
+    definition = abl.load_ablation("unisegdiff")
+    arm = next(a for a in definition["arms"] if a["name"] == "onestep-eps")
+    arm["overrides"] = [*arm["overrides"], "train.lr=0.5"]
+    monkeypatch.setattr(abl, "load_ablation", lambda preset: definition)
+    s = abl.AblateSettings(preset="unisegdiff", manifest=str(manifest), budget_minutes=1.0, out=str(tmp_path))
+    with pytest.raises(LesiondiffError, match="onestep-eps.*train settings differ"):
+        abl.plan(s)
+    with pytest.raises(LesiondiffError, match="add it to --arms"):
+        abl.plan(abl.AblateSettings(preset="unisegdiff", manifest=str(manifest), budget_minutes=1.0,
+                                    out=str(tmp_path), arms=["onestep-eps"]))

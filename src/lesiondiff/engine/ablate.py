@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -87,9 +88,19 @@ def load_ablation(preset: str) -> dict:
     names = [a.get("name") for a in arms]
     if not arms or len(set(names)) != len(names) or data.get("baseline") not in names:
         raise LesiondiffError(f"ablation {preset}: needs arms with unique names and a baseline among them")
+    for a in arms:
+        source = a.get("same_training_as")
+        if source is not None and (source not in names or names.index(source) >= names.index(a["name"])):
+            raise LesiondiffError(f"ablation {preset}: arm {a['name']!r} reuses the training of {source!r}, which "
+                                  "must be an arm listed before it")
+    baseline_sampling = data.get("baseline_sampling", "ablated")
+    if baseline_sampling not in ("ablated", "own"):
+        raise LesiondiffError(f"ablation {preset}: baseline_sampling must be 'ablated' or 'own', "
+                              f"got {baseline_sampling!r}")
     return {"title": data.get("title", f"{preset} ablation"), "baseline": data["baseline"],
-            "arms": [{"name": a["name"], "label": a.get("label", a["name"]), "overrides": list(a.get("overrides") or [])}
-                     for a in arms]}
+            "baseline_sampling": baseline_sampling,
+            "arms": [{"name": a["name"], "label": a.get("label", a["name"]), "overrides": list(a.get("overrides") or []),
+                      "same_training_as": a.get("same_training_as")} for a in arms]}
 
 
 def plan(s: AblateSettings) -> list[dict]:
@@ -102,12 +113,30 @@ def plan(s: AblateSettings) -> list[dict]:
             raise LesiondiffError(f"unknown arm {unknown[0]!r}; arms of {s.preset}: "
                                   f"{', '.join(a['name'] for a in arms)}")
         arms = [a for a in arms if a["name"] in s.arms]
-    runs = [{**a, "preset": s.preset} for a in arms]
+        missing = sorted({a["same_training_as"] for a in arms if a["same_training_as"]} - set(s.arms))
+        if missing:
+            raise LesiondiffError(f"--arms: an arm chosen reuses the training of {missing[0]!r}; add it to --arms")
+    runs = [{**a, "preset": s.preset, "baseline": False} for a in arms]
     for b in s.baselines:
-        runs.append({"name": f"ref-{b}", "label": f"{b} (reference preset)", "preset": b, "overrides": []})
+        runs.append({"name": f"ref-{b}", "label": f"{b} (reference preset)", "preset": b, "overrides": [],
+                     "same_training_as": None, "baseline": True})
     for r in runs:
-        r["mode"] = run_config(r, s).diffusion.mode
+        cfg = run_config(r, s)
+        r["mode"] = cfg.diffusion.mode
+        r["sampling"] = sampling(s, r["mode"], cfg if not r["baseline"] or definition["baseline_sampling"] == "own"
+                                 else None)
+        if r["same_training_as"]:
+            _check_same_training(r, cfg, run_config(next(a for a in runs if a["name"] == r["same_training_as"]), s))
     return runs
+
+
+def _check_same_training(run: dict, cfg: Config, source: Config) -> None:
+    """An arm that reuses another arm's training must differ from it in sampling and fusion only."""
+    mine, theirs = cfg.to_dict(), source.to_dict()
+    for section in mine:
+        if section not in ("sample", "fusion", "preset") and mine[section] != theirs[section]:
+            raise LesiondiffError(f"ablation arm {run['name']!r} reuses the training of {run['same_training_as']!r} "
+                                  f"but its {section} settings differ")
 
 
 def run_config(run: dict, s: AblateSettings) -> Config:
@@ -115,9 +144,10 @@ def run_config(run: dict, s: AblateSettings) -> Config:
                              [*run["overrides"], *s.overrides])
 
 
-def sampling(s: AblateSettings, mode: str) -> dict:
-    """The shared sampling settings (keys of ``predict.json``): the ablated preset's, unless given."""
-    return sampling_settings(load_preset(s.preset), mode, s.seed, s.samples, s.sampler, s.steps)
+def sampling(s: AblateSettings, mode: str, cfg: Config | None = None) -> dict:
+    """A run's sampling settings (keys of ``predict.json``): ``--samples/--sampler/--steps`` when given, else
+    ``cfg``'s (the arm's own config, whose sampling an arm may override), else the ablated preset's."""
+    return sampling_settings(cfg or load_preset(s.preset), mode, s.seed, s.samples, s.sampler, s.steps)
 
 
 def _check(s: AblateSettings) -> None:
@@ -144,13 +174,17 @@ def ablate(s: AblateSettings, log: Callable[[str], None] = print) -> dict:
         entry = {key: run[key] for key in ("label", "preset", "mode", "overrides")}
         state["runs"][run["name"]] = entry
         folder = out / run["name"]
-        cfg = run_config(run, s)
-        summary = train_recorded(cfg, folder, s.device, entry, tag, log)
+        train_folder = out / (run["same_training_as"] or run["name"])
+        if run["same_training_as"]:
+            summary = json.loads((train_folder / "train" / "summary.json").read_text(encoding="utf-8"))
+            entry["train"] = f"reuses {run['same_training_as']}"
+        else:
+            summary = train_recorded(run_config(run, s), folder, s.device, entry, tag, log)
         if summary["status"] == "interrupted":
             write_state(out / "ablation.json", state)
             return interrupted_result(state["runs"], run["name"], summary["step"])
         run["steps"], run["train_minutes"] = summary["step"], summary["elapsed_s"] / 60
-        entry["predictions"] = predict_stage(folder, sampling(s, run["mode"]), items, s.device)
+        entry["predictions"] = predict_stage(folder, run["sampling"], items, s.device, train_folder / "train")
         log(f"{tag}: predictions of {s.split}: {entry['predictions']}")
         summaries[run["name"]], entry["evaluation"] = evaluate_stage(folder, s.manifest, s.split)
         entry["status"] = "evaluated"
@@ -159,7 +193,8 @@ def ablate(s: AblateSettings, log: Callable[[str], None] = print) -> dict:
         log(f"{tag}: evaluation: {entry['evaluation']}")
     reference = definition["baseline"] if definition["baseline"] in summaries else runs[0]["name"]
     rows = table_rows(runs, summaries, out, reference)
-    text = format_ablation(definition["title"], protocol(s, runs, summaries, len(items), reference), rows, reference)
+    text = format_ablation(definition["title"], protocol(s, runs, summaries, len(items), reference), rows, reference,
+                           dataset_table(runs, summaries))
     write_tables(out, rows, text)
     state["outputs"] = {"csv": "ablation.csv", "markdown": "ablation.md"}
     write_state(out / "ablation.json", state)
@@ -186,7 +221,8 @@ def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, referenc
         ev = summaries[run["name"]]
         fused = ev["fused"]["all"]
         row = {"run": run["name"], "label": run["label"], "preset": run["preset"], "mode": run["mode"],
-               "steps": run.get("steps"), "train_minutes": run.get("train_minutes")}
+               "steps": run.get("steps"), "train_minutes": run.get("train_minutes"),
+               **sampling_columns(out / run["name"] / "predictions" / "predict.json")}
         for m in METRICS:
             row[f"{m}_pct"], row[f"{m}_pct_std"] = 100 * fused[m]["mean"], 100 * fused[m]["std"]
         row["single_round_dice_pct"] = 100 * ev["single_sample"]["all"]["dice"]["mean"]
@@ -203,39 +239,82 @@ def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, referenc
     return rows
 
 
+def sampling_columns(predict_json: Path) -> dict:
+    """How a run was sampled and how fast (its ``predict.json``): sampler, S, fusion, network passes and
+    evaluations per image, images/s and masks/s, device."""
+    meta = json.loads(predict_json.read_text(encoding="utf-8"))
+    calls, speed = meta.get("network_calls") or {}, meta.get("speed") or {}
+    return {"sampler": meta["sampler"], "samples": meta["samples"], "fusion": meta.get("fusion"),
+            "passes": calls.get("passes"), "evaluations": calls.get("evaluations"),
+            "images_per_s": speed.get("images_per_s"), "masks_per_s": speed.get("masks_per_s"),
+            "device": speed.get("device")}
+
+
 def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int, reference: str) -> str:
-    settings = {r["name"]: summaries[r["name"]].get("prediction_settings") or {} for r in runs}
-    sampled = sorted({f"{v.get('sampler')} {v.get('steps')} steps" for v in settings.values()})
-    fusions = sorted({str(v.get("fusion")) for v in settings.values()})
     thresholds = sorted({summaries[r["name"]]["threshold"] for r in runs})
+    same = {r["name"]: r["same_training_as"] for r in runs if r["same_training_as"]}
+    reuse = "".join(f"; {a} reuses the trained model of {b}" for a, b in same.items())
     return (f"Protocol: split {s.split} of {s.manifest} ({n_images} images); every run trained until "
             f"{s.max_steps} steps or {s.budget_minutes:g} min of wall clock, whichever came first (steps and "
-            f"minutes reached are in the table), size {s.size} px, seed "
-            f"{s.seed}; checkpoint {CHECKPOINT} (highest validation Dice); S = {sampling(s, 'diffusion')['samples']} "
-            f"samples per image ({', '.join(sampled)}), fused by {', '.join(fusions)}, threshold "
+            f"minutes reached are in the table){reuse}; size {s.size} px, seed "
+            f"{s.seed}; checkpoint {CHECKPOINT} (highest validation Dice); each run's sampler, S samples per image "
+            f"and fusion are in the table, threshold "
             f"{', '.join(str(t) for t in thresholds)} (prob >= threshold). Metrics per image at the original size, "
             f"mean ± population std over images, in %. Δ: paired per-image difference with {reference} in "
             "percentage points, 95 % bootstrap interval over images and Wilcoxon p (one training seed per run: "
             "run-to-run spread is not included).")
 
 
-def format_ablation(title: str, protocol_line: str, rows: list[dict], reference: str) -> str:
-    head = ["run", "steps", "min", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p", "ΔIoU (pp)",
-            "Dice % (one round)"]
+def format_ablation(title: str, protocol_line: str, rows: list[dict], reference: str,
+                    datasets: str = "") -> str:
+    head = ["run", "steps", "min", "sampling", "img/s", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p",
+            "ΔIoU (pp)", "Dice % (one round)"]
     lines = [f"{title}", "", protocol_line, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         delta = (["(reference)", "–", "–"] if r["run"] == reference else
                  [f"{r['delta_dice_pp']:+.2f} [{r['delta_dice_ci_low']:+.2f}, {r['delta_dice_ci_high']:+.2f}]",
                   f"{r['delta_dice_p']:.2g}", f"{r['delta_iou_pp']:+.2f}"])
-        cells = [r["label"], str(r["steps"]), f"{r['train_minutes']:.1f}", *(f"{r[f'{m}_pct']:.2f} ± {r[f'{m}_pct_std']:.2f}" for m in METRICS),
+        sampled = f"{r['sampler']}, S={r['samples']}, {r['fusion']}" + (f", {r['passes']} passes"
+                                                                         if r.get("passes") else "")
+        speed = f"{r['images_per_s']:.2f}" if r.get("images_per_s") else "–"
+        cells = [r["label"], str(r["steps"]), f"{r['train_minutes']:.1f}", sampled, speed,
+                 *(f"{r[f'{m}_pct']:.2f} ± {r[f'{m}_pct_std']:.2f}" for m in METRICS),
                  *delta, f"{r['single_round_dice_pct']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "steps, min: training steps and wall-clock minutes of training. Dice % (one round): the mean over rounds of a single "
-              "sample's per-image Dice, i.e. without fusion."]
+    devices = sorted({str(r.get("device")) for r in rows if r.get("device")})
+    lines += ["", "steps, min: training steps and wall-clock minutes of training (pre-training included). sampling: "
+              "sampler, S masks per image, fusion, and network passes one after another per image. img/s: images "
+              f"segmented per second (all S masks of an image in one batch; sampling only, on {', '.join(devices)}). "
+              "Dice % (one round): the mean over rounds of a single sample's per-image Dice, i.e. without fusion."]
+    if datasets:
+        lines += ["", datasets]
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ("run", "label", "preset", "mode", "steps", "train_minutes", *(f"{m}_pct" for m in METRICS),
+def dataset_table(runs: list[dict], summaries: dict[str, dict]) -> str:
+    """Per-dataset mDice and mIoU (%, per-image mean of the fused masks) of every run, the paper's Table 3
+    form; empty when the split has fewer than two datasets."""
+    names = sorted({d for r in runs for d in summaries[r["name"]].get("datasets") or {}})
+    if len(names) < 2:
+        return ""
+    head = ["run", *(f"{d} {m}" for d in names for m in ("mDice", "mIoU")), "all mDice", "all mIoU"]
+    lines = ["Per dataset (fused masks; per-image mean over each dataset's images, %):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        ev = summaries[r["name"]]
+        cells = [r["label"]]
+        for d in names:
+            stats = (ev["datasets"].get(d) or {}).get("fused")
+            cells += ([f"{100 * stats[m]['mean']:.1f}" for m in ("dice", "iou")] if stats else ["–", "–"])
+        cells += [f"{100 * ev['fused']['all'][m]['mean']:.1f}" for m in ("dice", "iou")]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = ", ".join(f"{d} {next((summaries[r['name']]['datasets'][d]['n_images'] for r in runs if d in (summaries[r['name']].get('datasets') or {})), 0)}" for d in names)
+    lines += ["", f"images per dataset: {counts}; 'all' is the per-image mean over every image of the split."]
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = ("run", "label", "preset", "mode", "steps", "train_minutes", "sampler", "samples", "fusion", "passes",
+               "evaluations", "images_per_s", "masks_per_s", "device", *(f"{m}_pct" for m in METRICS),
                *(f"{m}_pct_std" for m in METRICS), "single_round_dice_pct", "delta_dice_pp", "delta_dice_ci_low",
                "delta_dice_ci_high", "delta_dice_p", "delta_iou_pp", "delta_iou_ci_low", "delta_iou_ci_high",
                "delta_iou_p", "better", "worse")

@@ -147,10 +147,12 @@ def predictions_current(pred_dir: Path, wanted: dict, ids: list[str], checkpoint
     return not checkpoint.is_file() or table.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
 
 
-def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device: str | None) -> str:
-    """Predict ``items`` with the run's ``best`` checkpoint and the ``wanted`` sampling settings (keys of
-    ``predict.json``: samples, sampler, steps, seed, and optionally fusion), unless current predictions exist."""
-    pred_dir, train_dir = run / "predictions", run / "train"
+def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device: str | None,
+                  train_dir: Path | None = None) -> str:
+    """Predict ``items`` with the ``best`` checkpoint of ``train_dir`` (default: the run's own ``train/``) and
+    the ``wanted`` sampling settings (keys of ``predict.json``: samples, sampler, steps, seed, and optionally
+    fusion) into ``run/predictions``, unless current predictions exist."""
+    pred_dir, train_dir = run / "predictions", train_dir or run / "train"
     wanted = {**wanted, "checkpoint": CHECKPOINT}
     if predictions_current(pred_dir, wanted, [i for i, _ in items], checkpoint_file(train_dir)):
         return "skipped (current predictions cover the split)"

@@ -40,6 +40,7 @@ from ..diffusion.samplers import build_sampler
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..models import build_model, count_parameters
+from ..report import evenly_spaced
 from .checkpoint import Checkpoint, save_checkpoint
 
 
@@ -95,7 +96,8 @@ class Trainer:
         self.train_data = load_rows(select_rows(manifest, cfg.data, "train"), cfg.data, cfg.data.channels,
                                     desc="loading train")
         cfg.data.channels = self.train_data.images.shape[1]
-        val_rows = select_rows(manifest, cfg.data, "val")[: cfg.data.val_max_images]
+        # spread over the split (sorted by id, so over the datasets of a unified manifest), not its first rows
+        val_rows = evenly_spaced(select_rows(manifest, cfg.data, "val"), cfg.data.val_max_images)
         self.val_data = load_rows(val_rows, cfg.data, cfg.data.channels, desc="loading val") if val_rows else None
 
         model = build_model(cfg, cfg.data.channels)
