@@ -30,6 +30,9 @@ class DataConfig:
     fold: int | None = None  # with k-fold manifests: train on folds != fold, validate on fold
     val_max_images: int = 32  # validation images, spread evenly over the validation split (sorted by id)
     include_labels: list[str] | None = None  # e.g. drop BUSI "normal" from training: ["benign", "malignant"]
+    # DiffSeg's class-labelled data: also build each image's healthy version, its lesion filled from the
+    # surrounding skin at the model size by "biharmonic" or "harmonic" (data/healthy.py); None: not built.
+    healthy: str | None = None
 
 
 @dataclass
@@ -75,7 +78,8 @@ class TrainConfig:
     val_samples: int = 1
     log_every: int = 25
     seed: int = 0
-    max_minutes: float = 0.0  # wall-clock budget; 0 means no limit (stops cleanly, keeps last and best)
+    max_minutes: float = 0.0  # time budget; 0 means no limit (stops cleanly, keeps last and best)
+    clock: str = "wall"  # what max_minutes counts: "wall" clock or "process" CPU time (all threads)
     mixed_precision: str = "no"  # passed to Accelerate: "no", "fp16", "bf16"
 
 
@@ -106,12 +110,24 @@ class SampleConfig:
 
 @dataclass
 class FusionConfig:
-    method: str = "mean"  # "mean", "majority" or "staple"
+    # "mean", "majority", "staple", "densecrf" (the mean, then DenseCRF) or "crf_rounds" (DiffSeg's K rounds
+    # of DenseCRF on random subsets of the samples, Eq. 12); the last two need pydensecrf2 (fusion.py)
+    method: str = "mean"
     crf: bool = False  # DenseCRF refinement of the fused probability (needs pydensecrf2)
     staple_max_iterations: int = 20
     staple_sensitivity: float = 0.9  # STAPLE's initial sensitivity of every sample (UniSegDiff: 0.9)
     staple_specificity: float = 0.9  # initial specificity, 1 - false-positive rate (UniSegDiff: 0.9)
     staple_prior: float = 0.5  # prior foreground probability P(y_i=1) of every pixel (UniSegDiff: 0.5)
+    crf_rounds: int = 3  # crf_rounds: K rounds (DiffSeg Eq. 12)
+    crf_per_round: int = 4  # crf_rounds: samples drawn (without replacement) per round
+    crf_seed: int = 0  # crf_rounds: seed of the draw (the same subsets for every image)
+    # DenseCRF kernels in DiffSeg's Eq. 10 names (fusion.crf_kernels), for densecrf, crf_rounds and crf=true:
+    crf_iterations: int = 5  # mean-field steps
+    crf_w1: float = 10.0  # appearance kernel weight
+    crf_theta_alpha: float = 80.0  # appearance kernel position width, px at data.size
+    crf_theta_beta: float = 13.0  # appearance kernel colour width, grey levels 0..255
+    crf_w2: float = 3.0  # smoothness kernel weight
+    crf_theta_gamma: float = 3.0  # smoothness kernel width, px at data.size
 
 
 @dataclass

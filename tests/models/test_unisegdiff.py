@@ -133,3 +133,14 @@ def test_preset_is_the_papers_setting():
 def test_cfenet_fraction_must_leave_time_for_both_phases(bad):
     with pytest.raises(ValueError, match="cfenet_fraction"):
         tiny(cfenet_fraction=bad)
+
+
+def test_the_trainer_alone_refuses_an_untrained_cfenet(phantom_manifest, tmp_path):
+    from lesiondiff.engine.train import Trainer
+    from lesiondiff.errors import LesiondiffError
+
+    cfg = load_preset("unisegdiff").override([f"data.manifest={phantom_manifest}", "model.base_channels=8",
+                                             "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+                                             "data.size=32"])
+    with pytest.raises(LesiondiffError, match="cfenet must be pre-trained first"):
+        Trainer(cfg, tmp_path / "run", device="cpu")

@@ -267,7 +267,7 @@ def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int
 
 def format_ablation(title: str, protocol_line: str, rows: list[dict], reference: str,
                     datasets: str = "") -> str:
-    head = ["run", "steps", "min", "sampling", "img/s", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p",
+    head = ["run", "steps", "min", "sampling", "img/s (masks/s)", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p",
             "ΔIoU (pp)", "Dice % (one round)"]
     lines = [f"{title}", "", protocol_line, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -276,7 +276,7 @@ def format_ablation(title: str, protocol_line: str, rows: list[dict], reference:
                   f"{r['delta_dice_p']:.2g}", f"{r['delta_iou_pp']:+.2f}"])
         sampled = f"{r['sampler']}, S={r['samples']}, {r['fusion']}" + (f", {r['passes']} passes"
                                                                          if r.get("passes") else "")
-        speed = f"{r['images_per_s']:.2f}" if r.get("images_per_s") else "–"
+        speed = f"{r['images_per_s']:.2f} ({r['masks_per_s']:.1f})" if r.get("images_per_s") else "–"
         cells = [r["label"], str(r["steps"]), f"{r['train_minutes']:.1f}", sampled, speed,
                  *(f"{r[f'{m}_pct']:.2f} ± {r[f'{m}_pct_std']:.2f}" for m in METRICS),
                  *delta, f"{r['single_round_dice_pct']:.2f}"]
@@ -284,7 +284,8 @@ def format_ablation(title: str, protocol_line: str, rows: list[dict], reference:
     devices = sorted({str(r.get("device")) for r in rows if r.get("device")})
     lines += ["", "steps, min: training steps and wall-clock minutes of training (pre-training included). sampling: "
               "sampler, S masks per image, fusion, and network passes one after another per image. img/s: images "
-              f"segmented per second (all S masks of an image in one batch; sampling only, on {', '.join(devices)}). "
+              "segmented per second, all S masks of an image drawn in one batch; masks/s: S times that (the paper's "
+              f"samples/s counts one of the two); sampling time only, one image at a time, on {', '.join(devices)}. "
               "Dice % (one round): the mean over rounds of a single sample's per-image Dice, i.e. without fusion."]
     if datasets:
         lines += ["", datasets]

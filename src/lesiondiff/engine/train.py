@@ -43,6 +43,10 @@ from ..models import build_model, count_parameters
 from ..report import evenly_spaced
 from .checkpoint import Checkpoint, save_checkpoint
 
+# What train.max_minutes and elapsed_s count: wall-clock time, or this process's CPU time (all its threads), which
+# other work on the machine does not eat into, so budgets stay comparable on a shared machine.
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
 
 def make_accelerator(device: str | None, mixed_precision: str = "no") -> Accelerator:
     """cuda, then mps, then cpu, unless ``device`` says otherwise. Multi-GPU comes from ``accelerate launch``."""
@@ -86,6 +90,8 @@ class Trainer:
             raise LesiondiffError(f"{last}: checkpoint not found; nothing to resume")
         if not resume and last.is_file():
             raise LesiondiffError(f"{self.out}: already holds a run; pass --resume to continue it or choose another --out")
+        if cfg.train.clock not in CLOCKS:
+            raise LesiondiffError(f"train.clock must be one of {', '.join(CLOCKS)}, got {cfg.train.clock!r}")
         self.cfg = cfg
         self.accelerator = make_accelerator(device, cfg.train.mixed_precision)
         self.device = self.accelerator.device
@@ -103,6 +109,9 @@ class Trainer:
         model = build_model(cfg, cfg.data.channels)
         if pretrained is not None and not resume:
             model.load_pretrained(pretrained)
+        elif not resume and hasattr(model, "pretrain_config"):
+            raise LesiondiffError(f"{cfg.model.name}: its {model.pretrain_name} must be pre-trained first; train it "
+                                  "with lesiondiff train (engine.train.train_run), which runs both phases")
         self.n_params = count_parameters(model)
         self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.ema = EMA(model, cfg.train.ema_decay)
@@ -161,12 +170,19 @@ class Trainer:
         self.pos += need
         batch = self.train_data.batch(index)
         if self.augment is not None or self.curriculum is not None:
+            # A healthy image (data.healthy) rides along as extra channels of its image, so it gets the same flips,
+            # rotations and zoom; photometric ops share their parameters (noise is drawn per channel).
+            c = batch["image"].shape[1]
+            images = torch.cat([batch["image"], batch["healthy"]], 1) if "healthy" in batch else batch["image"]
             pairs = []
-            for i, im, m in zip(index.tolist(), batch["image"], batch["mask"]):
+            for i, im, m in zip(index.tolist(), images, batch["mask"]):
                 augment = self.curriculum.augment_for(i, self.stage) if self.curriculum else None
                 augment = augment or self.augment
                 pairs.append(augment(im, m, self.gen) if augment is not None else (im, m))
-            batch = {"image": torch.stack([p[0] for p in pairs]), "mask": torch.stack([p[1] for p in pairs])}
+            images = torch.stack([p[0] for p in pairs])
+            batch = {**batch, "image": images[:, :c], "mask": torch.stack([p[1] for p in pairs])}
+            if "healthy" in batch:
+                batch["healthy"] = images[:, c:]
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _set_stage(self, stage: int) -> None:
@@ -255,7 +271,8 @@ class Trainer:
 
         previous = signal.signal(signal.SIGTERM, on_term)
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
-        t_start = time.perf_counter() - self.elapsed
+        clock = CLOCKS[cfg.clock]
+        t_start = clock() - self.elapsed
         desc = f"train {self.cfg.preset}" + (f" (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes > 0 else "")
         if self.accelerator.is_main_process:
             frozen = (f" ({self.n_params - self.n_trainable:,} frozen)" if self.n_trainable < self.n_params else "")
@@ -277,7 +294,9 @@ class Trainer:
                 batch = self._next_batch()
                 b = batch["mask"].shape[0]
                 t = self.timestep_sampler(b, self.gen).to(self.device)
-                noise = torch.randn(batch["mask"].shape, generator=self.gen).to(self.device)
+                # image-shaped for objectives that noise the image (DiffSeg's class_eps), else like the mask
+                like = "image" if getattr(self.objective, "noise_like", "mask") == "image" else "mask"
+                noise = torch.randn(batch[like].shape, generator=self.gen).to(self.device)
                 with self.accelerator.autocast():
                     loss = self.objective(self.model, batch, t, noise)
                 self.accelerator.backward(loss.total)
@@ -287,7 +306,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.ema.update(self.accelerator.unwrap_model(self.model), self.step)
                 self.step += 1
-                self.elapsed = time.perf_counter() - t_start
+                self.elapsed = clock() - t_start
                 for k, v in {"loss": loss.total.detach(), **loss.parts}.items():
                     running[k] = running.get(k, 0.0) + float(v)
                 bar.update(1)
@@ -339,7 +358,8 @@ class Trainer:
         summary = {
             "status": status, "preset": self.cfg.preset, "step": self.step, "steps": self.cfg.train.steps,
             "started_at_step": self.start_step,
-            "elapsed_s": round(self.elapsed, 1), "parameters": self.n_params, "trainable_parameters": self.n_trainable,
+            "elapsed_s": round(self.elapsed, 1), "clock": self.cfg.train.clock, "parameters": self.n_params,
+            "trainable_parameters": self.n_trainable,
             "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
             **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
