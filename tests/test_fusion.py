@@ -1,14 +1,29 @@
 import builtins
 import inspect
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lesiondiff.config import FusionConfig
+from lesiondiff.config import Config, FusionConfig
+from lesiondiff.data.io import write_png
+from lesiondiff.data.transforms import resize_prob
+from lesiondiff.engine.predict import Predictor
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.fusion import FUSERS, crf_refine, fuse, majority, mean, staple
+from lesiondiff.fusion import (
+    FUSERS,
+    binarize,
+    crf_kernels,
+    crf_refine,
+    crf_rounds,
+    densecrf,
+    fuse,
+    majority,
+    mean,
+    staple,
+)
 from lesiondiff.metrics import binary_metrics
 
 
@@ -60,7 +75,7 @@ def disc(shape=(64, 64), radius=20):
 
 
 def test_registry_names():
-    assert FUSERS.names() == ["majority", "mean", "staple"]
+    assert FUSERS.names() == ["crf_rounds", "densecrf", "majority", "mean", "staple"]
 
 
 def test_mean_and_majority_vote():
@@ -285,3 +300,114 @@ def test_crf_without_pydensecrf_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(LesiondiffError, match="pip install pydensecrf2"):
         crf_refine(np.full((4, 4), 0.5), np.zeros((4, 4), np.uint8))
+
+
+def _disc_and_speck(speck: int, speck_in_image: bool):
+    """A 48x48 probability map: 0.9 on a disc of radius 12 and on a ``speck`` x ``speck`` px blob far from it,
+    0.1 elsewhere; the image shows the disc (180 on 60), and the blob too when ``speck_in_image``."""
+    d = disc((48, 48), 12)
+    prob = np.where(d, 0.9, 0.1)
+    prob[4 : 4 + speck, 40 : 40 + speck] = 0.9
+    image = np.where(d, 180, 60).astype(np.uint8)
+    if speck_in_image:
+        image[4 : 4 + speck, 40 : 40 + speck] = 180
+    return d, prob, image
+
+
+@pytest.mark.parametrize("speck", [1, 2])
+def test_densecrf_removes_an_isolated_speck_and_keeps_the_disc(speck):
+    d, prob, image = _disc_and_speck(speck, speck_in_image=False)
+    assert (prob >= 0.5).sum() == d.sum() + speck**2
+    refined = crf_refine(prob, image)
+    np.testing.assert_array_equal(refined >= 0.5, d)
+    assert refined[4 : 4 + speck, 40 : 40 + speck].max() < 0.01
+    # a speck the image shows too: the smoothness kernel alone (w1 = 0) removes it, the appearance kernel,
+    # which links it to the equally bright disc, keeps it
+    d, prob, image = _disc_and_speck(speck, speck_in_image=True)
+    np.testing.assert_array_equal(crf_refine(prob, image, **crf_kernels(w1=0.0)) >= 0.5, d)
+    assert (crf_refine(prob, image) >= 0.5)[4 : 4 + speck, 40 : 40 + speck].all()
+
+
+def test_crf_kernels_map_eq10_names_to_crf_refine():
+    assert crf_kernels(7, w1=1.0, theta_alpha=2.0, theta_beta=3.0, w2=4.0, theta_gamma=5.0) == {
+        "iterations": 7, "bilateral_compat": 1.0, "bilateral_sxy": 2.0, "bilateral_srgb": 3.0,
+        "gaussian_compat": 4.0, "gaussian_sxy": 5.0}
+    defaults = inspect.signature(crf_refine).parameters
+    assert all(defaults[k].default == v for k, v in crf_kernels().items())  # the same defaults
+    cfg = FusionConfig()
+    assert (cfg.crf_rounds, cfg.crf_per_round, cfg.crf_iterations, cfg.crf_w1, cfg.crf_theta_alpha,
+            cfg.crf_theta_beta, cfg.crf_w2, cfg.crf_theta_gamma) == (3, 4, 5, 10.0, 80.0, 13.0, 3.0, 3.0)
+
+
+def test_densecrf_fuser_is_the_crf_of_the_mean():
+    truth, image, prob = _noisy_square_case()
+    probs = np.stack([prob, np.clip(prob + 0.1, 0, 1), np.clip(prob - 0.2, 0, 1)])
+    fused = fuse(probs, "densecrf", image=image)
+    np.testing.assert_allclose(fused, crf_refine(mean(probs), image), atol=1e-6)
+    assert fused.dtype == np.float32 and binary_metrics(fused >= 0.5, truth)["dice"] > 0.9
+    np.testing.assert_allclose(densecrf(probs, image, theta_gamma=5.0, iterations=3),
+                               crf_refine(mean(probs), image, gaussian_sxy=5.0, iterations=3), atol=1e-6)
+    for method in ("densecrf", "crf_rounds"):
+        with pytest.raises(LesiondiffError, match="needs the image"):
+            fuse(probs, method)
+
+
+def test_crf_rounds_of_identical_maps_is_the_binarised_crf_of_that_map():
+    truth, image, prob = _noisy_square_case()
+    probs = np.stack([prob] * 6)
+    expected = binarize(crf_refine(prob, image)).astype(np.float32)
+    for rounds, per_round in ((3, 4), (5, 2), (1, 10)):
+        out = crf_rounds(probs, image, rounds=rounds, per_round=per_round, seed=1)
+        np.testing.assert_array_equal(out, expected)
+    assert set(np.unique(expected)) == {0.0, 1.0}
+
+
+def test_crf_rounds_values_draw_and_seed():
+    """Six maps, two of them the disc, four empty; with one map per round each round's result is the drawn
+    map's CRF, so the output is the fraction of rounds that drew a disc map, in the order
+    ``numpy.random.default_rng(seed)`` draws them."""
+    d = disc((32, 32), 8)
+    image = np.where(d, 200, 50).astype(np.uint8)
+    probs = np.stack([d, np.zeros_like(d), d, np.zeros_like(d), np.zeros_like(d), np.zeros_like(d)]).astype(float)
+    k = 7
+    for seed in (0, 1, 2):
+        out = crf_rounds(probs, image, rounds=k, per_round=1, seed=seed)
+        rng = np.random.default_rng(seed)
+        hits = sum(int(rng.choice(6, size=1, replace=False)[0]) in (0, 2) for _ in range(k))
+        np.testing.assert_array_equal(out, np.where(d, hits / k, 0.0).astype(np.float32))
+    # values in {0, 1/K, ..., 1}; the same seed reproduces the result exactly
+    truth, image, prob = _noisy_square_case()
+    rng = np.random.default_rng(5)
+    probs = np.clip(prob[None] + rng.normal(0, 0.15, (8, *prob.shape)), 0, 1)
+    out = crf_rounds(probs, image, rounds=5, per_round=3, seed=11)
+    assert out.dtype == np.float32 and out.shape == prob.shape
+    np.testing.assert_allclose(out * 5, np.round(out * 5), atol=1e-6)
+    np.testing.assert_array_equal(out, crf_rounds(probs, image, rounds=5, per_round=3, seed=11))
+    np.testing.assert_array_equal(out, fuse(probs, "crf_rounds", image=image, rounds=5, per_round=3, seed=11))
+    assert binary_metrics(out >= 0.5, truth)["dice"] > 0.9
+    with pytest.raises(LesiondiffError, match="rounds"):
+        crf_rounds(probs, image, rounds=0)
+
+
+def test_predictor_passes_the_image_and_fusion_settings(tmp_path):
+    """``Predictor.predict`` gives the CRF fusers the image at the network size and the fusion.crf_* settings."""
+    truth, small, prob = _noisy_square_case()
+    big = np.kron(small, np.ones((2, 2), np.uint8))  # the original image, twice the network size
+    write_png(tmp_path / "x.png", big)
+    rng = np.random.default_rng(2)
+    probs = np.clip(prob[None] + rng.normal(0, 0.1, (5, *prob.shape)), 0, 1).astype(np.float32)
+    cfg = Config().override(["fusion.method=crf_rounds", "fusion.crf_rounds=4", "fusion.crf_per_round=2",
+                             "fusion.crf_seed=9", "fusion.crf_theta_gamma=2.0", "fusion.crf_w1=5.0"])
+    fake = SimpleNamespace(cfg=cfg, sample=lambda id_, image: probs)
+    pred = Predictor.predict(fake, "x", str(tmp_path / "x.png"))
+    net_image = np.moveaxis(resize_prob(np.moveaxis(big[..., None], -1, 0), probs.shape[-2:]), 0, -1)
+    expected = crf_rounds(probs, net_image, rounds=4, per_round=2, seed=9, theta_gamma=2.0, w1=5.0)
+    np.testing.assert_array_equal(pred.fused, expected)
+    assert not np.array_equal(expected, crf_rounds(probs, net_image, rounds=4, per_round=2, seed=9))
+
+    fake.cfg = cfg.override(["fusion.method=densecrf"])
+    np.testing.assert_allclose(Predictor.predict(fake, "x", str(tmp_path / "x.png")).fused,
+                               densecrf(probs, net_image, theta_gamma=2.0, w1=5.0), atol=1e-6)
+    fake.cfg = cfg.override(["fusion.method=mean", "fusion.crf=true"])  # crf=true uses the same kernels
+    np.testing.assert_allclose(Predictor.predict(fake, "x", str(tmp_path / "x.png")).fused,
+                               crf_refine(mean(probs), net_image, gaussian_sxy=2.0, bilateral_compat=5.0), atol=1e-6)

@@ -73,6 +73,29 @@ def test_ged_diffseg_hand_computed():
     assert ged_diffseg(full_and_empty) == pytest.approx(0.5)  # the bound for binary masks
 
 
+def test_identical_samples_give_zero_for_both_geds():
+    for pixels in (A, EMPTY):
+        same = masks_4x4(pixels, pixels, pixels)
+        assert ged(same, masks_4x4(pixels)) == 0.0  # the samples equal the ground truth
+        assert ged_diffseg(same) == 0.0
+    # identical samples that miss the ground truth: DiffSeg's GED (no ground truth) is still 0
+    assert ged_diffseg(masks_4x4(B, B)) == 0.0 and ged(masks_4x4(B, B), masks_4x4(A)) == pytest.approx(1.0)
+
+
+def test_ged_closed_form_two_samples_one_ground_truth():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        s1, s2, y = (rng.random((6, 7)) < 0.5 for _ in range(3))
+
+        def d(p, q):
+            return 1.0 - (p & q).sum() / (p | q).sum()
+
+        # D^2 = 2 E d(S,Y) - E d(S,S') - E d(Y,Y'): E over the 2 samples, over the 4 ordered sample pairs
+        # (d(s,s) = 0), and d(y,y) = 0 for one ground truth
+        closed = 2 * (d(s1, y) + d(s2, y)) / 2 - (0 + d(s1, s2) + d(s2, s1) + 0) / 4 - 0.0
+        assert ged(np.stack([s1, s2]), y[None]) == pytest.approx(closed, abs=1e-12)
+
+
 def test_ged_rejects_probabilities():
     with pytest.raises(LesiondiffError, match="binary"):
         ged(np.full((1, 4, 4), 0.3), masks_4x4(A))

@@ -20,8 +20,13 @@ threshold is foreground.
   cannot be set: it always starts from the samples' vote fraction with the mean foreground fraction as
   prior. ``staple(..., init="vote", prior="mean", tolerance=1e-7)`` reproduces it (see ``staple``).
 
+- ``densecrf``: the mean of the S maps refined by ``crf_refine`` with the image.
+- ``crf_rounds``: DiffSeg's optimisation (paper 003, Sec. 3.3, Eq. 12): K rounds of DenseCRF on random
+  subsets of the samples, each round averaged and binarised, then the K binary rounds averaged.
+
 ``crf_refine`` applies a fully connected CRF (Kraehenbuehl and Koltun, 2011; pydensecrf2) to a probability map
-and its image, as DiffSeg does; ``fuse`` chains a fuser and, optionally, the CRF.
+and its image, as DiffSeg does; ``fuse`` chains a fuser and, optionally, the CRF. The two CRF fusers need the
+image (``IMAGE_FUSERS``) and name the CRF's kernels as DiffSeg's Eq. 10 does (``crf_kernels``).
 """
 
 from __future__ import annotations
@@ -248,6 +253,105 @@ def crf_refine(
     crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=rgb, compat=bilateral_compat)
     q = np.asarray(crf.inference(int(iterations)), dtype=np.float32).reshape(2, h, w)
     return np.clip(q[1], 0.0, 1.0)
+
+
+IMAGE_FUSERS: frozenset[str] = frozenset({"densecrf", "crf_rounds"})  # fusers that need the image
+
+
+def crf_kernels(
+    iterations: int = 5,
+    w1: float = 10.0,
+    theta_alpha: float = 80.0,
+    theta_beta: float = 13.0,
+    w2: float = 3.0,
+    theta_gamma: float = 3.0,
+) -> dict[str, Any]:
+    """``crf_refine``'s arguments from the names of DiffSeg's Eq. 10, whose pairwise potential is
+    ``mu(x_i, x_j) [w1 exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)
+    + w2 exp(-|p_i - p_j|^2 / 2 theta_gamma^2)]`` (Potts ``mu``; positions ``p`` in px, colours ``I`` in 0..255):
+
+    - appearance kernel: weight ``w1`` -> ``bilateral_compat``, position width ``theta_alpha`` ->
+      ``bilateral_sxy``, colour width ``theta_beta`` -> ``bilateral_srgb``;
+    - smoothness kernel: weight ``w2`` -> ``gaussian_compat``, width ``theta_gamma`` -> ``gaussian_sxy``;
+    - ``iterations``: mean-field steps (Eq. 11).
+
+    The paper gives no values; the defaults are ``crf_refine``'s (pydensecrf's example settings).
+    """
+    return {"iterations": int(iterations), "bilateral_compat": w1, "bilateral_sxy": theta_alpha,
+            "bilateral_srgb": theta_beta, "gaussian_compat": w2, "gaussian_sxy": theta_gamma}
+
+
+def _need_image(image: np.ndarray | None, name: str) -> np.ndarray:
+    if image is None:
+        raise LesiondiffError(f"fusion {name!r} runs DenseCRF and needs the image")
+    return image
+
+
+@FUSERS.register("densecrf")
+def densecrf(
+    probs: np.ndarray,
+    image: np.ndarray | None = None,
+    threshold: float = 0.5,
+    iterations: int = 5,
+    w1: float = 10.0,
+    theta_alpha: float = 80.0,
+    theta_beta: float = 13.0,
+    w2: float = 3.0,
+    theta_gamma: float = 3.0,
+    **kw: Any,
+) -> np.ndarray:
+    """The mean of the S maps refined by DenseCRF: ``crf_refine(mean(probs), image)`` with the kernels of
+    ``crf_kernels(iterations, w1, theta_alpha, theta_beta, w2, theta_gamma)``. ``[S,H,W]`` in [0,1] and the
+    image (as ``crf_refine`` takes it) -> ``[H,W]`` float32 in [0,1]; ``threshold`` is unused."""
+    kernels = crf_kernels(iterations, w1, theta_alpha, theta_beta, w2, theta_gamma)
+    return crf_refine(mean(probs), _need_image(image, "densecrf"), **kernels)
+
+
+@FUSERS.register("crf_rounds")
+def crf_rounds(
+    probs: np.ndarray,
+    image: np.ndarray | None = None,
+    threshold: float = 0.5,
+    rounds: int = 3,
+    per_round: int = 4,
+    seed: int = 0,
+    iterations: int = 5,
+    w1: float = 10.0,
+    theta_alpha: float = 80.0,
+    theta_beta: float = 13.0,
+    w2: float = 3.0,
+    theta_gamma: float = 3.0,
+    **kw: Any,
+) -> np.ndarray:
+    """DiffSeg's result optimisation (paper 003, Sec. 3.3): ``[S,H,W]`` in [0,1] and the image ->
+    ``[H,W]`` float32 in {0, 1/K, ..., 1}, ``K = rounds``.
+
+    In each of the K rounds, ``per_round`` of the S maps are drawn uniformly without replacement (all S when
+    ``per_round >= S``); each drawn map is refined by DenseCRF with that map as its unary probability
+    (Eq. 9: ``psi_u = -log P``) and the kernels of ``crf_kernels(iterations, w1, theta_alpha, theta_beta, w2,
+    theta_gamma)`` (Eq. 10); the refined maps are averaged and binarised (``>= threshold``): the round's
+    ``y_k``. The result is ``(1/K) sum_k y_k`` (Eq. 12). Binarise it at 0.5 for a majority of the rounds.
+
+    The draw comes from ``numpy.random.default_rng(seed)`` and depends only on ``seed`` (and on S, K and
+    ``per_round``), not on the maps or the image: the same seed draws the same subsets for every image.
+    DenseCRF's mean field is deterministic, so each drawn map is refined once and reused across rounds.
+    """
+    p = _check_probs(probs)
+    img = _need_image(image, "crf_rounds")
+    if int(rounds) < 1 or int(per_round) < 1:
+        raise LesiondiffError(f"crf_rounds needs rounds >= 1 and per_round >= 1, got {rounds} and {per_round}")
+    kernels = crf_kernels(iterations, w1, theta_alpha, theta_beta, w2, theta_gamma)
+    n = p.shape[0]
+    rng = np.random.default_rng(seed)
+    refined: dict[int, np.ndarray] = {}
+    votes = np.zeros(p.shape[1:], dtype=np.float64)
+    for _ in range(int(rounds)):
+        drawn = rng.choice(n, size=min(int(per_round), n), replace=False)
+        for i in drawn:
+            if int(i) not in refined:
+                refined[int(i)] = crf_refine(p[i], img, **kernels)
+        votes += binarize(np.mean([refined[int(i)] for i in drawn], axis=0), threshold)
+    return (votes / int(rounds)).astype(np.float32)
 
 
 def fuse(

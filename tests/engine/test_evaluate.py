@@ -302,3 +302,58 @@ def test_per_dataset_statistics_and_fold_selection(tmp_path):
         evaluate(pred, folds, "fold:2", out=tmp_path / "ev2")
     # a manifest without dataset names has no per-dataset section
     assert "datasets" not in evaluate(pred, manifest, "test", out=tmp_path / "ev3")
+
+
+def test_mean_of_samples_view_and_diffseg_ged(tmp_path):
+    """Image p: samples 0.9, 0.4 and 0.4 on its 16-pixel lesion (0 elsewhere), fused by majority vote, which is
+    empty (one vote of three), while their mean (0.57) is the lesion. Image q: three samples equal to its
+    lesion. Hand-computed, on the samples binarised at 0.5 (p: [lesion, empty, empty]):
+    GED(p) = 2 * 2/3 - 4/9 = 8/9 (d = 1 - IoU); DiffSeg's GED(p) = 4 ordered pairs with RMS difference
+    sqrt(16/64) = 1/2, over 3^2 = 2/9; both 0 for q."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5)))
+    gts = {"p": GT["a"], "q": GT["b"]}
+    samples = {"p": np.stack([0.9 * GT["a"], 0.4 * GT["a"], 0.4 * GT["a"]]).astype(np.float32),
+               "q": np.stack([GT["b"]] * 3).astype(np.float32)}
+    rows, preds = [], []
+    for id_, label in (("p", "benign"), ("q", "malignant")):
+        image = np.full((8, 8, 1), 90, np.uint8)
+        write_png(tmp_path / f"{id_}.png", image)
+        write_mask_png(tmp_path / f"{id_}_gt.png", gts[id_])
+        row = Predictor.write(writer, Prediction(id_, samples[id_], majority(samples[id_]), (8, 8), image), pred)
+        preds.append({**row, "image": str(tmp_path / f"{id_}.png")})
+        rows.append({"id": id_, "image": str(tmp_path / f"{id_}.png"), "masks": [str(tmp_path / f"{id_}_gt.png")],
+                     "label": label, "split": "test"})
+    Manifest.from_records(rows).write(tmp_path / "manifest.csv")
+    with (pred / "predictions.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
+        w.writeheader()
+        w.writerows(preds)
+    (pred / "predict.json").write_text(json.dumps({"samples": 3, "fusion": "majority", "threshold": 0.5}))
+
+    summary = evaluate(pred, tmp_path / "manifest.csv", "test", out=tmp_path / "ev")
+    assert summary["fused"]["all"]["dice"] == pytest.approx({"mean": 0.5, "std": 0.5, "n": 2, "n_nan": 0})
+    view = summary["mean_of_samples"]
+    assert set(view) == {"all", "benign", "malignant"} and set(view["all"]) == set(summary["fused"]["all"])
+    assert view["all"]["dice"] == pytest.approx({"mean": 1.0, "std": 0.0, "n": 2, "n_nan": 0})
+    assert view["benign"]["iou"]["mean"] == 1.0 and view["all"]["precision"]["mean"] == 1.0
+    assert summary["single_sample"]["all"]["dice"]["mean"] == pytest.approx((1 / 3 + 1) / 2)
+    u = summary["uncertainty"]
+    assert u["ged"]["mean"] == pytest.approx((8 / 9 + 0) / 2) and u["ged"]["std"] == pytest.approx(4 / 9)
+    assert u["ged_diffseg"]["mean"] == pytest.approx((2 / 9 + 0) / 2) and u["ged_diffseg"]["std"] == pytest.approx(1 / 9)
+    on_disk = json.loads((tmp_path / "ev/summary.json").read_text(encoding="utf-8"))
+    assert on_disk["mean_of_samples"]["all"]["dice"]["mean"] == 1.0 and "ged_diffseg" in on_disk["uncertainty"]
+    with (tmp_path / "ev/metrics.csv").open() as f:  # metrics.csv keeps its rows: fused and each sample
+        assert {r["which"] for r in csv.DictReader(f)} == {"fused", "sample_0", "sample_1", "sample_2"}
+
+    table = format_table(summary).splitlines()
+    line = next(x for x in table if x.startswith("mean_of_samples / all"))
+    assert line.split()[3:5] == ["1.000", "±0.000"]  # the first metric column, dice
+    assert any(x.startswith("mean_of_samples = the per-pixel mean of the S samples") for x in table)
+    ged_line = next(x for x in table if "DiffSeg GED" in x)
+    assert "0.111 ±0.111" in ged_line and "no ground truth" in ged_line
+    old = {k: v for k, v in summary.items() if k != "mean_of_samples"}  # summaries written before the view
+    old["uncertainty"] = {k: v for k, v in u.items() if k != "ged_diffseg"}
+    old_table = format_table(old).splitlines()[1:]  # after the protocol line, which names the tmp folder
+    assert not any("mean_of_samples" in x or "DiffSeg GED" in x for x in old_table)

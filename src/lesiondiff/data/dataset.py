@@ -2,6 +2,10 @@
 
 Images are resized once to ``size`` and kept as float16 tensors, so a training step costs no disk I/O or
 decoding; at 128 px that is 32 KiB per grey image. Masks are the union of all of a row's mask files.
+
+With ``DataConfig.healthy`` set (DiffSeg's class-labelled training data, paper 003 Sec. 4.1), each row also
+gets a healthy version of its image (data/healthy.py): the resized image with its resized lesion filled in
+from the surrounding skin, or the image itself where the mask is empty (a normal image, e.g. BUSI normal).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..errors import LesiondiffError
+from .healthy import METHODS, remove_lesion
 from .io import read_image, read_masks
 from .manifest import Manifest
 from .transforms import preprocess_image, preprocess_mask
@@ -20,20 +25,36 @@ from .transforms import preprocess_image, preprocess_mask
 
 @dataclass
 class SplitData:
-    """images [N,C,S,S] in [-1,1] (float16), masks [N,1,S,S] in {-1,+1} (float16), and each row's fields."""
+    """images [N,C,S,S] in [-1,1] (float16), masks [N,1,S,S] in {-1,+1} (float16), and each row's fields.
+
+    ``lesion`` [N] bool: the row's mask is non-empty (at the model size), i.e. the class of the original image
+    (DiffSeg's c1 "unhealthy"; False is c0 "healthy"). ``healthy`` [N,C,S,S] in [-1,1] (float16), only with
+    ``DataConfig.healthy``: the image with its lesion removed (the image itself where ``lesion`` is False).
+    """
 
     images: torch.Tensor
     masks: torch.Tensor
     rows: list[dict] = field(default_factory=list)
+    healthy: torch.Tensor | None = None
+    lesion: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.lesion is None:
+            self.lesion = (self.masks > 0).flatten(1).any(1)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> dict:
-        return {
+        """``{"image", "mask", "lesion" [B] bool}`` and, when built, ``"healthy"``, float32 on ``device``."""
+        out = {
             "image": self.images[index].to(device, torch.float32),
             "mask": self.masks[index].to(device, torch.float32),
+            "lesion": self.lesion[index].to(device),
         }
+        if self.healthy is not None:
+            out["healthy"] = self.healthy[index].to(device, torch.float32)
+        return out
 
 
 def select_rows(manifest: Manifest, cfg: DataConfig, role: str) -> list[dict]:
@@ -78,4 +99,25 @@ def load_rows(rows: list[dict], cfg: DataConfig, channels: int = 0, desc: str = 
     images = [im if im.shape[0] == c else preprocess_image(read_image(row["image"]), cfg.size, c,
                                                            cfg.intensity_window)
               for im, row in zip(images, rows)]
-    return SplitData(torch.stack(images).half(), torch.stack(masks).half(), rows)
+    images, masks = torch.stack(images), torch.stack(masks)
+    healthy = healthy_images(images, masks, cfg.healthy, [r["image"] for r in rows]) if cfg.healthy else None
+    return SplitData(images.half(), masks.half(), rows, None if healthy is None else healthy.half())
+
+
+def healthy_images(images: torch.Tensor, masks: torch.Tensor, method: str, names: list[str] | None = None
+                   ) -> torch.Tensor:
+    """``images [N,C,S,S]`` in [-1,1] with each lesion (``masks [N,1,S,S] > 0``) removed by
+    ``remove_lesion(..., method)`` at this size; images with an empty mask are returned as they are. ``names``
+    (one per image) name the file in errors, e.g. a lesion that covers the whole image."""
+    if method not in METHODS:
+        raise LesiondiffError(f"data.healthy: unknown lesion-removal method {method!r}; known: {', '.join(METHODS)}")
+    out = images.clone()
+    for i in tqdm(range(len(images)), desc=f"healthy images ({method})", unit="img", leave=False):
+        m = (masks[i, 0] > 0).numpy()
+        if m.any():
+            try:
+                filled = remove_lesion(images[i].permute(1, 2, 0).numpy(), m, method)
+            except LesiondiffError as exc:
+                raise LesiondiffError(f"{names[i] if names else f'image {i}'}: {exc}") from None
+            out[i] = torch.from_numpy(filled).permute(2, 0, 1)
+    return out

@@ -1,7 +1,8 @@
 """Training objectives: ``(model, batch, t, noise) -> LossOutput(total, parts)``, and timestep samplers.
 
 batch: {"image": [B,C,H,W] in [-1,1], "mask": [B,1,H,W] in {-1,+1}, ...}; t: [B] integer timesteps; noise:
-[B,1,H,W] standard normal. Parts are detached scalars logged by name.
+[B,1,H,W] standard normal, or [B,C,H,W] like the image for objectives whose ``noise_like`` is "image" (the
+Trainer draws it that shape). Parts are detached scalars logged by name.
 
 Timestep samplers ``(batch_size, generator) -> t [B]`` say which t the Trainer trains on: ``uniform`` (Ho et
 al. 2020) or ``fingerprint``, which emphasises the timesteps where the masks' information is being lost.
@@ -20,6 +21,7 @@ from ..config import DiffusionConfig
 from ..errors import LesiondiffError
 from ..models.base import Denoiser, DenoiserOutput
 from ..registry import Registry
+from .samplers import CLASS_DIFFERENCE_DEFAULTS
 from .schedules import training_scheduler
 from .staging import STAGE_DEFAULTS, STAGE_NAMES, Stages
 
@@ -243,6 +245,73 @@ class Staged(Objective):
         for k, name in enumerate(STAGE_NAMES):  # each stage's share of the batch, to see the draw in log.csv
             parts[f"frac_{name}"] = (stage == k).float().mean()
         return LossOutput(total, parts)
+
+
+@OBJECTIVES.register("class_eps")
+class ClassEps(Objective):
+    """DiffSeg's class-conditional image diffusion loss ("DiffSeg: A Segmentation Model for Skin Lesions Based
+    on Diffusion Difference", Eq. 1), weakly supervised: image-level classes are the only labels.
+
+    Needs batch["healthy"] [B,C,H,W] in [-1,1] (the image with its lesion inpainted away, or the image itself
+    when its mask is empty; ``data.healthy``) and batch["lesion"] [B] bool (the row's mask is non-empty), and a
+    model with ``noise_prediction(x_t, t, cls)`` (``diffseg``). For each row, with probability ``p_healthy``
+    x_0 = batch["healthy"] with class c0, else x_0 = batch["image"] with its own class (c1 where
+    batch["lesion"], else c0); then L = mean || eps - f(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, c, t) ||^2.
+    The paper writes the norm unsquared; the squared one (Ho et al. 2020) is what "equivalent to maximising
+    the variational bound" refers to. batch["mask"] is never read.
+
+    Noise: ``noise_like = "image"`` makes the Trainer draw ``noise`` like the image [B,C,H,W] from its seeded
+    generator. Called with mask-shaped noise (another caller), image-shaped noise is drawn from torch's
+    global RNG instead. The healthy/original coin is drawn from torch's global RNG (objectives get no
+    generator): the Trainer seeds it with train.seed and saves and restores it in checkpoints, so runs
+    reproduce and resume exactly.
+
+    Timesteps: the paper's "noise addition count t = 100" cannot be the schedule length, since it samples at
+    t = 60..150; we read Eq. 1's expectation over abar_t as the standard t ~ U{0..T-1} with the run's
+    schedule (linear betas, T = diffusion.num_train_timesteps = 1000), and inference at t = 60..150 (sampler
+    ``class_difference``). ``t_min``/``t_max`` (0: T) restrict training to [t_min, t_max): the drawn t is
+    mapped affinely, t' = t_min + floor(t (t_max - t_min) / T), which keeps a uniform draw (near) uniform and
+    the Trainer's generator stream unchanged. Options (``diffusion.objective_options``): ``p_healthy`` (0.5),
+    ``t_min`` (0), ``t_max`` (0), and the sampler's settings (``CLASS_DIFFERENCE_DEFAULTS``), which this
+    objective ignores.
+    """
+
+    defaults = {"p_healthy": 0.5, "t_min": 0.0, "t_max": 0.0, **CLASS_DIFFERENCE_DEFAULTS}
+    noise_like = "image"
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__(cfg)
+        w, big_t = self.weights, cfg.num_train_timesteps
+        self.t_min, self.t_max = int(w["t_min"]), int(w["t_max"]) or big_t
+        if w["t_min"] != self.t_min or w["t_max"] != int(w["t_max"]) or not 0 <= self.t_min < self.t_max <= big_t:
+            raise LesiondiffError(f"objective class_eps: t_min and t_max must be whole timesteps with "
+                                  f"0 <= t_min < t_max <= T = {big_t} (t_max 0: T), got {w['t_min']:g}, {w['t_max']:g}")
+        if not 0.0 <= w["p_healthy"] <= 1.0:
+            raise LesiondiffError(f"objective class_eps: p_healthy must be in [0, 1], got {w['p_healthy']:g}")
+
+    def training_t(self, t: torch.Tensor) -> torch.Tensor:
+        """The drawn t in [0, T) mapped onto [t_min, t_max)."""
+        span, big_t = self.t_max - self.t_min, self.cfg.num_train_timesteps
+        return t if span == big_t else self.t_min + torch.div(t * span, big_t, rounding_mode="floor")
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        if "healthy" not in batch or "lesion" not in batch:
+            raise LesiondiffError("objective class_eps needs healthy images and lesion labels in the batch: set "
+                                  "data.healthy (e.g. data.healthy=biharmonic)")
+        if not hasattr(model, "noise_prediction"):
+            raise LesiondiffError(f"objective class_eps needs a class-conditional image model (diffseg), not "
+                                  f"{type(model).__name__}")
+        image = batch["image"]
+        if noise.shape != image.shape:
+            noise = torch.randn(image.shape).to(image.device, image.dtype)
+        b = image.shape[0]
+        healthy_row = (torch.rand(b) < self.weights["p_healthy"]).to(image.device)
+        x0 = torch.where(healthy_row.view(-1, 1, 1, 1), batch["healthy"].to(image.dtype), image)
+        cls = torch.where(healthy_row, 0, batch["lesion"].to(image.device).long())
+        t = self.training_t(t)
+        eps = model.noise_prediction(self.noisy(x0, noise, t), t, cls)
+        mse = F.mse_loss(eps.float(), noise.float())
+        return LossOutput(mse, {"mse": mse.detach(), "frac_c1": cls.float().mean()})
 
 
 @OBJECTIVES.register("feedforward")

@@ -9,12 +9,17 @@ Choices made here where the papers are silent (configurable through the construc
   distribution does; "leading" spacing would start at t = 900 and never see pure noise;
 - the x0 estimate is clipped to [-1, 1] at every step (masks live in {-1,+1});
 - the final sample x_0 in [-1,1] is mapped to a probability by (x_0 + 1) / 2, clipped to [0,1].
+
+``class_difference`` (DiffSeg) is not a reverse process: it noises the image once per output and compares a
+class-conditional image model's noise predictions under two classes (see its docstring).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -24,6 +29,8 @@ from diffusers import (
 )
 
 from ..config import DiffusionConfig
+from ..data.transforms import gaussian_blur
+from ..errors import LesiondiffError
 from ..models.base import Denoiser, DenoiserOutput
 from ..registry import Registry
 from .schedules import alphas_cumprod, scheduler_config
@@ -311,6 +318,123 @@ class StagedSampler(Sampler):
         per_image = [probs[sum(counts[:k]) * b:sum(counts[:k + 1]) * b].reshape(b, counts[k], 1, h, w)
                      for k in range(n_branch)]
         return torch.cat(per_image, dim=1)
+
+
+# DiffSeg's inference settings (``class_difference``), read from ``diffusion.objective_options`` as the staged
+# thresholds are, so that a run's config holds them and ``lesiondiff predict --set`` can change them; the
+# ``class_eps`` objective accepts them as its options too. Numbers only (flags are 0/1).
+CLASS_DIFFERENCE_DEFAULTS = {"t_first": 60.0, "t_stride": 10.0, "sigma": 1.0, "otsu": 1.0, "threshold": 0.1,
+                             "temperature": 1.0, "shared_noise": 1.0}
+
+
+@SAMPLERS.register("class_difference")
+class ClassDifferenceSampler(Sampler):
+    """DiffSeg's segmentation by diffusion difference ("DiffSeg: A Segmentation Model for Skin Lesions Based on
+    Diffusion Difference", Eq. 2 and Sec. 4.1) for class-conditional image models (``models/diffseg.py``).
+
+    For each image x_0 and each of S timesteps t_k = ``t_first + k * t_stride`` (k < S; the defaults give the
+    paper's 60, 70, ..., 150 for S = 10, and S picks how many):
+    1. x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, with eps [C,H,W] standard normal from ``generator`` (the
+       Predictor seeds it from sample.seed and the image id). ``shared_noise`` (default 1): one eps per image
+       for all S timesteps, so the outputs differ only in t, as the paper's outputs "at different noise addition
+       levels" (its Fig. 4); 0 draws an independent eps per output;
+    2. eps_c0 = f(x_t, c0, t) and eps_c1 = f(x_t, c1, t): all 2S rows of an image in one batch;
+    3. d = sum over channels of |eps_c0 - eps_c1|, smoothed by a Gaussian of ``sigma`` px (0: none);
+    4. Eq. 2's binarisation y = d > delta, with delta per map by Otsu's method (``otsu`` 1, the default;
+       skimage's ``threshold_otsu``, foreground strictly above it) or the fixed ``threshold`` (``otsu`` 0; the
+       paper gives no value). Its output is a probability:
+           p = sigmoid((d - delta) / (temperature * std(d))),
+       with std(d) the spread of that map, then pushed just past 0.5 on the side of the binarisation
+       (p > 0.5 exactly where d > delta), so ``p >= 0.5`` is exactly y in floating point, and p keeps the order
+       of d, which DenseCRF's unary (the paper's "noise difference") needs. A constant map (e.g. identical class
+       embeddings) gives delta = d and an empty mask.
+    Returns probs [B,S,1,H,W] in [0,1]. ``steps`` is ignored (one network pass per image): ``network_calls``
+    is 1 pass of 2S evaluations per image, or ceil(2S / max_batch) passes with an explicit smaller
+    ``max_batch``. Settings: ``CLASS_DIFFERENCE_DEFAULTS``, from ``diffusion.objective_options``, overridden
+    by constructor keywords.
+    """
+
+    def __init__(self, cfg: DiffusionConfig, max_batch: int = 0, **options: float) -> None:
+        super().__init__(cfg, max_batch)
+        unknown = sorted(set(options) - set(CLASS_DIFFERENCE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"class_difference has no option {unknown[0]!r}")
+        given = {k: v for k, v in (cfg.objective_options or {}).items() if k in CLASS_DIFFERENCE_DEFAULTS}
+        o = {k: float(v) for k, v in {**CLASS_DIFFERENCE_DEFAULTS, **given, **options}.items()}
+        if o["t_first"] != int(o["t_first"]) or o["t_stride"] != int(o["t_stride"]) or o["t_first"] < 0 \
+                or o["t_stride"] < 1:
+            raise LesiondiffError(f"class_difference timesteps: t_first must be a whole number >= 0 and t_stride "
+                                  f"one >= 1, got {o['t_first']:g} and {o['t_stride']:g}")
+        if o["sigma"] < 0 or o["temperature"] <= 0:
+            raise LesiondiffError(f"class_difference needs sigma >= 0 and temperature > 0, got {o['sigma']:g} and "
+                                  f"{o['temperature']:g}")
+        self.t_first, self.t_stride = int(o["t_first"]), int(o["t_stride"])
+        self.sigma, self.threshold, self.temperature = o["sigma"], o["threshold"], o["temperature"]
+        self.otsu, self.shared_noise = bool(o["otsu"]), bool(o["shared_noise"])
+        self.abar = alphas_cumprod(cfg)
+
+    def timesteps(self, num_samples: int) -> list[int]:
+        """The S timesteps t_k = t_first + k * t_stride, k < S."""
+        ts = [self.t_first + k * self.t_stride for k in range(num_samples)]
+        if ts and ts[-1] >= self.cfg.num_train_timesteps:
+            raise LesiondiffError(f"class_difference: {num_samples} outputs need timesteps up to {ts[-1]}, beyond "
+                                  f"the schedule's T = {self.cfg.num_train_timesteps}")
+        return ts
+
+    def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
+        rows = 2 * num_samples
+        passes = math.ceil(rows / self.max_batch) if self.max_batch else 1
+        return {"passes": passes, "evaluations": rows}
+
+    @torch.inference_mode()
+    def difference(self, model: Denoiser, image: torch.Tensor, num_samples: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """The smoothed class difference d [B,S,H,W] >= 0 (steps 1-3 of the class docstring)."""
+        if not hasattr(model, "noise_prediction"):
+            raise LesiondiffError(f"sampler class_difference needs a class-conditional image model (diffseg); "
+                                  f"{type(model).__name__} denoises masks")
+        b, c, h, w = image.shape
+        dev, s = image.device, num_samples
+        ts = torch.tensor(self.timesteps(s), device=dev)
+        x0 = model.encode(image).float()
+        noise = start_noise((b, 1 if self.shared_noise else s, c, h, w), generator, dev).expand(b, s, c, h, w)
+        abar = self.abar.to(dev, torch.float32)[ts].view(1, s, 1, 1, 1)
+        x_t = abar.sqrt() * x0[:, None] + (1 - abar).sqrt() * noise  # [B,S,C,H,W]
+        # rows per image: the S noisy images under c0, then the same S under c1
+        x = torch.cat([x_t, x_t], 1).reshape(b * 2 * s, c, h, w)
+        t_rows = ts.repeat(2 * b)
+        cls = torch.arange(2, device=dev).repeat_interleave(s).repeat(b)
+        chunk = self.max_batch or auto_max_batch(h, w)
+        eps = torch.cat([model.noise_prediction(x[i:i + chunk], t_rows[i:i + chunk], cls[i:i + chunk])
+                         for i in range(0, x.shape[0], chunk)]).float().reshape(b, 2, s, c, h, w)
+        d = (eps[:, 0] - eps[:, 1]).abs().sum(2)
+        if self.sigma > 0:
+            d = gaussian_blur(d.reshape(b * s, h, w), self.sigma).reshape(b, s, h, w)
+        return d
+
+    def thresholds(self, d: torch.Tensor) -> torch.Tensor:
+        """delta [B,S,1,1] float64 for maps d [B,S,H,W]: Otsu's per map, or the fixed ``threshold``."""
+        if not self.otsu:
+            return torch.full((*d.shape[:2], 1, 1), self.threshold, dtype=torch.float64, device=d.device)
+        from skimage.filters import threshold_otsu
+
+        maps = d.double().cpu().numpy()
+        delta = np.array([[threshold_otsu(m) for m in row] for row in maps], dtype=np.float64)
+        return torch.from_numpy(delta).to(d.device).view(*d.shape[:2], 1, 1)
+
+    def probability(self, d: torch.Tensor) -> torch.Tensor:
+        """Maps d [B,S,H,W] -> probs [B,S,H,W] in [0,1] with ``probs >= 0.5`` exactly ``d > delta``."""
+        delta = self.thresholds(d)
+        spread = d.flatten(2).std(-1).view(*d.shape[:2], 1, 1).clamp_min(torch.finfo(d.dtype).tiny)
+        p = torch.sigmoid((d - delta.to(d.dtype)) / (self.temperature * spread))
+        half = torch.tensor(0.5, dtype=p.dtype, device=p.device)
+        above, below = torch.nextafter(half, torch.ones_like(half)), torch.nextafter(half, torch.zeros_like(half))
+        return torch.where(d.double() > delta, p.clamp_min(above), p.clamp_max(below))
+
+    @torch.inference_mode()
+    def __call__(self, model: Denoiser, image: torch.Tensor, num_samples: int = 10, steps: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.probability(self.difference(model, image, num_samples, generator)).unsqueeze(2)
 
 
 def build_sampler(name: str, cfg: DiffusionConfig, max_batch: int = 0) -> Sampler:

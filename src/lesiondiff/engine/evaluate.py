@@ -5,9 +5,15 @@ Every figure is per image at the original image size, thresholded at the predict
 - ``fused``: the fused mask of each image (what ``lesiondiff predict`` writes as ``<id>_mask.png``);
 - ``single_sample``: every one of the S samples scored on its own, mean +- std over all N x S (image, sample)
   pairs; the expected quality of one draw (PalScDiff, Table 4, "single round");
+- ``mean_of_samples``: the mean of the S stored samples (``<id>_probs.npz`` "samples"), binarised at the
+  threshold, whatever the run's fusion was (DiffSeg, Table 1: "the mean of the ten outputs", beside the raw
+  masks, i.e. ``single_sample``, and the DenseCRF result, i.e. ``fused`` of a ``crf_rounds`` or ``densecrf``
+  run); the same statistics as ``fused``;
 - ``pooled``: Dice and IoU of the fused masks from summed pixel counts over the split, labelled as pooled.
-Per class where the manifest has labels. Uncertainty: the standard GED (d = 1 - IoU) between the S samples
-and the one ground truth, per image then averaged.
+Per class where the manifest has labels. Uncertainty, of the binarised samples, per image then mean +-
+population std: ``ged``, the standard GED (d = 1 - IoU) between the S samples and the one ground truth;
+``ged_diffseg``, DiffSeg's "GED" (paper 003, Eqs. 5-7), the mean pairwise RMS difference among the S samples
+alone (a diversity, no ground truth; ``uncertainty.ged_diffseg``).
 
 Several datasets (a unified manifest, ``lesiondiff data index A B C``; UniSegDiff): where the evaluated rows
 name their ``dataset``, ``summary["datasets"]`` holds, per dataset name, ``{"n_images": N, "fused":
@@ -61,7 +67,7 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
 from ..report import reliability_figure, reliability_title
-from ..uncertainty import ece_from_bins, ged, merge_bins, reliability_bins, reliability_table
+from ..uncertainty import ece_from_bins, ged, ged_diffseg, merge_bins, reliability_bins, reliability_table
 
 N_BINS = 10
 PROBABILITY = "mean of the S samples"
@@ -69,7 +75,8 @@ LOWER_IS_BETTER = ("hd95",)
 PALSCDIFF_METRICS: tuple[str, ...] = ("accuracy", "precision", "dice", "iou")  # the columns of its Table 4
 COLUMN_NAMES = {"accuracy": "ACC %", "precision": "Precision %", "dice": "Dice %", "iou": "IoU %",
                 "recall": "Recall %", "specificity": "Specificity %", "hd95": "HD95 px"}
-FUSION_NAMES = {"majority": "majority vote", "mean": "mean fusion", "staple": "STAPLE"}
+FUSION_NAMES = {"majority": "majority vote", "mean": "mean fusion", "staple": "STAPLE",
+                "densecrf": "mean + DenseCRF", "crf_rounds": "DenseCRF rounds (DiffSeg)"}
 SPREAD_ROW = "spread (max - min over rounds)"
 
 
@@ -100,7 +107,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         raise LesiondiffError(f"{pred_dir}: no prediction for {len(missing)} of {len(rows)} {split} images "
                               f"(first: {missing[0]}); predict with --manifest {manifest} --split {split}")
     thr = float(meta.get("threshold", 0.5)) if threshold is None else threshold
-    per_image, per_sample, uncertainty = [], [], []
+    per_image, per_sample, per_mean, uncertainty = [], [], [], []
     fused_masks, gts, bins, n_samples = [], [], [], set()
     for row in tqdm(rows, desc=f"evaluate {split}", unit="img"):
         p = preds[row["id"]]
@@ -114,11 +121,13 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
                 fused = resize_prob(npz["fused"], gt.shape) >= thr
         tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
         per_image.append({**tags, "which": "fused", **binary_metrics(fused, gt)})
+        per_mean.append({**tags, "which": "mean_of_samples", **binary_metrics(samples.mean(axis=0) >= thr, gt)})
         for k, s in enumerate(samples):
             per_sample.append({**tags, "which": f"sample_{k}", **binary_metrics(s >= thr, gt)})
         bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
         n_samples.add(int(samples.shape[0]))
-        uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ece": ece_from_bins(bins[-1])})
+        uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ged_diffseg": ged_diffseg(samples >= thr),
+                            "ece": ece_from_bins(bins[-1])})
         fused_masks.append(fused)
         gts.append(gt)
 
@@ -134,13 +143,15 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         "predictions": str(pred_dir), "prediction_settings": meta,
         "fused": {"all": fused_all, **{lb: summarize([r for r in per_image if r["label"] == lb])
                                        for lb in labels}},
+        "mean_of_samples": {"all": summarize(per_mean), **{lb: summarize([r for r in per_mean if r["label"] == lb])
+                                                           for lb in labels}},
         "single_sample": {"all": summarize(per_sample),
                           **{lb: summarize([r for r in per_sample if r["label"] == lb]) for lb in labels}},
         "rounds": rounds,
         "rounds_spread": spread,
         "ensemble_minus_best_round": gain,
         "pooled": {"fused": pooled_metrics(fused_masks, gts)},
-        "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ece")},
+        "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ged_diffseg", "ece")},
         "calibration": calibration_summary(bins, [u["ece"] for u in uncertainty], n_samples),
     }
     datasets = sorted({r["dataset"] for r in per_image if r["dataset"]})
@@ -312,7 +323,7 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
     """The summary as a fixed-width text table, with its protocol line first.
 
     Rows: fused and single_sample over the split ("all"), per dataset (summaries with two or more datasets)
-    and per label, then (summaries that have them) one row per sampling round over the split, the spread of
+    and per label, mean_of_samples (summaries that have it) over the split and per label, then (summaries that have them) one row per sampling round over the split, the spread of
     the round means and the ensemble minus the best round, under the same columns.
     """
     lines = [summary["protocol"]]
@@ -321,7 +332,8 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
         lines.append("predictions: " + ", ".join(f"{k} {v}" for k, v in settings.items() if k != "checkpoint"))
     datasets = summary.get("datasets") or {}
     datasets = datasets if len(datasets) > 1 else {}  # one dataset: its row would repeat "all"
-    groups = {view: [(group, stats) for group, stats in summary[view].items()] for view in ("fused", "single_sample")}
+    views = ("fused", "mean_of_samples", "single_sample") if "mean_of_samples" in summary else ("fused", "single_sample")
+    groups = {view: [(group, stats) for group, stats in summary[view].items()] for view in views}
     for view, key in (("fused", "fused"), ("single_sample", "samples")):
         groups[view][1:1] = [(f"dataset {name}", d[key]) for name, d in datasets.items()]
     width = max([26, *(len(f"{view} / {g}") + 1 for view, rows in groups.items() for g, _ in rows)])
@@ -346,10 +358,15 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
                      "round an independent draw of the split; best round = highest mean (hd95: lowest)")
         lines.append(f"fused = the S samples fused by {ensemble_name(summary)} (prediction_settings fusion); "
                      "fused - best round > 0: the fusion beats every round (hd95: < 0)")
+    if "mean_of_samples" in summary:
+        lines.append("mean_of_samples = the per-pixel mean of the S samples, binarised at the threshold")
     pooled = summary["pooled"]["fused"]
     lines.append(f"pooled over the split (fused): dice {pooled['pooled_dice']:.3f}, iou {pooled['pooled_iou']:.3f}")
     u = summary["uncertainty"]
     lines.append(f"uncertainty per image: GED {u['ged']['mean']:.3f} ±{u['ged']['std']:.3f} (d = 1 - IoU, "
                  "the S samples against the ground truth)")
+    if "ged_diffseg" in u:
+        lines.append(f"uncertainty per image: DiffSeg GED {u['ged_diffseg']['mean']:.3f} ±{u['ged_diffseg']['std']:.3f} "
+                     "(paper 003 Eqs. 5-7: mean RMS pixel difference over all pairs of the S samples, no ground truth)")
     lines.append(calibration_line(summary))
     return "\n".join(lines)

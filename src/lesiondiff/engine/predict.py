@@ -36,7 +36,7 @@ from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
 from ..diffusion.samplers import build_sampler
 from ..errors import LesiondiffError
-from ..fusion import fuse
+from ..fusion import IMAGE_FUSERS, crf_kernels, fuse
 from ..io_utils import atomic_write, atomic_write_text
 from ..models import Denoiser, build_model
 from ..uncertainty import ambiguity, coherence, entropy
@@ -139,11 +139,17 @@ class Predictor:
         image = read_image(path)
         probs = self.sample(id_, image)
         f = self.cfg.fusion
-        small = resize_prob(np.moveaxis(image, -1, 0), probs.shape[-2:]) if f.crf else None
-        kw = ({"max_iterations": f.staple_max_iterations, "sensitivity": f.staple_sensitivity,
-               "specificity": f.staple_specificity, "prior": f.staple_prior} if f.method == "staple" else {})
+        needs_image = f.crf or f.method in IMAGE_FUSERS
+        small = resize_prob(np.moveaxis(image, -1, 0), probs.shape[-2:]) if needs_image else None
+        kernels = {"iterations": f.crf_iterations, "w1": f.crf_w1, "theta_alpha": f.crf_theta_alpha,
+                   "theta_beta": f.crf_theta_beta, "w2": f.crf_w2, "theta_gamma": f.crf_theta_gamma}
+        kw = {"staple": {"max_iterations": f.staple_max_iterations, "sensitivity": f.staple_sensitivity,
+                         "specificity": f.staple_specificity, "prior": f.staple_prior},
+              "densecrf": kernels,
+              "crf_rounds": {**kernels, "rounds": f.crf_rounds, "per_round": f.crf_per_round, "seed": f.crf_seed},
+              }.get(f.method, {})
         fused = fuse(probs, f.method, image=None if small is None else np.moveaxis(small, 0, -1),
-                     threshold=self.cfg.sample.threshold, crf=f.crf, **kw)
+                     threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=crf_kernels(**kernels), **kw)
         return Prediction(id_, probs, fused, image.shape[:2], image)
 
     def speed(self, n_images: int) -> dict:

@@ -6,7 +6,7 @@ import torch
 
 from ..config import Config
 from ..errors import LesiondiffError
-from . import ensemdiff, medsegdiff, palscdiff, pgdiffseg, segdiff, unet, unisegdiff  # noqa: F401  (registration)
+from . import diffseg, ensemdiff, medsegdiff, palscdiff, pgdiffseg, segdiff, unet, unisegdiff  # noqa: F401  (registration)
 from .base import MODELS, Denoiser, DenoiserOutput, count_parameters
 
 __all__ = ["MODELS", "Denoiser", "DenoiserOutput", "build_model", "count_parameters"]
