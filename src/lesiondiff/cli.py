@@ -151,9 +151,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default=None, help="train, val, test or fold:K (a fold's rows; default: every row)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--samples", type=int, default=None)
-    pr.add_argument("--sampler", default=None, help="ddpm, ddim, dpmsolver, dpmsolver++, unipc, oneshot")
+    pr.add_argument("--sampler", default=None, help="ddpm, ddim, dpmsolver, dpmsolver++, unipc, oneshot, staged (unisegdiff), class_difference (diffseg-weak)")
     pr.add_argument("--steps", type=int, default=None)
-    pr.add_argument("--fusion", default=None, help="mean, majority or staple")
+    pr.add_argument("--fusion", default=None, help="mean, majority, staple, densecrf (mean + DenseCRF) or crf_rounds (DiffSeg)")
     pr.add_argument("--crf", action="store_true", help="refine the fused probability with DenseCRF")
     pr.add_argument("--threshold", type=float, default=None)
     pr.add_argument("--prediction", choices=["epsilon", "x0"], default=None,

@@ -205,11 +205,12 @@ def _crf_image(image: Any, shape: tuple[int, int]) -> np.ndarray:
         )
     if img.dtype != np.uint8:
         img = img.astype(np.float64)
-        if not np.isfinite(img).all() or img.min() < 0.0 or img.max() > 255.0:
+        # resampling leaves float rounding just outside the range (255.00002): tolerate half a grey level
+        if not np.isfinite(img).all() or img.min() < -0.5 or img.max() > 255.5:
             raise LesiondiffError(
                 "DenseCRF needs image intensities in [0,255] (uint8, or float on that scale)"
             )
-        img = np.rint(img).astype(np.uint8)
+        img = np.rint(np.clip(img, 0.0, 255.0)).astype(np.uint8)
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
     return np.ascontiguousarray(img)

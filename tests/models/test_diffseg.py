@@ -111,11 +111,11 @@ def test_sampler_calls_the_network_once_with_both_classes_at_the_papers_timestep
     ts = list(range(60, 151, 10))
     assert calls == [(20, ts + ts, [0] * 10 + [1] * 10)]
     assert sampler.network_calls(1, 10) == {"passes": len(calls), "evaluations": sum(c[0] for c in calls)}
-    # an explicit max_batch splits the 2S rows into passes; the outputs do not change
+    # an explicit max_batch cuts the 2S rows into chunks (still one pass); the outputs do not change
     calls.clear()
     chunked = build_sampler("class_difference", tiny_config().diffusion, max_batch=6)
     again = chunked(model, image, 10, 1, torch.Generator().manual_seed(0))
-    assert chunked.network_calls(1, 10) == {"passes": len(calls), "evaluations": sum(c[0] for c in calls)}
+    assert chunked.network_calls(1, 10) == {"passes": 1, "evaluations": sum(c[0] for c in calls)}
     assert len(calls) == math.ceil(20 / 6)
     assert torch.allclose(again, probs, atol=1e-5)
     # settings come from diffusion.objective_options; too many outputs for the schedule is a clear error

@@ -16,7 +16,6 @@ class-conditional image model's noise predictions under two classes (see its doc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -95,8 +94,9 @@ class Sampler:
         raise NotImplementedError
 
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
-        """What sampling one image costs: ``passes``, the network calls one after another (the latency), and
-        ``evaluations``, the network evaluations over all samples (the work; a batch of n counts n)."""
+        """What sampling one image costs: ``passes``, the network steps one after another (the latency; a batch
+        cut into chunks to fit the caches, ``max_batch``, still counts as one step), and ``evaluations``, the
+        network evaluations over all samples (the work; a batch of n counts n)."""
         return {"passes": steps, "evaluations": steps * num_samples}
 
 
@@ -349,8 +349,7 @@ class ClassDifferenceSampler(Sampler):
        of d, which DenseCRF's unary (the paper's "noise difference") needs. A constant map (e.g. identical class
        embeddings) gives delta = d and an empty mask.
     Returns probs [B,S,1,H,W] in [0,1]. ``steps`` is ignored (one network pass per image): ``network_calls``
-    is 1 pass of 2S evaluations per image, or ceil(2S / max_batch) passes with an explicit smaller
-    ``max_batch``. Settings: ``CLASS_DIFFERENCE_DEFAULTS``, from ``diffusion.objective_options``, overridden
+    is 1 pass of 2S evaluations per image (in chunks of at most ``max_batch`` rows). Settings: ``CLASS_DIFFERENCE_DEFAULTS``, from ``diffusion.objective_options``, overridden
     by constructor keywords.
     """
 
@@ -382,9 +381,7 @@ class ClassDifferenceSampler(Sampler):
         return ts
 
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
-        rows = 2 * num_samples
-        passes = math.ceil(rows / self.max_batch) if self.max_batch else 1
-        return {"passes": passes, "evaluations": rows}
+        return {"passes": 1, "evaluations": 2 * num_samples}
 
     @torch.inference_mode()
     def difference(self, model: Denoiser, image: torch.Tensor, num_samples: int,

@@ -47,8 +47,9 @@ from .stages import (
     write_state,
 )
 
-METRICS = ("accuracy", "precision", "dice", "iou")
-HEADERS = {"accuracy": "ACC %", "precision": "Precision %", "dice": "Dice %", "iou": "IoU %"}
+METRICS = ("accuracy", "precision", "recall", "dice", "iou")
+HEADERS = {"accuracy": "ACC %", "precision": "Precision %", "recall": "Recall %", "dice": "Dice %",
+           "iou": "IoU (Jaccard) %"}
 
 
 @dataclass
@@ -239,6 +240,9 @@ def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, referenc
     return rows
 
 
+CLOCK_NAMES = {"wall": "wall clock", "process": "the run's CPU time (process time, all threads; train.clock)"}
+
+
 def sampling_columns(predict_json: Path) -> dict:
     """How a run was sampled and how fast (its ``predict.json``): sampler, S, fusion, network passes and
     evaluations per image, images/s and masks/s, device."""
@@ -254,10 +258,13 @@ def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int
     thresholds = sorted({summaries[r["name"]]["threshold"] for r in runs})
     same = {r["name"]: r["same_training_as"] for r in runs if r["same_training_as"]}
     reuse = "".join(f"; {a} reuses the trained model of {b}" for a, b in same.items())
+    clocks = sorted({run_config(r, s).train.clock for r in runs})
+    clock = " / ".join(CLOCK_NAMES.get(c, c) for c in clocks)
     return (f"Protocol: split {s.split} of {s.manifest} ({n_images} images); every run trained until "
-            f"{s.max_steps} steps or {s.budget_minutes:g} min of wall clock, whichever came first (steps and "
+            f"{s.max_steps} steps or {s.budget_minutes:g} min of {clock}, whichever came first (steps and "
             f"minutes reached are in the table){reuse}; size {s.size} px, seed "
-            f"{s.seed}; checkpoint {CHECKPOINT} (highest validation Dice); each run's sampler, S samples per image "
+            f"{s.seed}; checkpoint {CHECKPOINT} (highest validation Dice; the last for runs without validation); "
+            "each run's sampler, S samples per image "
             f"and fusion are in the table, threshold "
             f"{', '.join(str(t) for t in thresholds)} (prob >= threshold). Metrics per image at the original size, "
             f"mean ± population std over images, in %. Δ: paired per-image difference with {reference} in "
@@ -274,15 +281,17 @@ def format_ablation(title: str, protocol_line: str, rows: list[dict], reference:
         delta = (["(reference)", "–", "–"] if r["run"] == reference else
                  [f"{r['delta_dice_pp']:+.2f} [{r['delta_dice_ci_low']:+.2f}, {r['delta_dice_ci_high']:+.2f}]",
                   f"{r['delta_dice_p']:.2g}", f"{r['delta_iou_pp']:+.2f}"])
-        sampled = f"{r['sampler']}, S={r['samples']}, {r['fusion']}" + (f", {r['passes']} passes"
-                                                                         if r.get("passes") else "")
+        passes = r.get("passes")
+        sampled = f"{r['sampler']}, S={r['samples']}, {r['fusion']}" + (
+            f", {passes} pass{'es' if passes != 1 else ''}" if passes else "")
         speed = f"{r['images_per_s']:.2f} ({r['masks_per_s']:.1f})" if r.get("images_per_s") else "–"
         cells = [r["label"], str(r["steps"]), f"{r['train_minutes']:.1f}", sampled, speed,
                  *(f"{r[f'{m}_pct']:.2f} ± {r[f'{m}_pct_std']:.2f}" for m in METRICS),
                  *delta, f"{r['single_round_dice_pct']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     devices = sorted({str(r.get("device")) for r in rows if r.get("device")})
-    lines += ["", "steps, min: training steps and wall-clock minutes of training (pre-training included). sampling: "
+    lines += ["", "steps, min: training steps and minutes of training on the protocol's clock (pre-training "
+              "included). sampling: "
               "sampler, S masks per image, fusion, and network passes one after another per image. img/s: images "
               "segmented per second, all S masks of an image drawn in one batch; masks/s: S times that (the paper's "
               f"samples/s counts one of the two); sampling time only, one image at a time, on {', '.join(devices)}. "

@@ -364,7 +364,9 @@ class Trainer:
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
             **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
                                for k, stage in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),
-            "val_protocol": (f"EMA weights, {self._val_sampling()}, "
+            "val_protocol": ("no validation (data.val_max_images 0 or no validation rows): best = last"
+                             if self.val_data is None else
+                             f"EMA weights, {self._val_sampling()}, "
                              f"{self.cfg.train.val_samples} sample(s), seed {self.cfg.train.seed}, threshold 0.5, "
                              f"per-image mean Dice at {self.cfg.data.size} px on split "
                              f"{self.cfg.data.val_split if self.cfg.data.fold is None else f'fold {self.cfg.data.fold}'}"),
