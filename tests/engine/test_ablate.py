@@ -58,7 +58,7 @@ def test_pgdiffseg_arms_differ_only_in_their_component(manifest, tmp_path):
 def test_unknown_arm_and_preset_without_ablation_are_errors(manifest, tmp_path):
     with pytest.raises(LesiondiffError, match="unknown arm 'nope'"):
         abl.plan(settings(manifest, tmp_path, arms=["nope"]))
-    with pytest.raises(LesiondiffError, match="has no ablation; ablations exist for: palscdiff, pgdiffseg"):
+    with pytest.raises(LesiondiffError, match="has no ablation; ablations exist for: diffseg-weak, palscdiff, pgdiffseg, unisegdiff"):
         abl.load_ablation("ensemdiff")
     assert [r["name"] for r in abl.plan(settings(manifest, tmp_path, arms=["ibpa", "baseline"]))] == \
         ["baseline", "ibpa"]

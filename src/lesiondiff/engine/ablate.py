@@ -37,6 +37,7 @@ from ..metrics import paired_difference
 from .predict import collect_inputs
 from .stages import (
     CHECKPOINT,
+    CLOCK_NAMES,
     check_budget,
     evaluate_stage,
     experiment_config,
@@ -238,9 +239,6 @@ def table_rows(runs: list[dict], summaries: dict[str, dict], out: Path, referenc
                 row["better"], row["worse"] = d["better"], d["worse"]
         rows.append(row)
     return rows
-
-
-CLOCK_NAMES = {"wall": "wall clock", "process": "the run's CPU time (process time, all threads; train.clock)"}
 
 
 def sampling_columns(predict_json: Path) -> dict:

@@ -51,6 +51,7 @@ from ..io_utils import atomic_write_text
 from .predict import collect_inputs
 from .stages import (
     CHECKPOINT,
+    CLOCK_NAMES,
     check_budget,
     evaluate_stage,
     experiment_config,
@@ -218,7 +219,8 @@ def protocol(s: CVSettings, manifest: Manifest, folds: list[int], entries: dict,
             f"evaluated, each once, by the model that did not train on it): fold k trains on the other folds' rows"
             f"{f' and the {extra} train-only rows (fold -1)' if extra else ''} and is evaluated on its own rows; "
             f"the {n_test} test-split rows are held out (neither trained on nor evaluated). Preset {s.preset}, "
-            f"size {s.size} px, seed {s.seed}, training budget {s.budget_minutes:g} min per fold, at most "
+            f"size {s.size} px, seed {s.seed}, training budget {s.budget_minutes:g} min of "
+            f"{CLOCK_NAMES.get(run_config(s, folds[0]).train.clock, 'wall clock')} per fold, at most "
             f"{s.max_steps} steps (steps reached: {steps}); checkpoint {CHECKPOINT} (highest validation Dice on "
             f"the evaluated fold itself); S = {sampled['samples']} samples per image, {how}, fused by "
             f"{sampled['fusion']}, threshold "

@@ -30,6 +30,7 @@ from .evaluate import evaluate, read_predictions
 from .predict import Predictor
 
 DONE = ("finished", "time budget reached")
+CLOCK_NAMES = {"wall": "wall clock", "process": "the run's CPU time (process time, all threads; train.clock)"}
 CHECKPOINT = "best"
 
 
