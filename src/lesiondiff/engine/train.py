@@ -283,6 +283,8 @@ class Trainer:
                 n = len(self.curriculum.stages)
                 print("curriculum, by progress = max(step / train.steps, elapsed / train.max_minutes):\n" + "\n".join(
                     f"  from {s.start:.0%}: {s.describe(n)}" for s in self.curriculum.stages), flush=True)
+        # noise shaped like the image for objectives that noise the image (DiffSeg's class_eps), else like the mask
+        like = "image" if getattr(self.objective, "noise_like", "mask") == "image" else "mask"
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step",
                    disable=not self.accelerator.is_main_process)
         status, running = "finished", {}
@@ -294,8 +296,6 @@ class Trainer:
                 batch = self._next_batch()
                 b = batch["mask"].shape[0]
                 t = self.timestep_sampler(b, self.gen).to(self.device)
-                # image-shaped for objectives that noise the image (DiffSeg's class_eps), else like the mask
-                like = "image" if getattr(self.objective, "noise_like", "mask") == "image" else "mask"
                 noise = torch.randn(batch[like].shape, generator=self.gen).to(self.device)
                 with self.accelerator.autocast():
                     loss = self.objective(self.model, batch, t, noise)
@@ -387,21 +387,25 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
     (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
     """
     from ..models import MODELS
-    from .stages import train_in
+    from .stages import checkpoint_file, train_in
 
     out = Path(out_dir)
     resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
-    pretrain_config = getattr(MODELS.get(cfg.model.name), "pretrain_config", None)
+    design = MODELS.get(cfg.model.name)
+    pretrain_config = getattr(design, "pretrain_config", None)
     pretrained, elapsed, pre_summary = None, 0.0, None
-    if pretrain_config is not None:
-        name = MODELS.get(cfg.model.name).pretrain_name
+    if resume and pretrain_config is not None and (out / "summary.json").is_file():
+        # read before fit() rewrites it: the pre-training's summary stays with the run
+        pre_summary = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("pretraining")
+    if pretrain_config is not None and not resume:
+        name = design.pretrain_name
         given = (cfg.model.options or {}).get(f"{name}_checkpoint")
         if given:
             pretrained = Path(given)
             if not pretrained.is_file():
                 raise LesiondiffError(f"{pretrained}: model.options.{name}_checkpoint not found")
             pre_summary = {"checkpoint": str(pretrained), "action": "given"}
-        elif not resume:
+        else:
             if not (out / "config.yaml").is_file():  # so that --resume finds the config during pre-training
                 out.mkdir(parents=True, exist_ok=True)
                 cfg.save(out / "config.yaml")
@@ -410,19 +414,13 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
                                    runner=_plain)
             if pre_summary["status"] == "interrupted":
                 return {**pre_summary, "pretraining": dict(pre_summary)}
-            best = pre_out / "checkpoints" / "best.safetensors"
-            pretrained = best if best.is_file() else pre_out / "checkpoints" / "last.safetensors"
+            pretrained = checkpoint_file(pre_out)
             elapsed = float(pre_summary["elapsed_s"])
     summary = Trainer(cfg, out, device=device, resume=resume, pretrained=pretrained, elapsed=elapsed).fit()
     if pre_summary is not None:
         summary["pretraining"] = pre_summary
-    elif resume and (out / "summary.json").is_file():
-        summary.setdefault("pretraining", json.loads((out / "summary.json").read_text(encoding="utf-8"))
-                           .get("pretraining"))
-    if summary.get("pretraining") is not None:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
-
 
 
 def _plain(cfg: Config, out: Path, device: str | None, resume: bool, log=print) -> dict:
