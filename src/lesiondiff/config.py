@@ -106,6 +106,9 @@ class SampleConfig:
     threshold: float = 0.5
     seed: int = 0
     max_batch: int = 0  # most samples per network evaluation; 0: automatic by image size (see samplers.py)
+    # what the coherence, ambiguity and entropy maps are computed from: the S "probabilities" as sampled, or
+    # the S "masks" (each sample >= threshold; DiffSeg's Eqs. 3-4 over its binarised outputs)
+    maps: str = "probabilities"
 
 
 @dataclass

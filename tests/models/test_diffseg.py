@@ -121,6 +121,9 @@ def test_sampler_calls_the_network_once_with_both_classes_at_the_papers_timestep
     # settings come from diffusion.objective_options; too many outputs for the schedule is a clear error
     cfg = tiny_config("diffusion.objective_options.t_first=100", "diffusion.objective_options.t_stride=5").diffusion
     assert build_sampler("class_difference", cfg).timesteps(3) == [100, 105, 110]
+    own = tiny_config("diffusion.objective_options.shared_noise=0").diffusion
+    assert build_sampler("class_difference", own).samples_note(1) == ("one class-difference mask per timestep, "
+                                                                      "t = 60, each from its own noise")
     with pytest.raises(LesiondiffError, match="beyond the schedule"):
         build_sampler("class_difference", tiny_config().diffusion).timesteps(95)
 
@@ -217,5 +220,17 @@ def test_diffseg_weak_end_to_end_on_phantoms(train_tiny_run, phantom_manifest, t
     assert len(rows) == 2 and all((tmp_path / "pred" / r["mask"]).is_file() for r in rows)
     with np.load(tmp_path / "pred" / rows[0]["probs"]) as npz:
         assert npz["samples"].shape == (10, 32, 32)
+        # sample.maps=masks: coherence is the fraction of the ten binarised outputs (Eq. 3), ambiguity their
+        # variance (Eq. 4), c (1 - c) for 0/1 outputs (samples are stored as float16: allow a rare flip at 0.5)
+        votes = (npz["samples"].astype(np.float32) >= 0.5).mean(0)
+        assert np.mean(np.abs(npz["coherence"] - votes) > 1e-6) < 0.01
+        assert np.allclose(npz["ambiguity"], npz["coherence"] * (1 - npz["coherence"]), atol=1e-6)
+        assert set(np.round(np.unique(npz["coherence"]) * 10, 4)) <= set(range(11))
     meta = json.loads((tmp_path / "pred" / "predict.json").read_text())
     assert meta["network_calls"] == {"passes": 1, "evaluations": 20} and meta["fusion"] == "crf_rounds"
+    assert meta["maps"] == "masks"
+    with pytest.raises(LesiondiffError, match="sample.maps must be one of probabilities, masks"):
+        Predictor.from_run(run, device="cpu", overrides=["sample.maps=votes"])
+    # the tables say that output k is the k-th timestep, not an independent draw
+    assert meta["samples_are"] == ("one class-difference mask per timestep, t = 60, 70, ..., 150 in order, each "
+                                   "from one shared noise image")

@@ -59,6 +59,9 @@ def auto_max_batch(height: int, width: int) -> int:
     return max(1, AUTO_BATCH_PIXELS // (height * width))
 
 
+INDEPENDENT_SAMPLES = "independent draws, each from its own noise"
+
+
 class Sampler:
     """Base class. ``__call__`` encodes the image once and hands the S samples to ``run`` in chunks.
 
@@ -98,6 +101,10 @@ class Sampler:
         cut into chunks to fit the caches, ``max_batch``, still counts as one step), and ``evaluations``, the
         network evaluations over all samples (the work; a batch of n counts n)."""
         return {"passes": steps, "evaluations": steps * num_samples}
+
+    def samples_note(self, num_samples: int) -> str:
+        """What the S samples of one image are, for tables that score them one by one ("round k")."""
+        return INDEPENDENT_SAMPLES
 
 
 class SchedulerSampler(Sampler):
@@ -382,6 +389,13 @@ class ClassDifferenceSampler(Sampler):
 
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
         return {"passes": 1, "evaluations": 2 * num_samples}
+
+    def samples_note(self, num_samples: int) -> str:
+        ts = self.timesteps(num_samples)
+        listed = ", ".join(map(str, ts)) if len(ts) <= 3 else f"{ts[0]}, {ts[1]}, ..., {ts[-1]}"
+        where = f"t = {listed}" + (" in order" if len(ts) > 1 else "")
+        noise = "one shared noise image" if self.shared_noise else "its own noise"
+        return f"one class-difference mask per timestep, {where}, each from {noise}"
 
     @torch.inference_mode()
     def difference(self, model: Denoiser, image: torch.Tensor, num_samples: int,

@@ -4,7 +4,9 @@ For each input image it draws S masks in one batch (the condition encoded once),
 coherence (mean), ambiguity (variance) and entropy maps, and writes, under ``out/``:
     <id>_mask.png       the fused mask at the input's original size (0/255), fused probability >= threshold
     <id>_probs.npz      samples [S,h,w] float16 at the network size, fused/coherence/ambiguity/entropy [h,w],
-                        original_size, threshold
+                        original_size, threshold; the maps are computed from the samples as they are, or with
+                        ``sample.maps=masks`` from the samples binarised at the threshold (coherence = the
+                        fraction of the S masks marking a pixel, ambiguity = its variance over them)
     <id>_overlay.png    the image with the fused contour (yellow) and the ambiguity map (red), long side <= 1024 px
     <id>_maps.png       coherence (viridis, 0..1), ambiguity (magma, 0..0.25) and entropy (magma, 0..1 bit) side
                         by side, each at the overlay's size
@@ -42,6 +44,8 @@ from ..models import Denoiser, build_model
 from ..uncertainty import ambiguity, coherence, entropy
 from .checkpoint import Checkpoint
 from .train import make_accelerator
+
+MAPS_FROM = ("probabilities", "masks")  # sample.maps
 
 
 @dataclass
@@ -107,6 +111,8 @@ class Predictor:
         self.model = model
         self.device = next(model.parameters()).device
         self.sampler = build_sampler(cfg.sample.sampler, cfg.diffusion, cfg.sample.max_batch)
+        if cfg.sample.maps not in MAPS_FROM:
+            raise LesiondiffError(f"sample.maps must be one of {', '.join(MAPS_FROM)}, got {cfg.sample.maps!r}")
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
 
     @classmethod
@@ -165,9 +171,10 @@ class Predictor:
         thr = self.cfg.sample.threshold
         fused_full = resize_prob(pred.fused, pred.original_size)
         write_mask_png(out / f"{pred.id}_mask.png", fused_full >= thr)
+        source = (pred.probs >= thr).astype(np.float32) if self.cfg.sample.maps == "masks" else pred.probs
         arrays = {
             "samples": pred.probs.astype(np.float16), "fused": pred.fused,
-            "coherence": coherence(pred.probs), "ambiguity": ambiguity(pred.probs), "entropy": entropy(pred.probs),
+            "coherence": coherence(source), "ambiguity": ambiguity(source), "entropy": entropy(source),
             "original_size": np.array(pred.original_size), "threshold": np.array(thr),
         }
         buffer = _io.BytesIO()
@@ -190,9 +197,10 @@ class Predictor:
             rows.append({**row, "image": path})
         meta = {"sampler": s.sampler if self.cfg.diffusion.mode != "feedforward" else "oneshot",
                 "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method, "crf": self.cfg.fusion.crf,
-                "threshold": s.threshold, "seed": s.seed, "size": self.cfg.data.size, "checkpoint": checkpoint,
+                "threshold": s.threshold, "maps": s.maps, "seed": s.seed, "size": self.cfg.data.size, "checkpoint": checkpoint,
                 "preset": self.cfg.preset, "prediction": self.model.prediction,
-                "network_calls": self.sampler.network_calls(s.steps, s.samples), "speed": self.speed(len(rows))}
+                "network_calls": self.sampler.network_calls(s.steps, s.samples),
+                "samples_are": self.sampler.samples_note(s.samples), "speed": self.speed(len(rows))}
         buffer = _io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
         writer.writeheader()
