@@ -14,6 +14,7 @@ from lesiondiff.data.manifest import Manifest
 from lesiondiff.engine.evaluate import (
     SPREAD_ROW,
     evaluate,
+    format_outputs_markdown,
     format_rounds_markdown,
     format_table,
     rounds_table,
@@ -126,7 +127,7 @@ def _rounds_predictions(root, n_samples: int = 3):
     image, "c", has an empty ground truth and is in split "val". Returns (pred_dir, manifest)."""
     pred = root / "pred"
     pred.mkdir(parents=True)
-    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5)))
+    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")))
     masks = {**ROUNDS, "c": [np.zeros((8, 8), bool)] * 3}
     rows, preds = [], []
     for id_, rounds in masks.items():
@@ -203,7 +204,15 @@ def test_rounds_table_markdown_and_printed_table(rounds_run):
     ]
     assert "Dice -16.67 (best: round 1)" in md
     assert "2 images" in md and "threshold 0.5" in md and "sampler ddpm, steps 1000, seed 7" in md
-    assert (out / "rounds.md").read_text(encoding="utf-8") == md + "\n"
+    outputs = format_outputs_markdown(summary)
+    assert (out / "rounds.md").read_text(encoding="utf-8") == md + "\n\n" + outputs + "\n"
+    rows = outputs.splitlines()
+    assert rows[0] == "| | Dice % | Precision % | Recall % | IoU (Jaccard) % |"
+    # each sample alone = the mean over the three rounds' Dice (1, 0, 11/15); fused = majority vote (2/3 + 1)/2
+    assert rows[2].startswith(f"| each sample alone (S = 3 per image) | {100 * (1 + 11 / 15) / 3:.2f} ± ")
+    assert rows[3].startswith("| mean of the samples, >= 0.5 | ")
+    assert rows[4].startswith(f"| majority vote | {100 * (2 / 3 + 1) / 2:.2f} ± ")
+    assert "samples: independent draws, each from its own noise" in outputs or "not recorded" in outputs
 
     table = format_table(summary).splitlines()
     assert sum(x.startswith("round ") for x in table) == 3
@@ -312,7 +321,7 @@ def test_mean_of_samples_view_and_diffseg_ged(tmp_path):
     sqrt(16/64) = 1/2, over 3^2 = 2/9; both 0 for q."""
     pred = tmp_path / "pred"
     pred.mkdir()
-    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5)))
+    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")))
     gts = {"p": GT["a"], "q": GT["b"]}
     samples = {"p": np.stack([0.9 * GT["a"], 0.4 * GT["a"], 0.4 * GT["a"]]).astype(np.float32),
                "q": np.stack([GT["b"]] * 3).astype(np.float32)}

@@ -24,9 +24,11 @@ are two or more. ``split`` is a split name or ``fold:K`` (the rows of fold K: th
 in cross-validation), :meth:`~lesiondiff.data.manifest.Manifest.select`.
 
 Sampling rounds (PalScDiff, Table 4: five rounds of sampling, each scored alone, and their majority-vote
-ensemble): round k is the k-th of the S samples of every image. The S samples of one image are drawn in one
-batch from independent noise, so each round is an independent draw of the whole split, and the spread of the
-round means is the run-to-run variation a user would see from sampling once.
+ensemble): round k is the k-th of the S samples of every image. For most samplers the S samples of one image
+are drawn in one batch from independent noise, so each round is an independent draw of the whole split, and
+the spread of the round means is the run-to-run variation a user would see from sampling once. The sampler
+says what its samples are (``predict.json``'s ``samples_are``, quoted in the tables): ``class_difference``'s
+round k is the mask at its k-th timestep, so there the rounds differ systematically, not only by chance.
 - ``rounds``: one entry per round, ``{"round": k, "all": summarize(...), <label>: ...}``, the per-image metrics
   of sample k-1 alone (``which == "sample_<k-1>"`` in ``metrics.csv``) summarised like ``fused``. Where images
   have different S, only the rounds every image has are kept, so each round covers the whole split.
@@ -40,9 +42,10 @@ palscdiff preset, mean, STAPLE, optionally with DenseCRF); ``rounds_table`` and 
 name it, and ``evaluate`` writes the Markdown table as ``rounds.md``.
 
 Calibration (``summary["calibration"]``; Guo et al. 2017, as "Analysing Diffusion Segmentation" reports it):
-the probability scored is the per-pixel mean of the S samples (the ``coherence`` array of each ``_probs.npz``),
-not the output of the fuser (the two agree for mean fusion, not for majority or STAPLE), resized bilinearly
-to the original image size like the fused mask; 10 equal-width bins, right-closed
+the probability scored is the per-pixel mean of the S samples stored in each ``_probs.npz`` (computed from
+``samples``, not read from its ``coherence`` map, which ``sample.maps=masks`` binarises), not the output of the
+fuser (the two agree for mean fusion, not for majority or STAPLE), resized bilinearly to the original image
+size like the fused mask; 10 equal-width bins, right-closed
 (``uncertainty.reliability_bins``). Two figures, never mixed up: ``ece_per_image`` (the ECE of each image, then mean +- population std over images;
 also kept as ``summary["uncertainty"]["ece"]``) and ``ece_pooled`` (one ECE over every pixel of the split,
 from the bins summed over images, so large images weigh more). The pooled bins are written to the summary
@@ -116,12 +119,12 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
         with np.load(pred_dir / p["probs"]) as npz:
             samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
-            coh = resize_prob(npz["coherence"], gt.shape)  # the mean of the S samples
             if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
                 fused = resize_prob(npz["fused"], gt.shape) >= thr
+        coh = samples.mean(axis=0)  # the mean of the S samples (not npz "coherence", which sample.maps may binarise)
         tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
         per_image.append({**tags, "which": "fused", **binary_metrics(fused, gt)})
-        per_mean.append({**tags, "which": "mean_of_samples", **binary_metrics(samples.mean(axis=0) >= thr, gt)})
+        per_mean.append({**tags, "which": "mean_of_samples", **binary_metrics(coh >= thr, gt)})
         for k, s in enumerate(samples):
             per_sample.append({**tags, "which": f"sample_{k}", **binary_metrics(s >= thr, gt)})
         bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
@@ -164,7 +167,8 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     writer.writerows(per_image + per_sample)
     atomic_write_text(out / "metrics.csv", buffer.getvalue())
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "rounds.md", format_rounds_markdown(summary) + "\n")
+    outputs = format_outputs_markdown(summary)
+    atomic_write_text(out / "rounds.md", format_rounds_markdown(summary) + "\n" + (f"\n{outputs}\n" if outputs else ""))
     reliability_figure(summary["calibration"], out / "reliability.png", title=reliability_title(summary))
     return summary
 
@@ -212,6 +216,14 @@ def ensemble_name(summary: dict) -> str:
     method = settings.get("fusion")
     name = FUSION_NAMES.get(method, method or "fused (fusion not recorded)")
     return name + (" + DenseCRF" if settings.get("crf") else "")
+
+
+def samples_are(summary: dict) -> str:
+    """What the S samples of an image are, as predict recorded it from its sampler (``samples_are`` in
+    ``predict.json``), or a hint for predictions without that record."""
+    settings = summary.get("prediction_settings") or {}
+    return settings.get("samples_are") or ("not recorded: independent draws for every sampler except "
+                                           "class_difference, whose sample k is its k-th timestep")
 
 
 def _require_rounds(summary: dict) -> list[dict]:
@@ -273,7 +285,7 @@ def rounds_protocol(summary: dict) -> str:
     return (f"split {summary['split']} of {summary['manifest']}, {summary['n_images']} images; threshold "
             f"{summary['threshold']} (prob >= threshold); each metric per image at the original image size, then "
             "mean ± population std over images; round k = the k-th of the S = "
-            f"{len(summary['rounds'])} samples of every image (drawn from independent noise); ensemble: the S "
+            f"{len(summary['rounds'])} samples of every image ({samples_are(summary)}); ensemble: the S "
             f"samples fused by {ensemble_name(summary)}; spread: max - min of the round means"
             + (f"; {sampling}" if sampling else ""))
 
@@ -287,6 +299,32 @@ def format_rounds_markdown(summary: dict, metrics: tuple[str, ...] = PALSCDIFF_M
               for r in rounds_table(summary, metrics)]
     return "\n".join([*lines, "", ensemble_minus_best_text(summary, metrics) + ".", "",
                       f"Protocol: {rounds_protocol(summary)}."])
+
+
+OUTPUT_METRICS: tuple[str, ...] = ("dice", "precision", "recall", "iou")  # DiffSeg's Table 1 columns
+
+
+def format_outputs_markdown(summary: dict, metrics: tuple[str, ...] = OUTPUT_METRICS) -> str:
+    """The three ways of turning the S samples into a mask, side by side (the DiffSeg paper's Table 1 form):
+    each sample alone (the ``single_sample`` view: every sample of every image scored, mean ± population std
+    over those image-sample pairs), their per-pixel mean at the threshold (``mean_of_samples``) and the fused
+    result (``fused``). Columns: Dice, Precision, Recall, IoU (Jaccard), per image, in %. Summaries without
+    ``mean_of_samples`` give ""."""
+    if "mean_of_samples" not in summary:
+        return ""
+    thr = summary["threshold"]
+    views = [(f"each sample alone (S = {len(summary.get('rounds') or [])} per image)", "single_sample"),
+             (f"mean of the samples, >= {thr}", "mean_of_samples"), (ensemble_name(summary), "fused")]
+    names = {**COLUMN_NAMES, "iou": "IoU (Jaccard) %"}
+    lines = ["| | " + " | ".join(names[k] for k in metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for label, view in views:
+        stats = summary[view]["all"]
+        lines.append(f"| {label} | " + " | ".join(f"{stats[k]['mean'] * 100:.2f} ± {stats[k]['std'] * 100:.2f}"
+                                                  for k in metrics) + " |")
+    return "\n".join([*lines, "", f"Protocol: split {summary['split']} of {summary['manifest']}, "
+                      f"{summary['n_images']} images; threshold {thr} (prob >= threshold); per image at the original "
+                      f"size, mean ± population std over images (each sample alone: over image-sample pairs); "
+                      f"samples: {samples_are(summary)}."])
 
 
 def calibration_summary(bins: list[dict], ece_per_image: list[float], n_samples: set[int]) -> dict:
@@ -354,8 +392,8 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
         lines.append(f"{'spread (max - min)':<{width}}"
                      + "".join(f"{spread[k]['range']:>9.3f}{'':7}" for k in keys).rstrip())
         lines.append(f"{'fused - best round':<{width}}" + "".join(f"{gain[k]:>+9.3f}{'':7}" for k in keys).rstrip())
-        lines.append(f"rounds: round k = the k-th of the S = {len(summary['rounds'])} samples of every image, each "
-                     "round an independent draw of the split; best round = highest mean (hd95: lowest)")
+        lines.append(f"rounds: round k = the k-th of the S = {len(summary['rounds'])} samples of every image "
+                     f"({samples_are(summary)}); best round = highest mean (hd95: lowest)")
         lines.append(f"fused = the S samples fused by {ensemble_name(summary)} (prediction_settings fusion); "
                      "fused - best round > 0: the fusion beats every round (hd95: < 0)")
     if "mean_of_samples" in summary:
