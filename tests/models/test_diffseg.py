@@ -234,3 +234,32 @@ def test_diffseg_weak_end_to_end_on_phantoms(train_tiny_run, phantom_manifest, t
     # the tables say that output k is the k-th timestep, not an independent draw
     assert meta["samples_are"] == ("one class-difference mask per timestep, t = 60, 70, ..., 150 in order, each "
                                    "from one shared noise image")
+
+
+def test_full_resolution_isic_image_is_segmented_at_network_size_and_written_back_full_size(
+        train_tiny_run, shared_data, tmp_path):
+    """The largest ISIC 2017 image (4288 x 2848) goes through the network at 32 px and comes back at full size:
+    the mask PNG has the original size and the stored outputs stay at network size (no full-size arrays kept)."""
+    from PIL import Image
+
+    from lesiondiff.engine.evaluate import evaluate
+    from lesiondiff.engine.predict import Predictor
+
+    image = shared_data / "ISIC2017/ISIC-2017_Validation_Data/ISIC_0014217.jpg"
+    truth = shared_data / "ISIC2017/ISIC-2017_Validation_Part1_GroundTruth/ISIC_0014217_segmentation.png"
+    if not image.is_file():
+        pytest.skip(f"{image} not found")
+    run = train_tiny_run("diffseg-weak", tmp_path / "run", 1, "data.val_max_images=0", "data.channels=3",
+                         "train.batch_size=2")
+    row = Predictor.from_run(run, device="cpu").run([("ISIC_0014217", str(image))], tmp_path / "pred")[0]
+    assert Image.open(tmp_path / "pred" / row["mask"]).size == (4288, 2848)
+    assert max(Image.open(tmp_path / "pred" / row["overlay"]).size) == 1024  # the overlay is capped, not full size
+    with np.load(tmp_path / "pred" / row["probs"]) as npz:
+        assert npz["samples"].shape == (10, 32, 32) and npz["original_size"].tolist() == [2848, 4288]
+    manifest = tmp_path / "one.csv"
+    manifest.write_text("id,image,masks,label,case,dataset,split,fold\n"
+                        f"ISIC_0014217,{image},{truth},,ISIC_0014217,isic,test,-1\n")
+    summary = evaluate(tmp_path / "pred", manifest, split="test")
+    assert summary["n_images"] == 1
+    dice = summary["fused"]["all"]["dice"]["mean"]
+    assert 0.0 <= dice <= 1.0 and math.isfinite(summary["uncertainty"]["ged"]["mean"])
