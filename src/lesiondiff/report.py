@@ -65,8 +65,10 @@ def _predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
 
 
 def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) -> bool:
-    """One row per image: image, ground truth, fused mask overlay, coherence, ambiguity, entropy."""
-    preds, _ = _predictions(pred_dir)
+    """One row per image: image, ground truth, fused mask overlay, coherence, ambiguity, entropy. Rows are
+    as tall as the first image's aspect needs; the title says what the maps were computed from (predict.json's
+    ``maps``: the sampled probabilities, or the samples binarised at the threshold)."""
+    preds, settings = _predictions(pred_dir)
     chosen = [r for r in rows if r["id"] in preds][:n] or [{"id": i, "image": p["image"]} for i, p in
                                                              list(preds.items())[:n]]
     if not chosen:
@@ -74,7 +76,12 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
     plt = pyplot()
     titles = ["image", "ground truth", "fused mask + ambiguity", "coherence (mean)", "ambiguity (variance)",
               "entropy (bits)"]
-    fig, axes = plt.subplots(len(chosen), 6, figsize=(15, 2.6 * len(chosen)), squeeze=False)
+    h, w = read_image(chosen[0]["image"]).shape[:2]
+    fig, axes = plt.subplots(len(chosen), 6, figsize=(15, 0.4 + len(chosen) * min(2.6, 2.5 * h / w + 0.3)),
+                             squeeze=False, layout="constrained")
+    source = (f"the S = {settings.get('samples', '?')} samples binarised at {settings.get('threshold', 0.5):g}"
+              if settings.get("maps") == "masks" else "the S sampled probabilities")
+    fig.suptitle(f"coherence, ambiguity and entropy over {source}", fontsize=9)
     for i, row in enumerate(chosen):
         p = preds[row["id"]]
         image = read_image(row["image"])
@@ -167,9 +174,11 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
     which = (f"{len(chosen)} of the {len(with_gt)} images with a non-empty ground truth, evenly spaced over the "
              "sorted ids" if with_gt else f"{len(chosen)} images evenly spaced over the sorted ids (no ground "
              "truth given)")
-    # three short lines, so the title never sets the width of a figure with few rounds
+    # short lines, so the title never sets the width of a figure with few rounds
+    are = settings.get("samples_are")
     fig.suptitle(f"Sampling rounds and the fused mask\n{which}\nround k = the k-th sample at threshold {thr:g}, "
-                 "resized to the original size; red: ground-truth contour", fontsize=9)
+                 "resized to the original size; red: ground-truth contour" + (f"\nsamples: {are}" if are else ""),
+                 fontsize=9)
     _save(fig, path)
     return records
 
@@ -236,6 +245,7 @@ def _rounds_html(summary: dict) -> str:
         rounds_cells,
         rounds_protocol,
         rounds_table,
+        samples_are,
     )
 
     head = "".join(f"<th>{COLUMN_NAMES[k]}</th>" for k in PALSCDIFF_METRICS)
@@ -243,11 +253,29 @@ def _rounds_html(summary: dict) -> str:
                    + "".join(f"<td>{html.escape(c)}</td>" for c in rounds_cells(r)) + "</tr>"
                    for r in rounds_table(summary))
     return ("<h3>Sampling rounds</h3><p>Each round scores one of the S samples of every image on its own (round k "
-            "= the k-th sample, drawn from its own noise), as PalScDiff's Table 4 does; the ensemble row is the "
-            "fused row above. Mean &plusmn; population std over images, in %.</p>"
+            f"= the k-th sample; samples: {html.escape(samples_are(summary))}), as PalScDiff's Table 4 does; the "
+            "ensemble row is the fused row above. Mean &plusmn; population std over images, in %.</p>"
             f"<table><tr><th></th>{head}</tr>{body}</table>"
             f"<p>{html.escape(ensemble_minus_best_text(summary))}.</p>"
             f"<p class='protocol'>{html.escape(rounds_protocol(summary))}.</p>")
+
+
+def _outputs_html(summary: dict) -> str:
+    """The DiffSeg paper's Table 1 form (``evaluate.output_rows``): each sample alone, the mean of the
+    samples and the fused mask, in Dice, precision, recall and Jaccard; "" without ``mean_of_samples``."""
+    from .engine.evaluate import COLUMN_NAMES, OUTPUT_METRICS, output_rows, outputs_protocol, percent_cell
+
+    rows = output_rows(summary)
+    if not rows:
+        return ""
+    names = {**COLUMN_NAMES, "iou": "IoU (Jaccard) %"}
+    head = "".join(f"<th>{names[k]}</th>" for k in OUTPUT_METRICS)
+    body = "".join(f"<tr><th>{html.escape(label)}</th>"
+                   + "".join(f"<td>{html.escape(percent_cell(stats[k]))}</td>" for k in OUTPUT_METRICS) + "</tr>"
+                   for label, stats in rows)
+    return ("<h3>Samples alone, their mean, and the fused mask</h3>"
+            f"<table><tr><th></th>{head}</tr>{body}</table>"
+            f"<p class='protocol'>{html.escape(outputs_protocol(summary))}.</p>")
 
 
 def _calibration_html(summary: dict, figs: Path) -> str:
@@ -295,11 +323,15 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
         parts.append(_metrics_table(summary))
         if summary.get("rounds"):
             parts.append(_rounds_html(summary))
+        parts.append(_outputs_html(summary))
         pooled, u = summary["pooled"]["fused"], summary["uncertainty"]
+        diffseg = (f"; DiffSeg's GED {u['ged_diffseg']['mean']:.3f} &plusmn; {u['ged_diffseg']['std']:.3f} (Eqs. "
+                   "5-7: mean pairwise RMS difference among the samples, no ground truth)" if "ged_diffseg" in u
+                   else "")
         parts.append(f"<p>Pooled over the split (fused masks, summed pixel counts): Dice {pooled['pooled_dice']:.3f},"
                      f" IoU {pooled['pooled_iou']:.3f}. Uncertainty, per image then averaged: GED "
                      f"{u['ged']['mean']:.3f} &plusmn; {u['ged']['std']:.3f} (d = 1 - IoU, samples vs the ground "
-                     f"truth).</p>")
+                     f"truth){diffseg}.</p>")
         parts.append(_calibration_html(summary, figs))
     if pred_dir is not None:
         rows = Manifest.read(manifest).rows(split=split) if manifest else []

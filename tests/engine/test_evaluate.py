@@ -11,6 +11,7 @@ from PIL import Image
 
 from lesiondiff.data.io import write_mask_png, write_png
 from lesiondiff.data.manifest import Manifest
+from lesiondiff.diffusion.samplers import INDEPENDENT_SAMPLES
 from lesiondiff.engine.evaluate import (
     SPREAD_ROW,
     evaluate,
@@ -18,6 +19,7 @@ from lesiondiff.engine.evaluate import (
     format_rounds_markdown,
     format_table,
     rounds_table,
+    samples_are,
 )
 from lesiondiff.engine.predict import Prediction, Predictor
 from lesiondiff.errors import LesiondiffError
@@ -147,7 +149,7 @@ def _rounds_predictions(root, n_samples: int = 3):
         writer_.writerows(preds)
     (pred / "predict.json").write_text(json.dumps({
         "sampler": "ddpm", "steps": 1000, "samples": n_samples, "fusion": "majority", "crf": False,
-        "threshold": 0.5, "seed": 7}))
+        "threshold": 0.5, "seed": 7, "samples_are": INDEPENDENT_SAMPLES}))
     return pred, manifest
 
 
@@ -212,7 +214,8 @@ def test_rounds_table_markdown_and_printed_table(rounds_run):
     assert rows[2].startswith(f"| each sample alone (S = 3 per image) | {100 * (1 + 11 / 15) / 3:.2f} ± ")
     assert rows[3].startswith("| mean of the samples, >= 0.5 | ")
     assert rows[4].startswith(f"| majority vote | {100 * (2 / 3 + 1) / 2:.2f} ± ")
-    assert "samples: independent draws, each from its own noise" in outputs or "not recorded" in outputs
+    assert "samples: independent draws, each from its own noise" in outputs
+    assert samples_are({}).startswith("not recorded: independent draws for every sampler except class_difference")
 
     table = format_table(summary).splitlines()
     assert sum(x.startswith("round ") for x in table) == 3
@@ -251,6 +254,11 @@ def test_report_shows_rounds_table_and_figure(rounds_run, tmp_path):
     assert Image.open(tmp_path / "report/figures/rounds.png").format == "PNG"
     assert "<h3>Sampling rounds</h3>" in page and "<td>73.33 ± 6.67</td>" in page
     assert "<th>majority vote</th>" in page
+    # the Table-1 form: each sample alone (Dice over the three rounds: 1, 0, 11/15), their mean, the fused mask
+    assert "<h3>Samples alone, their mean, and the fused mask</h3>" in page
+    assert f"<th>each sample alone (S = 3 per image)</th><td>{100 * (1 + 11 / 15) / 3:.2f} ± " in page
+    assert "samples: independent draws, each from its own noise" in page
+    assert "DiffSeg&#x27;s GED" in page
     old = {k: v for k, v in summary.items() if k not in ("rounds", "rounds_spread", "ensemble_minus_best_round")}
     page = write_report(tmp_path / "old", summary=old).read_text(encoding="utf-8")
     assert "<h3>Sampling rounds</h3>" not in page

@@ -304,27 +304,40 @@ def format_rounds_markdown(summary: dict, metrics: tuple[str, ...] = PALSCDIFF_M
 OUTPUT_METRICS: tuple[str, ...] = ("dice", "precision", "recall", "iou")  # DiffSeg's Table 1 columns
 
 
-def format_outputs_markdown(summary: dict, metrics: tuple[str, ...] = OUTPUT_METRICS) -> str:
-    """The three ways of turning the S samples into a mask, side by side (the DiffSeg paper's Table 1 form):
-    each sample alone (the ``single_sample`` view: every sample of every image scored, mean ± population std
-    over those image-sample pairs), their per-pixel mean at the threshold (``mean_of_samples``) and the fused
-    result (``fused``). Columns: Dice, Precision, Recall, IoU (Jaccard), per image, in %. Summaries without
-    ``mean_of_samples`` give ""."""
+def output_rows(summary: dict) -> list[tuple[str, dict]]:
+    """The three ways of turning the S samples into a mask (the DiffSeg paper's Table 1 rows), as (label,
+    per-image stats of the whole split): each sample alone (the ``single_sample`` view: every sample of every
+    image scored, mean ± population std over those image-sample pairs), their per-pixel mean at the threshold
+    (``mean_of_samples``) and the fused result (``fused``). Summaries without ``mean_of_samples`` give []."""
     if "mean_of_samples" not in summary:
-        return ""
-    thr = summary["threshold"]
+        return []
     views = [(f"each sample alone (S = {len(summary.get('rounds') or [])} per image)", "single_sample"),
-             (f"mean of the samples, >= {thr}", "mean_of_samples"), (ensemble_name(summary), "fused")]
+             (f"mean of the samples, >= {summary['threshold']}", "mean_of_samples"),
+             (ensemble_name(summary), "fused")]
+    return [(label, summary[view]["all"]) for label, view in views]
+
+
+def outputs_protocol(summary: dict) -> str:
+    return (f"split {summary['split']} of {summary['manifest']}, {summary['n_images']} images; threshold "
+            f"{summary['threshold']} (prob >= threshold); per image at the original size, mean ± population std "
+            f"over images (each sample alone: over image-sample pairs); samples: {samples_are(summary)}")
+
+
+def format_outputs_markdown(summary: dict, metrics: tuple[str, ...] = OUTPUT_METRICS) -> str:
+    """``output_rows`` as a Markdown table (Dice, Precision, Recall, IoU (Jaccard), in %) with its protocol;
+    "" when the summary has no ``mean_of_samples``."""
+    rows = output_rows(summary)
+    if not rows:
+        return ""
     names = {**COLUMN_NAMES, "iou": "IoU (Jaccard) %"}
     lines = ["| | " + " | ".join(names[k] for k in metrics) + " |", "|---|" + "---:|" * len(metrics)]
-    for label, view in views:
-        stats = summary[view]["all"]
-        lines.append(f"| {label} | " + " | ".join(f"{stats[k]['mean'] * 100:.2f} ± {stats[k]['std'] * 100:.2f}"
-                                                  for k in metrics) + " |")
-    return "\n".join([*lines, "", f"Protocol: split {summary['split']} of {summary['manifest']}, "
-                      f"{summary['n_images']} images; threshold {thr} (prob >= threshold); per image at the original "
-                      f"size, mean ± population std over images (each sample alone: over image-sample pairs); "
-                      f"samples: {samples_are(summary)}."])
+    lines += [f"| {label} | " + " | ".join(percent_cell(stats[k]) for k in metrics) + " |" for label, stats in rows]
+    return "\n".join([*lines, "", f"Protocol: {outputs_protocol(summary)}."])
+
+
+def percent_cell(stats: dict) -> str:
+    """``mean ± std`` of a per-image summary of a [0,1] metric, in %."""
+    return f"{stats['mean'] * 100:.2f} ± {stats['std'] * 100:.2f}"
 
 
 def calibration_summary(bins: list[dict], ece_per_image: list[float], n_samples: set[int]) -> dict:
