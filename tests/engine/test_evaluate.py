@@ -258,7 +258,7 @@ def test_report_shows_rounds_table_and_figure(rounds_run, tmp_path):
     assert "<h3>Samples alone, their mean, and the fused mask</h3>" in page
     assert f"<th>each sample alone (S = 3 per image)</th><td>{100 * (1 + 11 / 15) / 3:.2f} ± " in page
     assert "samples: independent draws, each from its own noise" in page
-    assert "DiffSeg&#x27;s GED" in page
+    assert "DiffSeg's GED" in page
     old = {k: v for k, v in summary.items() if k not in ("rounds", "rounds_spread", "ensemble_minus_best_round")}
     page = write_report(tmp_path / "old", summary=old).read_text(encoding="utf-8")
     assert "<h3>Sampling rounds</h3>" not in page
