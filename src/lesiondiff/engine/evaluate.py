@@ -311,7 +311,8 @@ def output_rows(summary: dict) -> list[tuple[str, dict]]:
     (``mean_of_samples``) and the fused result (``fused``). Summaries without ``mean_of_samples`` give []."""
     if "mean_of_samples" not in summary:
         return []
-    views = [(f"each sample alone (S = {len(summary.get('rounds') or [])} per image)", "single_sample"),
+    n = len(summary.get("rounds") or []) or (summary.get("prediction_settings") or {}).get("samples", "?")
+    views = [(f"each sample alone (S = {n} per image)", "single_sample"),
              (f"mean of the samples, >= {summary['threshold']}", "mean_of_samples"),
              (ensemble_name(summary), "fused")]
     return [(label, summary[view]["all"]) for label, view in views]
