@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .data.dataset import mask_paths
-from .data.io import read_image, read_mask, read_masks
+from .data.io import image_size, read_image, read_mask, read_masks
 from .data.manifest import Manifest
 from .data.transforms import resize_prob
 from .io_utils import atomic_path, atomic_write_text
@@ -76,7 +76,7 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
     plt = pyplot()
     titles = ["image", "ground truth", "fused mask + ambiguity", "coherence (mean)", "ambiguity (variance)",
               "entropy (bits)"]
-    h, w = read_image(chosen[0]["image"]).shape[:2]
+    h, w = image_size(chosen[0]["image"])  # the header only: the pixels are read once, in the loop below
     fig, axes = plt.subplots(len(chosen), 6, figsize=(15, 0.4 + len(chosen) * min(2.6, 2.5 * h / w + 0.3)),
                              squeeze=False, layout="constrained")
     source = (f"the S = {settings.get('samples', '?')} samples binarised at {settings.get('threshold', 0.5):g}"
@@ -263,13 +263,12 @@ def _rounds_html(summary: dict) -> str:
 def _outputs_html(summary: dict) -> str:
     """The DiffSeg paper's Table 1 form (``evaluate.output_rows``): each sample alone, the mean of the
     samples and the fused mask, in Dice, precision, recall and Jaccard; "" without ``mean_of_samples``."""
-    from .engine.evaluate import COLUMN_NAMES, OUTPUT_METRICS, output_rows, outputs_protocol, percent_cell
+    from .engine.evaluate import OUTPUT_COLUMNS, OUTPUT_METRICS, output_rows, outputs_protocol, percent_cell
 
     rows = output_rows(summary)
     if not rows:
         return ""
-    names = {**COLUMN_NAMES, "iou": "IoU (Jaccard) %"}
-    head = "".join(f"<th>{names[k]}</th>" for k in OUTPUT_METRICS)
+    head = "".join(f"<th>{OUTPUT_COLUMNS[k]}</th>" for k in OUTPUT_METRICS)
     body = "".join(f"<tr><th>{html.escape(label)}</th>"
                    + "".join(f"<td>{html.escape(percent_cell(stats[k]))}</td>" for k in OUTPUT_METRICS) + "</tr>"
                    for label, stats in rows)

@@ -302,6 +302,7 @@ def format_rounds_markdown(summary: dict, metrics: tuple[str, ...] = PALSCDIFF_M
 
 
 OUTPUT_METRICS: tuple[str, ...] = ("dice", "precision", "recall", "iou")  # DiffSeg's Table 1 columns
+OUTPUT_COLUMNS = {**COLUMN_NAMES, "iou": "IoU (Jaccard) %"}  # their headers, named as the paper does
 
 
 def output_rows(summary: dict) -> list[tuple[str, dict]]:
@@ -330,8 +331,7 @@ def format_outputs_markdown(summary: dict, metrics: tuple[str, ...] = OUTPUT_MET
     rows = output_rows(summary)
     if not rows:
         return ""
-    names = {**COLUMN_NAMES, "iou": "IoU (Jaccard) %"}
-    lines = ["| | " + " | ".join(names[k] for k in metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    lines = ["| | " + " | ".join(OUTPUT_COLUMNS[k] for k in metrics) + " |", "|---|" + "---:|" * len(metrics)]
     lines += [f"| {label} | " + " | ".join(percent_cell(stats[k]) for k in metrics) + " |" for label, stats in rows]
     return "\n".join([*lines, "", f"Protocol: {outputs_protocol(summary)}."])
 
