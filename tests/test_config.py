@@ -15,7 +15,7 @@ def test_presets_load_and_round_trip(tmp_path):
 
 
 def test_ensemdiff_preset_is_the_papers_setting():
-    cfg = load_preset("ensemdiff")
+    cfg = load_preset("ensemdiff", "paper")
     d = cfg.diffusion
     assert (d.schedule, d.num_train_timesteps, d.beta_start, d.beta_end) == ("linear", 1000, 1e-4, 2e-2)
     assert (d.prediction, d.objective, cfg.train.lr) == ("epsilon", "eps_mse", 1e-4)

@@ -29,6 +29,12 @@ def _add_run_options(p: argparse.ArgumentParser, unit: str) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
     p.add_argument("--max-steps", type=int, default=1_000_000, help=f"step cap per {unit} (the budget usually ends it)")
     p.add_argument("--device", default=None)
+    _add_recipe(p)
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, help="training recipe laid over the preset: fast (default: warm-up, "
+                   "cosine, AdamW 1e-3, flips) or paper (each paper's own optimiser settings)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -92,6 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="feedforward: train the architecture with random noise as x_t and Dice + BCE")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda, then mps, then cpu)")
+    _add_recipe(tr)
     _add_overrides(tr)
 
     cp = sub.add_parser("compare", help="feed-forward vs diffusion training of presets on one budget (Table 1 form)",
@@ -112,6 +119,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--max-steps", type=int, default=1_000_000, help="step cap per run (the budget usually ends it)")
     cp.add_argument("--figure-images", type=int, default=3, help="images in compare.png (0: no figure)")
     cp.add_argument("--device", default=None)
+    _add_recipe(cp)
     _add_overrides(cp)
 
     ab = sub.add_parser("ablate", help="train a preset's ablation arms on one budget (PalScDiff Table 2 form)",
@@ -161,6 +169,20 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=None)
     pr.add_argument("--checkpoint", default="best", help="best or last")
     pr.add_argument("--device", default=None)
+    pr.add_argument("--no-postprocess", action="store_true",
+                    help="ignore the run's postprocess.json (the lesion / no-lesion rule)")
+
+    pp = sub.add_parser("postprocess", help="choose the run's lesion / no-lesion post-processing on the validation "
+                                            "split (largest component, minimum area or probability)",
+                        description="Predict the split with the run's sampling settings (or read --pred), score "
+                                    "every rule of the grid by mean per-image Dice over all the split's images "
+                                    "and write the best to RUN/postprocess.json; predict applies it from then on.")
+    pp.add_argument("--run", required=True)
+    pp.add_argument("--manifest", required=True)
+    pp.add_argument("--split", default="val", help="the split to choose on (never the test split)")
+    pp.add_argument("--pred", default=None, help="existing predictions of that split (made without the rule)")
+    pp.add_argument("--device", default=None)
+    _add_overrides(pp)
 
     ev = sub.add_parser("evaluate", help="score predictions against a manifest split")
     ev.add_argument("--pred", required=True)
@@ -184,6 +206,7 @@ def _build_parser() -> argparse.ArgumentParser:
     de.add_argument("--minutes", type=float, default=3.5, help="training budget")
     de.add_argument("--size", type=int, default=64, help="network input size")
     de.add_argument("--device", default=None)
+    _add_recipe(de)
     _add_overrides(de)
 
     be = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
@@ -270,7 +293,7 @@ def _config(args) -> Config:  # noqa: F821
     if args.config:
         cfg = Config.load(args.config)
     else:
-        cfg = load_preset(args.preset or "ensemdiff")
+        cfg = load_preset(args.preset or "ensemdiff", getattr(args, "recipe", None))
     extra = list(args.overrides)
     if getattr(args, "manifest", None):
         extra.insert(0, f"data.manifest={args.manifest}")
@@ -399,7 +422,7 @@ def cmd_compare(args) -> int:
         presets=_names(args.presets), modes=_names(args.modes), manifest=args.manifest,
         budget_minutes=args.budget_minutes, out=args.out, size=args.size, seed=args.seed, samples=args.samples,
         sampler=args.sampler, steps=args.steps, split=args.split, max_steps=args.max_steps,
-        figure_images=args.figure_images, device=args.device, overrides=list(args.overrides))
+        figure_images=args.figure_images, device=args.device, overrides=list(args.overrides), recipe=args.recipe)
     return _experiment(compare, settings, f"wrote {Path(args.out) / 'compare.csv'}, compare.md and compare.png; "
                                           "progress in compare.json")
 
@@ -411,7 +434,7 @@ def cmd_ablate(args) -> int:
         preset=args.preset, manifest=args.manifest, budget_minutes=args.budget_minutes, out=args.out,
         baselines=_names(args.baselines), arms=_names(args.arms) if args.arms else None, size=args.size,
         seed=args.seed, samples=args.samples, sampler=args.sampler, steps=args.steps, split=args.split,
-        max_steps=args.max_steps, device=args.device, overrides=list(args.overrides))
+        max_steps=args.max_steps, device=args.device, overrides=list(args.overrides), recipe=args.recipe)
     return _experiment(ablate, settings, f"wrote {Path(args.out) / 'ablation.csv'} and ablation.md; progress in "
                                          "ablation.json")
 
@@ -422,7 +445,8 @@ def cmd_cv(args) -> int:
     settings = CVSettings(
         preset=args.preset, manifest=args.manifest, budget_minutes=args.budget_minutes, out=args.out,
         folds=args.folds, size=args.size, seed=args.seed, samples=args.samples, sampler=args.sampler,
-        steps=args.steps, max_steps=args.max_steps, device=args.device, overrides=list(args.overrides))
+        steps=args.steps, max_steps=args.max_steps, device=args.device, overrides=list(args.overrides),
+        recipe=args.recipe)
     return _experiment(crossval, settings, f"wrote {Path(args.out) / 'cv.md'} and cv.json (per-fold figures, the "
                                            "aggregate and progress)")
 
@@ -439,10 +463,22 @@ def cmd_predict(args) -> int:
         overrides.append("fusion.crf=true")
     if (args.manifest is None) != (args.split is None) and args.manifest is None:
         raise LesiondiffError("--split needs --manifest")
-    predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides)
+    predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides,
+                                   postprocess=not args.no_postprocess)
     items = collect_inputs(args.inputs, args.manifest, args.split)
     rows = predictor.run(items, args.out, checkpoint=args.checkpoint)
     print(f"wrote {len(rows)} predictions to {args.out} (masks, probabilities, uncertainty maps, overlays)")
+    return 0
+
+
+def cmd_postprocess(args) -> int:
+    from .engine.postprocessing import choose_for_run, format_scores
+
+    if args.split == "test":
+        raise LesiondiffError("choose the post-processing on the validation split, not on test")
+    rule, scores = choose_for_run(args.run, args.manifest, args.split, args.pred, args.device, list(args.overrides))
+    print(format_scores(scores))
+    print(f"chosen on split {args.split}: {rule.describe()}; wrote {Path(args.run) / 'postprocess.json'}")
     return 0
 
 
@@ -498,7 +534,7 @@ def cmd_demo(args) -> int:
     manifest_path = out / "manifest.csv"
     Manifest.from_records(assign_splits(index_folder(data_dir).records, seed=0)).write(manifest_path)
     run = out / "run"
-    cfg = load_preset(args.preset).override([*DEMO_OVERRIDES, f"data.manifest={manifest_path}", f"data.size={args.size}",
+    cfg = load_preset(args.preset, args.recipe).override([*DEMO_OVERRIDES, f"data.manifest={manifest_path}", f"data.size={args.size}",
                                              f"train.max_minutes={args.minutes}", *args.overrides])
     print(f"[2/5] training {args.preset} ({cfg.model.base_channels}-channel base, {cfg.diffusion.prediction} "
           f"prediction, objective {cfg.diffusion.objective}) at {args.size} px for up to {args.minutes} min")
@@ -587,7 +623,7 @@ def cmd_presets(args) -> int:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "ablate": cmd_ablate, "cv": cmd_cv,
-            "predict": cmd_predict, "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo,
+            "predict": cmd_predict, "postprocess": cmd_postprocess, "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo,
             "bench": cmd_bench, "analyze": cmd_analyze, "presets": cmd_presets}
 
 

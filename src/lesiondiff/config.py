@@ -68,7 +68,13 @@ class DiffusionConfig:
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 1e-4  # the peak learning rate (after warm-up), or the constant one
+    # Learning-rate schedule (engine/lr_schedule.py): "constant" or "cosine", from lr down to lr * final_lr_ratio at
+    # the end of whichever limit stops the run first (train.steps, or train.max_minutes on train.clock), after a
+    # linear warm-up over the first ``warmup`` steps
+    schedule: str = "constant"
+    warmup: int = 0
+    final_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -109,6 +115,10 @@ class SampleConfig:
     # what the coherence, ambiguity and entropy maps are computed from: the S "probabilities" as sampled, or
     # the S "masks" (each sample >= threshold; DiffSeg's Eqs. 3-4 over its binarised outputs)
     maps: str = "probabilities"
+    # the refine sampler (refiner preset): start from pure "noise" at t = T-1, or from the prior's own mask
+    # noised to t = start_t ("prior", as SegRefiner starts from the coarse mask)
+    start: str = "noise"
+    start_t: int = 500
 
 
 @dataclass
@@ -136,6 +146,9 @@ class FusionConfig:
 @dataclass
 class Config:
     preset: str = "custom"
+    # the training recipe applied over the preset's method (presets/recipes/<name>.yaml); a record only: its
+    # settings are already in the train and data sections
+    recipe: str = "paper"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -245,11 +258,52 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("lesiondiff.presets").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> Config:
-    """A preset is a partial YAML config over the defaults; its ``preset`` field is set to its name."""
+DEFAULT_RECIPE = "fast"
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("lesiondiff.presets") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe (``presets/recipes/<name>.yaml``): ``train`` settings laid over a preset's, and ``augment``,
+    augmentations added to the preset's own (see :func:`apply_recipe`)."""
+    path = resources.files("lesiondiff.presets") / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        raise LesiondiffError(f"unknown recipe {name!r}; known: {', '.join(recipe_names())}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = sorted(set(data) - {"train", "augment"})
+    if unknown:
+        raise LesiondiffError(f"recipe {name}: unknown section {unknown[0]!r}; known: train, augment")
+    return data
+
+
+def apply_recipe(preset: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
+    """A preset's YAML data with a recipe laid over it.
+
+    ``train``: the recipe's keys replace the preset's (its other train keys, e.g. a validation sampler, stay).
+    ``augment``: the recipe's augmentations, plus the preset's own where the preset names one (the paper's
+    augmentation: PGDiffSeg's six-fold copies, DiffSeg's rot90 + blur); ``flip`` is not added to ``sixfold``,
+    which holds the flips already. A recipe without ``augment`` keeps the preset's (or the default).
+    """
+    data = {**preset, "train": {**(preset.get("train") or {}), **(recipe.get("train") or {})}}
+    if recipe.get("augment") is not None:
+        own = list((preset.get("data") or {}).get("augment") or [])
+        added = [a for a in recipe["augment"] if a not in own and not (a == "flip" and "sixfold" in own)]
+        data["data"] = {**(preset.get("data") or {}), "augment": added + own}
+    return data
+
+
+def load_preset(name: str, recipe: str | None = None) -> Config:
+    """A preset is a partial YAML config over the defaults; its ``preset`` field is set to its name. The preset
+    describes the method (network, objective, sampler, fusion) with its paper's optimiser settings; ``recipe``
+    (default :data:`DEFAULT_RECIPE`) lays a training recipe over them (``paper``: none, the paper's own)."""
     path = resources.files("lesiondiff.presets") / f"{name}.yaml"
     if not path.is_file():
         raise LesiondiffError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    recipe = recipe or DEFAULT_RECIPE
+    data = apply_recipe(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, load_recipe(recipe))
     data["preset"] = name
-    return Config.from_dict(data, source=f"preset {name}")
+    data["recipe"] = recipe
+    return Config.from_dict(data, source=f"preset {name} with recipe {recipe}")

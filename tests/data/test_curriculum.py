@@ -71,7 +71,7 @@ def scored_manifest(phantom_dir, tmp_path_factory):
 
 
 def test_trainer_follows_the_stages(scored_manifest, tmp_path):
-    cfg = load_preset("palscdiff").override([f"data.manifest={scored_manifest}", "train.steps=10", *TINY])
+    cfg = load_preset("palscdiff", "paper").override([f"data.manifest={scored_manifest}", "train.steps=10", *TINY])
     trainer = Trainer(cfg, tmp_path / "run", device="cpu")
     groups = row_groups(trainer.train_data.rows, cfg.curriculum)
     seen: dict[int, set[int]] = {}
@@ -96,7 +96,7 @@ def test_trainer_follows_the_stages(scored_manifest, tmp_path):
 
 def test_curriculum_resume_is_exact(scored_manifest, tmp_path):
     def cfg(steps):
-        return load_preset("palscdiff").override([f"data.manifest={scored_manifest}", f"train.steps={steps}", *TINY,
+        return load_preset("palscdiff", "paper").override([f"data.manifest={scored_manifest}", f"train.steps={steps}", *TINY,
                                                   "curriculum.stage_fractions=[0.5,0.1,0.1,0.3]"])
 
     Trainer(cfg(10), tmp_path / "straight", device="cpu").fit()

@@ -129,7 +129,8 @@ def _rounds_predictions(root, n_samples: int = 3):
     image, "c", has an empty ground truth and is in split "val". Returns (pred_dir, manifest)."""
     pred = root / "pred"
     pred.mkdir(parents=True)
-    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")))
+    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")),
+                             postprocess=None)
     masks = {**ROUNDS, "c": [np.zeros((8, 8), bool)] * 3}
     rows, preds = [], []
     for id_, rounds in masks.items():
@@ -329,7 +330,8 @@ def test_mean_of_samples_view_and_diffseg_ged(tmp_path):
     sqrt(16/64) = 1/2, over 3^2 = 2/9; both 0 for q."""
     pred = tmp_path / "pred"
     pred.mkdir()
-    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")))
+    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")),
+                             postprocess=None)
     gts = {"p": GT["a"], "q": GT["b"]}
     samples = {"p": np.stack([0.9 * GT["a"], 0.4 * GT["a"], 0.4 * GT["a"]]).astype(np.float32),
                "q": np.stack([GT["b"]] * 3).astype(np.float32)}

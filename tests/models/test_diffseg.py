@@ -187,7 +187,7 @@ def test_objective_training_timestep_range():
 
 
 def test_preset_is_the_papers_setting_without_mask_validation():
-    cfg = load_preset("diffseg-weak")
+    cfg = load_preset("diffseg-weak", "paper")
     assert (cfg.model.name, cfg.diffusion.objective, cfg.sample.sampler, cfg.fusion.method) == (
         "diffseg", "class_eps", "class_difference", "crf_rounds")
     assert (cfg.data.size, cfg.train.lr, cfg.train.batch_size, cfg.sample.samples) == (128, 5e-4, 4, 10)

@@ -9,12 +9,15 @@ from lesiondiff.models import MODELS, build_model
 from lesiondiff.models.base import Denoiser
 
 FOUR_LEVELS = {"pgdiffseg"}  # designs with a fixed number of down/up units (four)
+X0_ONLY = {"refiner"}  # designs whose head predicts x0 only
 
 
 def small(name: str, **over) -> Config:
     levels = (["model.channel_mult=[1,2,2,2]", "model.attention_levels=[false,false,false,true]"]
               if name in FOUR_LEVELS else ["model.channel_mult=[1,2]", "model.attention_levels=[false,true]"])
-    cfg = Config().override([f"model.name={name}", "model.base_channels=8", *levels])
+    cfg = Config().override([f"model.name={name}", "model.base_channels=8", *levels,
+                             *(["diffusion.prediction=x0", "model.options.refine_mult=[1,2]"] if name in X0_ONLY
+                               else [])])
     return cfg.override([f"{k}={v}" for k, v in over.items()])
 
 

@@ -72,6 +72,7 @@ class AblateSettings:
     max_steps: int = 1_000_000
     device: str | None = None
     overrides: list[str] = field(default_factory=list)
+    recipe: str | None = None  # the training recipe (config.DEFAULT_RECIPE when None; "paper": the papers' own)
 
 
 def ablation_names() -> list[str]:
@@ -143,7 +144,7 @@ def _check_same_training(run: dict, cfg: Config, source: Config) -> None:
 
 def run_config(run: dict, s: AblateSettings) -> Config:
     return experiment_config(run["preset"], s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
-                             [*run["overrides"], *s.overrides])
+                             [*run["overrides"], *s.overrides], recipe=s.recipe)
 
 
 def sampling(s: AblateSettings, mode: str, cfg: Config | None = None) -> dict:

@@ -97,6 +97,7 @@ class CompareSettings:
     figure_images: int = 3
     device: str | None = None
     overrides: list[str] = field(default_factory=list)
+    recipe: str | None = None  # the training recipe (config.DEFAULT_RECIPE when None; "paper": the papers' own)
 
 
 def skip_reason(preset: str, mode: str) -> str | None:
@@ -110,7 +111,7 @@ def skip_reason(preset: str, mode: str) -> str | None:
 def run_config(preset: str, mode: str, s: CompareSettings) -> Config:
     """The preset, then the shared settings, then the user's overrides (which therefore win)."""
     return experiment_config(preset, s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
-                             [f"diffusion.mode={mode}", *s.overrides])
+                             [f"diffusion.mode={mode}", *s.overrides], recipe=s.recipe)
 
 
 def sampling(cfg: Config, mode: str, s: CompareSettings) -> dict:

@@ -83,6 +83,7 @@ class CVSettings:
     max_steps: int = 1_000_000
     device: str | None = None
     overrides: list[str] = field(default_factory=list)
+    recipe: str | None = None  # the training recipe (config.DEFAULT_RECIPE when None; "paper": the papers' own)
 
 
 def fold_numbers(manifest: Manifest, wanted: int | None, path: str) -> list[int]:
@@ -118,7 +119,7 @@ def check_same_folds(out: Path, fingerprint: str, manifest: str) -> None:
 def run_config(s: CVSettings, k: int) -> Config:
     """The preset, the shared settings, the user's overrides, then ``data.fold=k``."""
     return experiment_config(s.preset, s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
-                             [*s.overrides, f"data.fold={k}"])
+                             [*s.overrides, f"data.fold={k}"], recipe=s.recipe)
 
 
 def sampling(s: CVSettings, cfg: Config) -> dict:

@@ -41,6 +41,14 @@ The ensemble is whatever fusion the predictions used (``prediction_settings["fus
 palscdiff preset, mean, STAPLE, optionally with DenseCRF); ``rounds_table`` and ``format_rounds_markdown``
 name it, and ``evaluate`` writes the Markdown table as ``rounds.md``.
 
+Lesion images and the image-level decision (lesion present = any foreground in the fused mask):
+- ``lesion_images``: the fused view's statistics over the images whose ground truth is non-empty only (Dice and
+  IoU on lesion images, the figure a lesion-free image cannot inflate or deflate);
+- ``image_level``: ``detection_sensitivity`` (lesion images with a non-empty prediction / lesion images),
+  ``specificity`` (lesion-free images predicted empty / lesion-free images), the counts behind both, and, where
+  the manifest labels images ``normal``, ``normal_predicted_empty`` (their share predicted empty);
+- ``postprocess``: the lesion / no-lesion rule the predictions were made with (``prediction_settings``).
+
 Calibration (``summary["calibration"]``; Guo et al. 2017, as "Analysing Diffusion Segmentation" reports it):
 the probability scored is the per-pixel mean of the S samples stored in each ``_probs.npz`` (computed from
 ``samples``, not read from its ``coherence`` map, which ``sample.maps=masks`` binarises), not the output of the
@@ -112,6 +120,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     thr = float(meta.get("threshold", 0.5)) if threshold is None else threshold
     per_image, per_sample, per_mean, uncertainty = [], [], [], []
     fused_masks, gts, bins, n_samples = [], [], [], set()
+    presence = []  # (ground truth non-empty, prediction non-empty, label) per image
     for row in tqdm(rows, desc=f"evaluate {split}", unit="img"):
         p = preds[row["id"]]
         fused = read_mask(pred_dir / p["mask"])
@@ -133,6 +142,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
                             "ece": ece_from_bins(bins[-1])})
         fused_masks.append(fused)
         gts.append(gt)
+        presence.append((bool(gt.any()), bool(fused.any()), row.get("label", "")))
 
     labels = sorted({r["label"] for r in per_image if r["label"]})
     rounds = rounds_summary(per_sample, min(n_samples), labels)
@@ -154,6 +164,9 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         "rounds_spread": spread,
         "ensemble_minus_best_round": gain,
         "pooled": {"fused": pooled_metrics(fused_masks, gts)},
+        "lesion_images": summarize([r for r, (has, _, _) in zip(per_image, presence) if has]),
+        "image_level": image_level(presence),
+        "postprocess": (meta.get("postprocess") or {}).get("description", "none recorded"),
         "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ged_diffseg", "ece")},
         "calibration": calibration_summary(bins, [u["ece"] for u in uncertainty], n_samples),
     }
@@ -171,6 +184,42 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     atomic_write_text(out / "rounds.md", format_rounds_markdown(summary) + "\n" + (f"\n{outputs}\n" if outputs else ""))
     reliability_figure(summary["calibration"], out / "reliability.png", title=reliability_title(summary))
     return summary
+
+
+def image_level(presence: list[tuple[bool, bool, str]]) -> dict:
+    """Image-level figures from (ground truth non-empty, prediction non-empty, label) per image."""
+    lesion = [pred for has, pred, _ in presence if has]
+    empty = [not pred for has, pred, _ in presence if not has]
+    normal = [not pred for _, pred, label in presence if label == "normal"]
+
+    def ratio(k: int, n: int) -> float:
+        return k / n if n else float("nan")
+
+    return {"lesion_images": len(lesion), "detected": int(sum(lesion)),
+            "detection_sensitivity": ratio(sum(lesion), len(lesion)),
+            "empty_images": len(empty), "predicted_empty": int(sum(empty)), "specificity": ratio(sum(empty), len(empty)),
+            **({"normal_images": len(normal), "normal_predicted_empty": ratio(sum(normal), len(normal))}
+               if normal else {})}
+
+
+def image_level_lines(summary: dict) -> list[str]:
+    """The printed lines of the lesion-image figures and the image-level decision (summaries that have them)."""
+    if "image_level" not in summary:
+        return []
+    il, lesion = summary["image_level"], summary["lesion_images"]
+    lines = []
+    if lesion and "dice" in lesion:
+        lines.append(f"lesion images only (ground truth non-empty, n = {il['lesion_images']}): Dice "
+                     f"{lesion['dice']['mean']:.3f} ±{lesion['dice']['std']:.3f}, IoU {lesion['iou']['mean']:.3f} "
+                     f"±{lesion['iou']['std']:.3f} (fused, per image)")
+    text = (f"image level (lesion present = any foreground in the fused mask): detection sensitivity "
+            f"{il['detected']}/{il['lesion_images']}, specificity {il['predicted_empty']}/{il['empty_images']} "
+            "(lesion-free images predicted empty)")
+    if "normal_images" in il:
+        text += f"; normal images predicted empty {il['normal_predicted_empty']:.1%} of {il['normal_images']}"
+    lines.append(text)
+    lines.append(f"lesion / no-lesion decision: {summary.get('postprocess', 'none recorded')}")
+    return lines
 
 
 def dataset_summary(per_image: list[dict], per_sample: list[dict], name: str) -> dict:
@@ -421,4 +470,5 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
         lines.append(f"uncertainty per image: DiffSeg GED {u['ged_diffseg']['mean']:.3f} ±{u['ged_diffseg']['std']:.3f} "
                      "(paper 003 Eqs. 5-7: mean RMS pixel difference over all pairs of the S samples, no ground truth)")
     lines.append(calibration_line(summary))
+    lines += image_level_lines(summary)
     return "\n".join(lines)

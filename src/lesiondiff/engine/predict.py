@@ -11,6 +11,9 @@ coherence (mean), ambiguity (variance) and entropy maps, and writes, under ``out
     <id>_maps.png       coherence (viridis, 0..1), ambiguity (magma, 0..0.25) and entropy (magma, 0..1 bit) side
                         by side, each at the overlay's size
     predictions.csv     one row per image: id, source image, output files, and how they were made
+The mask is post-processed by the run's lesion / no-lesion rule when the run has one (``postprocess.json``,
+written by ``lesiondiff postprocess``; ``postprocess.py``); predict.json records the rule and how many images
+it declared lesion-free. The npz keeps the samples and the fused map as sampled.
 The fused probability is computed at the network size and resized (bilinear) to the original size before
 thresholding. Each image's noise is seeded from the run seed and the image id, so results do not depend on
 the order or number of inputs.
@@ -36,11 +39,14 @@ from ..config import Config
 from ..data.io import is_image_file, read_image, split_name, write_mask_png, write_png
 from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
-from ..diffusion.samplers import build_sampler
+from ..diffusion.samplers import build_sampler, sample_options
 from ..errors import LesiondiffError
 from ..fusion import IMAGE_FUSERS, crf_kernels, fuse
 from ..io_utils import atomic_write, atomic_write_text
 from ..models import Denoiser, build_model
+from ..postprocess import FILE as POSTPROCESS_FILE
+from ..postprocess import PostProcess
+from ..postprocess import load as load_postprocess
 from ..uncertainty import ambiguity, coherence, entropy
 from .checkpoint import Checkpoint
 from .train import make_accelerator
@@ -106,19 +112,28 @@ def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | 
 
 
 class Predictor:
-    def __init__(self, cfg: Config, model: Denoiser) -> None:
+    def __init__(self, cfg: Config, model: Denoiser, postprocess: PostProcess | None = None,
+                 postprocess_record: dict | None = None) -> None:
         self.cfg = cfg
         self.model = model
+        self.postprocess = postprocess
+        self.postprocess_record = postprocess_record or {}
+        self.declared_empty = 0  # images the post-processing emptied, in the last ``run``
         self.device = next(model.parameters()).device
-        self.sampler = build_sampler(cfg.sample.sampler, cfg.diffusion, cfg.sample.max_batch)
+        self.sampler = build_sampler(cfg.sample.sampler, cfg.diffusion, cfg.sample.max_batch,
+                                     **sample_options(cfg.sample))
         if cfg.sample.maps not in MAPS_FROM:
             raise LesiondiffError(f"sample.maps must be one of {', '.join(MAPS_FROM)}, got {cfg.sample.maps!r}")
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | None = None,
-                 overrides: list[str] | None = None) -> Predictor:
+                 overrides: list[str] | None = None, postprocess: bool = True) -> Predictor:
+        """``postprocess``: apply the run's ``postprocess.json`` when it has one."""
         cfg, model = load_run(run, checkpoint, device)
+        rule, record = None, None
+        if postprocess and (Path(run) / POSTPROCESS_FILE).is_file():
+            rule, record = load_postprocess(Path(run) / POSTPROCESS_FILE)
         cfg = cfg.override(overrides or [])
         wanted = cfg.diffusion.prediction
         if cfg.diffusion.mode != "feedforward" and wanted != model.prediction:
@@ -126,7 +141,7 @@ class Predictor:
                 raise LesiondiffError(f"{run}: {cfg.model.name} has one {model.prediction} head; it cannot be "
                                       f"sampled through {wanted}")
             model.prediction = wanted  # both heads were trained: sample through the other one
-        return cls(cfg, model)
+        return cls(cfg, model, rule, record)
 
     def image_seed(self, id_: str) -> int:
         return (self.cfg.sample.seed * 1_000_003 + zlib.crc32(id_.encode())) % 2**63
@@ -158,6 +173,14 @@ class Predictor:
                      threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=crf_kernels(**kernels), **kw)
         return Prediction(id_, probs, fused, image.shape[:2], image)
 
+    def postprocess_summary(self) -> dict:
+        """What predict.json records of the lesion / no-lesion rule (``postprocess.py``)."""
+        if self.postprocess is None:
+            return {"description": "none (the run has no postprocess.json, or --no-postprocess)"}
+        return {"rule": self.postprocess_record.get("rule"), "description": self.postprocess.describe(),
+                "chosen_on": self.postprocess_record.get("chosen_on", ""),
+                "declared_empty": self.declared_empty}
+
     def speed(self, n_images: int) -> dict:
         """Sampling speed of the last ``run``: wall clock in the sampler only (not reading, fusion or writing),
         one image at a time with its S samples in one batch, on this device."""
@@ -170,7 +193,12 @@ class Predictor:
     def write(self, pred: Prediction, out: Path) -> dict:
         thr = self.cfg.sample.threshold
         fused_full = resize_prob(pred.fused, pred.original_size)
-        write_mask_png(out / f"{pred.id}_mask.png", fused_full >= thr)
+        mask = fused_full >= thr
+        if self.postprocess is not None:
+            kept = self.postprocess.apply(mask, fused_full)
+            self.declared_empty += bool(mask.any() and not kept.any())
+            mask = kept
+        write_mask_png(out / f"{pred.id}_mask.png", mask)
         source = (pred.probs >= thr).astype(np.float32) if self.cfg.sample.maps == "masks" else pred.probs
         arrays = {
             "samples": pred.probs.astype(np.float16), "fused": pred.fused,
@@ -180,7 +208,7 @@ class Predictor:
         buffer = _io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write(out / f"{pred.id}_probs.npz", lambda tmp: tmp.write_bytes(buffer.getvalue()))
-        over = overlay(pred.image, fused_full >= thr, resize_prob(arrays["ambiguity"], pred.original_size))
+        over = overlay(pred.image, mask, resize_prob(arrays["ambiguity"], pred.original_size))
         write_png(out / f"{pred.id}_overlay.png", over)
         write_png(out / f"{pred.id}_maps.png", uncertainty_panel(arrays, over.shape[:2]))
         return {"id": pred.id, "mask": f"{pred.id}_mask.png", "probs": f"{pred.id}_probs.npz",
@@ -191,7 +219,7 @@ class Predictor:
         out.mkdir(parents=True, exist_ok=True)
         s = self.cfg.sample
         rows = []
-        self.sampling_seconds = 0.0
+        self.sampling_seconds, self.declared_empty = 0.0, 0
         for id_, path in tqdm(items, desc=f"predict ({s.sampler}, {s.steps} steps, S={s.samples})", unit="img"):
             row = self.write(self.predict(id_, path), out)
             rows.append({**row, "image": path})
@@ -200,7 +228,8 @@ class Predictor:
                 "threshold": s.threshold, "maps": s.maps, "seed": s.seed, "size": self.cfg.data.size, "checkpoint": checkpoint,
                 "preset": self.cfg.preset, "prediction": self.model.prediction,
                 "network_calls": self.sampler.network_calls(s.steps, s.samples),
-                "samples_are": self.sampler.samples_note(s.samples), "speed": self.speed(len(rows))}
+                "samples_are": self.sampler.samples_note(s.samples), "speed": self.speed(len(rows)),
+                "postprocess": self.postprocess_summary()}
         buffer = _io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
         writer.writeheader()

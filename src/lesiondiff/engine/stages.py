@@ -35,10 +35,11 @@ CHECKPOINT = "best"
 
 
 def experiment_config(preset: str, manifest: str, size: int, seed: int, budget_minutes: float, max_steps: int,
-                      overrides: Sequence[str] = ()) -> Config:
-    """The preset, then an experiment's shared settings (manifest, network size, training seed, wall-clock
-    budget per run, step cap), then ``overrides`` (which therefore win)."""
-    return load_preset(preset).override([
+                      overrides: Sequence[str] = (), recipe: str | None = None) -> Config:
+    """The preset with its training ``recipe`` (None: the default), then an experiment's shared settings
+    (manifest, network size, training seed, wall-clock budget per run, step cap), then ``overrides`` (which
+    therefore win)."""
+    return load_preset(preset, recipe).override([
         f"data.manifest={Path(manifest).resolve()}", f"data.size={size}", f"train.seed={seed}",
         f"train.max_minutes={budget_minutes}", f"train.steps={max_steps}", *overrides])
 

@@ -12,6 +12,11 @@ Curriculum (``curriculum.enabled``, PalScDiff's Progressive Augmentation Learnin
 every step the stage is looked up from the training progress; entering a stage sets its learning rate, draws
 from its pool in a new random order and prints the change. The stage is saved in checkpoints, so a resumed run
 continues in the same stage with the same order.
+Learning rate: ``train.schedule`` (constant or cosine) after ``train.warmup`` linear warm-up steps, over the run's
+progress (``engine/lr_schedule.py``); the rate of every step is logged (``lr`` column). With a curriculum the
+schedule scales each stage's rate.
+Designs that equal a known-good model at initialisation (``Denoiser.validate_at_start``: the refiner, equal to
+its prior) are validated before the first step, so the best checkpoint can stay the initial one.
 Validation: the EMA weights sample each validation image once (``train.val_samples``) with a fixed seed and a
 few-step sampler; masks are thresholded at 0.5 and Dice is averaged per image at the training resolution.
 """
@@ -36,12 +41,13 @@ from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest
 from ..data.transforms import Augment
 from ..diffusion.objectives import build_objective, build_timestep_sampler
-from ..diffusion.samplers import build_sampler
+from ..diffusion.samplers import build_sampler, sample_options
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..models import build_model, count_parameters
 from ..report import evenly_spaced
 from .checkpoint import Checkpoint, save_checkpoint
+from .lr_schedule import LRSchedule
 
 # What train.max_minutes and elapsed_s count: wall-clock time, or this process's CPU time (all its threads), which
 # other work on the machine does not eat into, so budgets stay comparable on a shared machine.
@@ -121,8 +127,10 @@ class Trainer:
         self.ema.model.to(self.device)
         self.objective = build_objective(cfg.diffusion)
         self.timestep_sampler = build_timestep_sampler(cfg.diffusion, self._fingerprint_slope())
-        self.val_sampler = build_sampler(cfg.train.val_sampler, cfg.diffusion)
+        self.val_sampler = build_sampler(cfg.train.val_sampler, cfg.diffusion, **sample_options(cfg.sample))
         self.augment = Augment(cfg.data.augment) if cfg.data.augment else None
+        self.lr_schedule = LRSchedule(cfg.train.schedule, cfg.train.warmup, cfg.train.final_lr_ratio)
+        self.validate_at_start = bool(getattr(model, "validate_at_start", False))
         self.curriculum = (Curriculum(cfg.curriculum, row_groups(self.train_data.rows, cfg.curriculum, log=self._print),
                                       cfg.train.lr) if cfg.curriculum.enabled else None)
 
@@ -192,9 +200,20 @@ class Trainer:
             group["lr"] = self.curriculum.stages[stage].lr
         self.pool = self.curriculum.pool(stage)
 
-    def _advance_curriculum(self) -> None:
+    def _progress(self) -> float:
         t = self.cfg.train
-        stage = self.curriculum.stage_at(training_progress(self.step, t.steps, self.elapsed, t.max_minutes))
+        return training_progress(self.step, t.steps, self.elapsed, t.max_minutes)
+
+    def _set_lr(self) -> float:
+        """The coming step's learning rate: the schedule's factor times the peak (the curriculum stage's rate)."""
+        peak = self.curriculum.stages[self.stage].lr if self.curriculum is not None else self.cfg.train.lr
+        lr = peak * self.lr_schedule.factor(self.step, self._progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _advance_curriculum(self) -> None:
+        stage = self.curriculum.stage_at(self._progress())
         if stage > self.stage:
             self.stage_steps += [self.step] * (stage - self.stage)
             self._set_stage(stage)
@@ -206,7 +225,7 @@ class Trainer:
     def _state(self) -> dict:
         return {"step": self.step, "pos": self.pos, "best": self.best, "best_step": self.best_step,
                 "elapsed": self.elapsed, "preset": self.cfg.preset, "stage": self.stage,
-                "stage_steps": self.stage_steps}
+                "stage_steps": self.stage_steps, "warmup_progress": self.lr_schedule.warmup_progress}
 
     def _save(self, name: str) -> None:
         if not self.accelerator.is_main_process:
@@ -230,6 +249,8 @@ class Trainer:
         s = ckpt.state
         self.step, self.pos, self.best, self.best_step, self.elapsed = (
             s["step"], s["pos"], s["best"], s["best_step"], s["elapsed"])
+        if s.get("warmup_progress") is not None:
+            self.lr_schedule.warmup_progress = float(s["warmup_progress"])
         if self.curriculum is not None:
             self._set_stage(int(s.get("stage", 0)))
             self.stage_steps = list(s.get("stage_steps", [0]))
@@ -279,6 +300,10 @@ class Trainer:
             print(f"{self.cfg.preset} ({self.cfg.model.name}, {self.cfg.diffusion.mode}): {self.n_params:,} "
                   f"parameters{frozen}, device {self.device}, timesteps {self.cfg.diffusion.timestep_sampling}",
                   flush=True)
+            print(f"recipe {self.cfg.recipe}: AdamW, {self.lr_schedule.describe(self.cfg.train.lr)}, weight decay "
+                  f"{self.cfg.train.weight_decay:g}, batch {self.cfg.train.batch_size}, gradient clip "
+                  f"{self.cfg.train.grad_clip:g}, EMA {self.cfg.train.ema_decay:g}, augment "
+                  f"{', '.join(self.cfg.data.augment) or 'none'}", flush=True)
             if self.curriculum is not None:
                 n = len(self.curriculum.stages)
                 print("curriculum, by progress = max(step / train.steps, elapsed / train.max_minutes):\n" + "\n".join(
@@ -289,9 +314,14 @@ class Trainer:
                    disable=not self.accelerator.is_main_process)
         status, running = "finished", {}
         try:
+            if self.step == 0 and self.validate_at_start and self.val_data is not None:
+                dice = self._validate_and_save()
+                self.log_rows.append({"step": 0, "elapsed_s": f"{self.elapsed:.1f}", "val_dice": f"{dice:.4f}"})
+                self._write_log()
             while self.step < cfg.steps:
                 if self.curriculum is not None:
                     self._advance_curriculum()
+                lr = self._set_lr()
                 self.model.train()
                 batch = self._next_batch()
                 b = batch["mask"].shape[0]
@@ -307,16 +337,18 @@ class Trainer:
                 self.ema.update(self.accelerator.unwrap_model(self.model), self.step)
                 self.step += 1
                 self.elapsed = clock() - t_start
+                running["lr"] = running.get("lr", 0.0) + lr
                 for k, v in {"loss": loss.total.detach(), **loss.parts}.items():
                     running[k] = running.get(k, 0.0) + float(v)
                 bar.update(1)
                 out_of_time = self.elapsed >= budget
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
                     n = cfg.log_every if self.step % cfg.log_every == 0 else max(1, self.step % cfg.log_every)
-                    row = {"step": self.step, **{k: f"{v / n:.5f}" for k, v in running.items()},
+                    lr_mean = running.pop("lr") / n  # the mean rate over the logged steps
+                    row = {"step": self.step, **{k: f"{v / n:.5f}" for k, v in running.items()}, "lr": f"{lr_mean:.4g}",
                            "elapsed_s": f"{self.elapsed:.1f}"}
                     if self.curriculum is not None:
-                        row.update(stage=self.stage + 1, lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+                        row["stage"] = self.stage + 1
                     running = {}
                     if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
                         row["val_dice"] = f"{self._validate_and_save():.4f}"
@@ -362,6 +394,7 @@ class Trainer:
             "trainable_parameters": self.n_trainable,
             "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
+            "recipe": self.cfg.recipe, "lr_schedule": self.lr_schedule.describe(self.cfg.train.lr),
             **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
                                for k, stage in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),
             "val_protocol": ("no validation (data.val_max_images 0 or no validation rows): best = last"
@@ -382,7 +415,8 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
     frozen, when the design has one (a model class with ``pretrain_config(cfg) -> Config``; UniSegDiff's CFENet).
 
     The part is trained as its own run in ``out_dir/<name>`` (``pretrain_name``; resumed or skipped like any
-    run), unless ``model.options.<name>_checkpoint`` names a trained one. Its best checkpoint (last when there
+    run), unless ``model.options.<name>_checkpoint`` names a trained one (a run folder: its best checkpoint, else
+    its last; or a checkpoint file). Its best checkpoint (last when there
     is no validation) is loaded into the model before the main phase starts, and the main phase's budget
     (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
     """
@@ -402,8 +436,11 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
         given = (cfg.model.options or {}).get(f"{name}_checkpoint")
         if given:
             pretrained = Path(given)
+            if pretrained.is_dir():  # a trained run: its best checkpoint (last when it has none)
+                pretrained = checkpoint_file(pretrained)
             if not pretrained.is_file():
-                raise LesiondiffError(f"{pretrained}: model.options.{name}_checkpoint not found")
+                raise LesiondiffError(f"{pretrained}: model.options.{name}_checkpoint not found (a run folder or "
+                                      "a .safetensors checkpoint)")
             pre_summary = {"checkpoint": str(pretrained), "action": "given"}
         else:
             if not (out / "config.yaml").is_file():  # so that --resume finds the config during pre-training

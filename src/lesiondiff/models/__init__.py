@@ -6,7 +6,17 @@ import torch
 
 from ..config import Config
 from ..errors import LesiondiffError
-from . import diffseg, ensemdiff, medsegdiff, palscdiff, pgdiffseg, segdiff, unet, unisegdiff  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    diffseg,
+    ensemdiff,
+    medsegdiff,
+    palscdiff,
+    pgdiffseg,
+    refiner,
+    segdiff,
+    unet,
+    unisegdiff,
+)
 from .base import MODELS, Denoiser, DenoiserOutput, count_parameters
 
 __all__ = ["MODELS", "Denoiser", "DenoiserOutput", "build_model", "count_parameters"]

@@ -34,7 +34,6 @@ Options (``model.options``): ``cfenet_channels`` (base width of CFENet; 0: the m
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -44,7 +43,7 @@ from ..config import Config
 from .backbone import UNetBody, build_decoder
 from .base import MODELS, Denoiser, DenoiserOutput
 from .blocks import DualCrossAttention, TimeEmbedding
-from .unet import UNet
+from .unet import UNet, segmenter_pretrain_config
 
 
 class FeatureFusion(nn.Module):
@@ -134,11 +133,5 @@ class UniSegDiff(Denoiser):
         on the same data, for ``cfenet_fraction`` of the steps and of the time budget."""
         options = cfg.model.options or {}
         fraction = float(options.get("cfenet_fraction", 0.3))
-        model = dataclasses.replace(cfg.model, name="unet", options={},
-                                    base_channels=int(options.get("cfenet_channels") or cfg.model.base_channels))
-        diffusion = dataclasses.replace(cfg.diffusion, mode="feedforward", prediction="x0", objective="feedforward",
-                                        objective_options={})
-        train = dataclasses.replace(cfg.train, steps=max(1, round(fraction * cfg.train.steps)),
-                                    max_minutes=fraction * cfg.train.max_minutes)
-        return dataclasses.replace(cfg, preset=f"{cfg.preset}/cfenet", model=model, diffusion=diffusion,
-                                   train=train, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
+        return segmenter_pretrain_config(cfg, fraction, int(options.get("cfenet_channels") or cfg.model.base_channels),
+                                         "cfenet")
