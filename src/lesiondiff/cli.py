@@ -169,6 +169,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=None)
     pr.add_argument("--checkpoint", default="best", help="best or last")
     pr.add_argument("--device", default=None)
+    pr.add_argument("--set", action="append", default=[], metavar="section.key=value",
+                    help="any other sampling setting, e.g. --set sample.start=prior --set sample.start_t=300 "
+                         "(refiner); repeatable")
     pr.add_argument("--no-postprocess", action="store_true",
                     help="ignore the run's postprocess.json (the lesion / no-lesion rule)")
 
@@ -461,6 +464,7 @@ def cmd_predict(args) -> int:
                  if v is not None]
     if args.crf:
         overrides.append("fusion.crf=true")
+    overrides += args.set
     if (args.manifest is None) != (args.split is None) and args.manifest is None:
         raise LesiondiffError("--split needs --manifest")
     predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides,
