@@ -34,7 +34,7 @@ def _add_run_options(p: argparse.ArgumentParser, unit: str) -> None:
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="training recipe laid over the preset: fast (default: warm-up, "
-                   "cosine, AdamW 1e-3, flips) or paper (each paper's own optimiser settings)")
+                   "cosine, AdamW 3e-4, flips) or paper (each paper's own optimiser settings)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
