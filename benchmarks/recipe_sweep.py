@@ -65,7 +65,10 @@ def main() -> int:
     names = list(ARMS)
     keys = [int(k) for k in args.arms.split(",")] if args.arms else list(range(len(names)))
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda k: run_arm(k, names[k], args), keys))
+        list(pool.map(lambda k: run_arm(k, names[k], args), keys))
+    # the table holds every finished arm, also those of earlier invocations (--arms)
+    finished = [k for k in range(len(names)) if (Path(args.out) / f"arm{k}" / "summary.json").is_file()]
+    rows = [run_arm(k, names[k], args) for k in finished]
     lines = [f"Recipe sweep: preset {args.preset}, {args.manifest}, {args.size} px, seed {args.seed}, "
              f"{args.minutes:g} CPU minutes per arm (train.clock=process, one thread each); best validation Dice "
              "(EMA weights, threshold 0.5, per-image mean over the whole validation split, at the network size).",
