@@ -41,7 +41,7 @@ from ..config import Config
 from .backbone import UNetBody
 from .base import MODELS, Denoiser, DenoiserOutput
 from .blocks import TimeEmbedding, grad_safe
-from .unet import UNet, segmenter_pretrain_config
+from .unet import UNet, load_frozen, segmenter_pretrain_config
 
 
 @MODELS.register("refiner")
@@ -118,11 +118,7 @@ class Refiner(Denoiser):
 
     def load_pretrained(self, checkpoint: str | Path) -> None:
         """Load the prior: the EMA weights of a feed-forward ``unet`` run with the model section's layout."""
-        from ..engine.checkpoint import Checkpoint
-
-        ckpt = Checkpoint(Path(checkpoint))
-        ckpt.load_module(self.prior, "ema" if ckpt.section("ema") else "model")
-        self.prior.requires_grad_(False)
+        load_frozen(self.prior, checkpoint)
 
     @staticmethod
     def pretrain_config(cfg: Config) -> Config:

@@ -7,6 +7,7 @@ logits, trained with Dice + BCE. Every diffusion result is compared against it o
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +34,16 @@ class UNet(Denoiser):
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> DenoiserOutput:
         return DenoiserOutput(x0=self.body(condition))
+
+
+def load_frozen(module: nn.Module, checkpoint: str | Path) -> None:
+    """Load a trained segmenter's weights into ``module`` (a design's pre-trained part: the EMA weights when the
+    checkpoint has them) and freeze it."""
+    from ..engine.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(Path(checkpoint))
+    ckpt.load_module(module, "ema" if ckpt.section("ema") else "model")
+    module.requires_grad_(False)
 
 
 def segmenter_pretrain_config(cfg: Config, fraction: float, base_channels: int, name: str) -> Config:

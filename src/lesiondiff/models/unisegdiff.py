@@ -43,7 +43,7 @@ from ..config import Config
 from .backbone import UNetBody, build_decoder
 from .base import MODELS, Denoiser, DenoiserOutput
 from .blocks import DualCrossAttention, TimeEmbedding
-from .unet import UNet, segmenter_pretrain_config
+from .unet import UNet, load_frozen, segmenter_pretrain_config
 
 
 class FeatureFusion(nn.Module):
@@ -121,11 +121,7 @@ class UniSegDiff(Denoiser):
 
     def load_pretrained(self, checkpoint: str | Path) -> None:
         """Load a trained CFENet (the EMA weights of a feed-forward ``unet`` run with CFENet's layout)."""
-        from ..engine.checkpoint import Checkpoint
-
-        ckpt = Checkpoint(Path(checkpoint))
-        ckpt.load_module(self.cfenet, "ema" if ckpt.section("ema") else "model")
-        self.cfenet.requires_grad_(False)
+        load_frozen(self.cfenet, checkpoint)
 
     @staticmethod
     def pretrain_config(cfg: Config) -> Config:
