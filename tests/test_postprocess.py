@@ -73,3 +73,18 @@ def test_image_level_figures_on_hand_counted_cases():
     assert il["normal_images"] == 3 and il["normal_predicted_empty"] == pytest.approx(2 / 3)
     assert "normal_images" not in image_level([(True, True, ""), (False, False, "")])
     assert np.isnan(image_level([(True, True, "")])["specificity"])
+
+
+def test_printed_lines_give_lesion_dice_the_counts_and_the_rule():
+    from lesiondiff.report import image_level_lines
+
+    stats = {"mean": 0.5, "std": 0.1, "n": 3, "n_nan": 0}
+    summary = {"image_level": image_level([(True, True, "benign"), (False, False, "normal")]),
+               "lesion_images": {"dice": stats, "iou": {**stats, "mean": 0.4}},
+               "postprocess": PostProcess(True, 0.01, 0.0).describe()}
+    lines = image_level_lines(summary)
+    assert "Dice 0.500" in lines[0] and "IoU 0.400" in lines[0] and "n = 1" in lines[0]
+    assert "detection sensitivity 1/1" in lines[1] and "specificity 1/1" in lines[1] and "100.0% of 1" in lines[1]
+    assert lines[2] == ("lesion / no-lesion decision: keep the largest connected component; declare the image "
+                        "lesion-free when foreground < 0.01 of the image")
+    assert image_level_lines({}) == []

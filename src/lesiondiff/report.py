@@ -295,6 +295,26 @@ def _calibration_html(summary: dict, figs: Path) -> str:
     return text
 
 
+def image_level_lines(summary: dict) -> list[str]:
+    """The printed lines of the lesion-image figures and the image-level decision (summaries that have them)."""
+    if "image_level" not in summary:
+        return []
+    il, lesion = summary["image_level"], summary["lesion_images"]
+    lines = []
+    if lesion and "dice" in lesion:
+        lines.append(f"lesion images only (ground truth non-empty, n = {il['lesion_images']}): Dice "
+                     f"{lesion['dice']['mean']:.3f} ±{lesion['dice']['std']:.3f}, IoU {lesion['iou']['mean']:.3f} "
+                     f"±{lesion['iou']['std']:.3f} (fused, per image)")
+    text = (f"image level (lesion present = any foreground in the fused mask): detection sensitivity "
+            f"{il['detected']}/{il['lesion_images']}, specificity {il['predicted_empty']}/{il['empty_images']} "
+            "(lesion-free images predicted empty)")
+    if "normal_images" in il:
+        text += f"; normal images predicted empty {il['normal_predicted_empty']:.1%} of {il['normal_images']}"
+    lines.append(text)
+    lines.append(f"lesion / no-lesion decision: {summary.get('postprocess', 'none recorded')}")
+    return lines
+
+
 def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str | Path | None = None,
                  summary: dict | None = None, manifest: str | Path | None = None, split: str = "test",
                  title: str = "lesiondiff report") -> Path:
@@ -332,6 +352,10 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
                      f"{u['ged']['mean']:.3f} &plusmn; {u['ged']['std']:.3f} (d = 1 - IoU, samples vs the ground "
                      f"truth){diffseg}.</p>")
         parts.append(_calibration_html(summary, figs))
+        lines = image_level_lines(summary)
+        if lines:
+            parts.append("<h3>Lesion images and the lesion / no-lesion decision</h3><p>"
+                         + "<br>".join(html.escape(line) for line in lines) + "</p>")
     if pred_dir is not None:
         rows = Manifest.read(manifest).rows(split=split) if manifest else []
         if examples_figure(Path(pred_dir), rows, figs / "examples.png"):

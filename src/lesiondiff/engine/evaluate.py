@@ -77,7 +77,7 @@ from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
-from ..report import reliability_figure, reliability_title
+from ..report import image_level_lines, reliability_figure, reliability_title
 from ..uncertainty import ece_from_bins, ged, ged_diffseg, merge_bins, reliability_bins, reliability_table
 
 N_BINS = 10
@@ -200,26 +200,6 @@ def image_level(presence: list[tuple[bool, bool, str]]) -> dict:
             "empty_images": len(empty), "predicted_empty": int(sum(empty)), "specificity": ratio(sum(empty), len(empty)),
             **({"normal_images": len(normal), "normal_predicted_empty": ratio(sum(normal), len(normal))}
                if normal else {})}
-
-
-def image_level_lines(summary: dict) -> list[str]:
-    """The printed lines of the lesion-image figures and the image-level decision (summaries that have them)."""
-    if "image_level" not in summary:
-        return []
-    il, lesion = summary["image_level"], summary["lesion_images"]
-    lines = []
-    if lesion and "dice" in lesion:
-        lines.append(f"lesion images only (ground truth non-empty, n = {il['lesion_images']}): Dice "
-                     f"{lesion['dice']['mean']:.3f} ±{lesion['dice']['std']:.3f}, IoU {lesion['iou']['mean']:.3f} "
-                     f"±{lesion['iou']['std']:.3f} (fused, per image)")
-    text = (f"image level (lesion present = any foreground in the fused mask): detection sensitivity "
-            f"{il['detected']}/{il['lesion_images']}, specificity {il['predicted_empty']}/{il['empty_images']} "
-            "(lesion-free images predicted empty)")
-    if "normal_images" in il:
-        text += f"; normal images predicted empty {il['normal_predicted_empty']:.1%} of {il['normal_images']}"
-    lines.append(text)
-    lines.append(f"lesion / no-lesion decision: {summary.get('postprocess', 'none recorded')}")
-    return lines
 
 
 def dataset_summary(per_image: list[dict], per_sample: list[dict], name: str) -> dict:
