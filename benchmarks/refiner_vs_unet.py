@@ -92,6 +92,10 @@ def row(name: str, s: dict) -> dict:
             "samples": s["prediction_settings"]["samples"], "postprocess": s["postprocess"]}
 
 
+def empty_cell(r: dict) -> str:
+    return f"{100 * r['normal_empty']:.1f} % of {r['normal_n']}" if r["normal_n"] else "– (none lesion-free)"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
@@ -136,7 +140,7 @@ def main() -> int:
              "sampling s/image (S) | decision rule |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results.values():
         lines.append(f"| {r['run']} | {100 * r['lesion_dice']:.2f} | {100 * r['lesion_iou']:.2f} | "
-                     f"{100 * r['dice']:.2f} | {100 * r['normal_empty']:.1f} % of {r['normal_n']} | {r['ece']:.4f} | "
+                     f"{100 * r['dice']:.2f} | {empty_cell(r)} | {r['ece']:.4f} | "
                      f"{r['s_per_image']:.3f} ({r['samples']}) | {r['postprocess']} |")
     lines += ["", "| paired per-image Dice difference | mean (pp) | 95 % bootstrap interval | Wilcoxon p | better / "
               "worse / equal |", "| --- | --- | --- | --- | --- |"]
