@@ -117,8 +117,10 @@ def main() -> int:
     for name, run, extra in (("unet", unet_run, []), ("refiner", ref_run, ["--set", f"sample.start={start}"])):
         log = root / f"{name}.log"
         if not done(run / "postprocess.json"):
-            sh(["postprocess", "--run", str(run), "--manifest", a.manifest, "--split", "val", *extra[1:]], log,
-               a.threads)
+            # the refiner's validation predictions with the chosen start exist already (choose_start): reuse them
+            given = ["--pred", str(run / f"val_start_{start}")] if name == "refiner" else []
+            sh(["postprocess", "--run", str(run), "--manifest", a.manifest, "--split", "val", *given, *extra[1:]],
+               log, a.threads)
         for tag, pp in (("", ["--no-postprocess"]), (" + decision", [])):
             out = run / ("test" + ("_decision" if tag else ""))
             results[name + tag] = row(name + tag, predict_eval(run, a, "test", out, [*pp, *extra], log))
