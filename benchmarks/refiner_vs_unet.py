@@ -18,49 +18,13 @@ difference refiner - unet with its bootstrap interval (10,000 resamples, seed 0)
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_runs import done, empty_cell, lesion_ids, per_image_dice, predict_eval, row, sh, train
 from lesiondiff.metrics import paired_difference
-
-LESIONDIFF = [sys.executable, "-m", "lesiondiff.cli"]
-
-
-def sh(args: list[str], log: Path, threads: int = 1) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    with log.open("a") as f:
-        f.write("+ lesiondiff " + " ".join(args) + "\n")
-        f.flush()
-        subprocess.run([*LESIONDIFF, *args], env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
-
-
-def done(path: Path) -> bool:
-    return path.is_file()
-
-
-def train(preset: str, a, root: Path) -> Path:
-    run = root / preset
-    summary = run / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text())["status"] != "interrupted":
-        return run
-    resume = ["--resume"] if (run / "checkpoints" / "last.safetensors").is_file() else []
-    sh(["train", "--preset", preset, "--recipe", a.recipe, "--manifest", a.manifest, "--out", str(run), *resume,
-        f"data.size={a.size}", "train.steps=1000000", f"train.max_minutes={a.minutes}", "train.clock=process",
-        f"train.seed={a.seed}", "train.val_every=100", *a.overrides], root / f"{preset}.log")
-    return run
-
-
-def predict_eval(run: Path, a, split: str, out: Path, extra: list[str], log: Path) -> dict:
-    if not done(out / "summary.json"):
-        sh(["predict", "--run", str(run), "--manifest", a.manifest, "--split", split, "--out", str(out),
-            "--seed", str(a.seed), *extra], log, a.threads)
-        sh(["evaluate", "--pred", str(out), "--manifest", a.manifest, "--split", split], log, a.threads)
-    return json.loads((out / "summary.json").read_text())
 
 
 def choose_start(run: Path, a, log: Path) -> str:
@@ -73,27 +37,6 @@ def choose_start(run: Path, a, log: Path) -> str:
     best = max(scores, key=lambda k: (scores[k], k == "noise"))
     (run / "start_choice.json").write_text(json.dumps({"val_dice": scores, "chosen": best}, indent=2))
     return best
-
-
-def per_image_dice(pred_dir: Path) -> dict[str, float]:
-    with (pred_dir / "metrics.csv").open(encoding="utf-8") as f:
-        return {r["id"]: float(r["dice"]) for r in csv.DictReader(f) if r["which"] == "fused"}
-
-
-def row(name: str, s: dict) -> dict:
-    il = s["image_level"]
-    speed = s["prediction_settings"]["speed"]
-    return {"run": name, "lesion_dice": s["lesion_images"]["dice"]["mean"],
-            "lesion_iou": s["lesion_images"]["iou"]["mean"], "dice": s["fused"]["all"]["dice"]["mean"],
-            "normal_empty": il.get("normal_predicted_empty", il["specificity"]),
-            "normal_n": il.get("normal_images", il["empty_images"]),
-            "ece": s["calibration"]["ece_per_image"]["mean"],
-            "s_per_image": speed["sampling_s"] / max(1, speed["images"]),
-            "samples": s["prediction_settings"]["samples"], "postprocess": s["postprocess"]}
-
-
-def empty_cell(r: dict) -> str:
-    return f"{100 * r['normal_empty']:.1f} % of {r['normal_n']}" if r["normal_n"] else "– (none lesion-free)"
 
 
 def main() -> int:
@@ -111,7 +54,7 @@ def main() -> int:
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(2) as pool:
-        unet_run, ref_run = pool.map(lambda preset: train(preset, a, root), ["unet", "refiner"])
+        unet_run, ref_run = pool.map(lambda preset: train(preset, a, root / preset, a.recipe), ["unet", "refiner"])
     start = choose_start(ref_run, a, root / "refiner.log")
     results, dices = {}, {}
     for name, run, extra in (("unet", unet_run, []), ("refiner", ref_run, ["--set", f"sample.start={start}"])):
@@ -128,11 +71,9 @@ def main() -> int:
     ids = sorted(dices["unet"])
     diffs = {f"{b} - {u}": paired_difference([dices[u][i] for i in ids], [dices[b][i] for i in ids])
              for u, b in (("unet", "refiner"), ("unet + decision", "refiner + decision"))}
-    lesion_ids = [r["id"] for r in csv.DictReader((unet_run / "test" / "metrics.csv").open())
-                  if r["which"] == "fused" and r["label"] != "normal"]
-    lesion_ids = sorted(set(lesion_ids))
-    diffs["refiner - unet, lesion images"] = paired_difference([dices["unet"][i] for i in lesion_ids],
-                                                               [dices["refiner"][i] for i in lesion_ids])
+    lesions = lesion_ids(unet_run / "test")
+    diffs["refiner - unet, lesion images"] = paired_difference([dices["unet"][i] for i in lesions],
+                                                               [dices["refiner"][i] for i in lesions])
     summary = json.loads((ref_run / "summary.json").read_text())
     lines = [f"{a.manifest}, test split, {a.size} px, seed {a.seed}, recipe {a.recipe}, {a.minutes:g} CPU minutes "
              "of training per run (train.clock=process; the refiner's prior phase included), threshold 0.5, "

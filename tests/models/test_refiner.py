@@ -72,6 +72,24 @@ def test_refiner_options_are_checked():
         build_sampler("refine", ens.diffusion, **sample_options(ens.sample))(model, torch.zeros(1, 1, 32, 32), 1, 2)
 
 
+def test_prior_noise_perturbs_the_prior_only_in_training():
+    cfg, model = small_refiner()
+    noisy = build_model(cfg.override(["model.options.prior_noise=4", "model.options.prior_noise_cells=4"]), 3)
+    noisy.load_state_dict(model.state_dict())
+    image = torch.rand(3, 3, 32, 32) * 2 - 1
+    clean = model.encode(image)["logits"]
+    assert torch.equal(noisy.eval().encode(image)["logits"], clean)  # evaluation and sampling: the prior as is
+    torch.manual_seed(0)
+    delta = noisy.train().encode(image)["logits"] - clean
+    assert noisy.prior.training is False  # the prior's own layers stay in eval mode
+    assert float(delta.abs().max()) > 0.1
+    # a smooth field: neighbouring pixels differ far less than the field's own spread
+    assert float((delta[..., 1:, :] - delta[..., :-1, :]).abs().mean()) < 0.2 * float(delta.std())
+    assert torch.equal(noisy.train().encode(image)["features"][0], model.encode(image)["features"][0])
+    with pytest.raises(LesiondiffError, match="prior_noise"):
+        build_model(cfg.override(["model.options.prior_noise=-1"]), 3)
+
+
 @pytest.mark.slow
 def test_tiny_refiner_run_on_phantoms_end_to_end(phantom_manifest, tmp_path):
     """Both phases in one command, the step-0 validation (the prior itself), post-processing chosen on val,

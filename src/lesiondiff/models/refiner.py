@@ -27,7 +27,17 @@ Data flow (``encode`` runs once per image, ``denoise`` at every sampling step):
 Options (``model.options``): ``prior_checkpoint`` (""), ``prior_fraction`` (0.6 of ``train.steps`` and of
 ``train.max_minutes`` for the prior's training; our choice, the papers train the two apart),
 ``refine_channels`` (16), ``refine_mult`` ([1, 2, 4]: three levels, at most as many as the prior has),
-``image_input`` (true: the image is an input of the denoiser beside the prior's features).
+``image_input`` (true: the image is an input of the denoiser beside the prior's features), ``prior_noise``
+(0: off) and ``prior_noise_cells`` (8).
+
+``prior_noise``: the prior was trained on the very images the refiner then trains on, so there its mask is
+nearly right and the correction has little to learn that carries over to unseen images (where the prior
+errs). With ``prior_noise`` > 0 the refiner trains on corrupted prior logits, SegRefiner's idea of refining
+perturbed masks: each training image's logits get a smooth random field added, Gaussian on a
+``prior_noise_cells`` x ``prior_noise_cells`` grid upsampled bilinearly, with standard deviation
+``prior_noise`` times a uniform [0, 1) draw per image, so that the refiner sees false blobs, holes and shifted
+borders of every size. Evaluation and sampling use the prior's logits unchanged. Our choice of perturbation
+(the paper perturbs masks by random dilation, erosion and polygon distortion).
 """
 
 from __future__ import annotations
@@ -54,12 +64,17 @@ class Refiner(Denoiser):
                  channel_mult: list[int] = (1, 2, 4, 4), num_res_blocks: int = 1,
                  attention_levels: list[bool] = (False, False, False, True), num_groups: int = 8,
                  dropout: float = 0.0, prior_checkpoint: str = "", prior_fraction: float = 0.6,
-                 refine_channels: int = 16, refine_mult: list[int] = (1, 2, 4), image_input: bool = True) -> None:
+                 refine_channels: int = 16, refine_mult: list[int] = (1, 2, 4), image_input: bool = True,
+                 prior_noise: float = 0.0, prior_noise_cells: int = 8) -> None:
         super().__init__()
         if prediction != "x0":
             raise ValueError("the refiner predicts x0 (the prior's logits plus a correction)")
         if not 0.0 < prior_fraction < 1.0:
             raise ValueError(f"prior_fraction must be in (0, 1), got {prior_fraction}")
+        if prior_noise < 0 or prior_noise_cells < 1:
+            raise ValueError(f"prior_noise must be >= 0 and prior_noise_cells >= 1, got {prior_noise}, "
+                             f"{prior_noise_cells}")
+        self.prior_noise, self.prior_noise_cells = float(prior_noise), int(prior_noise_cells)
         refine_mult = list(refine_mult)
         if not 1 <= len(refine_mult) <= len(channel_mult):
             raise ValueError(f"refine_mult needs 1 to {len(channel_mult)} levels (the prior's), got {refine_mult}")
@@ -98,7 +113,18 @@ class Refiner(Denoiser):
         with torch.no_grad():
             logits = self.prior.body(self.prior.encode(image), features=feats)
         decoder = list(reversed(feats[1:]))  # feats[0] is the bottleneck; the decoder's come coarsest first
+        if self.training and self.prior_noise > 0:
+            logits = logits + self._prior_perturbation(logits)
         return {"logits": logits.detach(), "features": [f.detach() for f in decoder[:self.levels]], "image": image}
+
+    def _prior_perturbation(self, logits: torch.Tensor) -> torch.Tensor:
+        """A smooth random field [B,1,H,W] (see ``prior_noise`` in the module docstring)."""
+        b, _, h, w = logits.shape
+        n = self.prior_noise_cells
+        field = torch.randn(b, 1, n, n, device=logits.device, dtype=logits.dtype)
+        field = nn.functional.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
+        scale = self.prior_noise * torch.rand(b, 1, 1, 1, device=logits.device, dtype=logits.dtype)
+        return scale * field
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition: dict) -> DenoiserOutput:
         prior = condition["logits"]
