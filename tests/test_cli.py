@@ -196,3 +196,76 @@ def test_index_several_folders_into_one_manifest(phantom_dir, tmp_path, capsys):
 
     code, _, err = run(capsys, "data", "index", phantom_dir, phantom_dir, "-o", tmp_path / "x.csv")
     assert_one_line_error(code, err, "given twice")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "--run", "r", "--out", "o", "--steps", "-3"], "error: --steps must be >= 1, got -3"),
+    (["predict", "--run", "r", "--out", "o", "--steps", "0"], "error: --steps must be >= 1, got 0"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "0"], "error: --samples must be >= 1, got 0"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "-2"], "error: --samples must be >= 1, got -2"),
+    (["predict", "--run", "r", "--out", "o", "--threshold", "7"], "error: --threshold must be in (0, 1), got 7"),
+    (["predict", "--run", "r", "--out", "o", "--fusion", "foo"], "error: --fusion 'foo': unknown; known: "),
+    (["predict", "--run", "r", "--out", "o", "--sampler", "foo"], "error: --sampler 'foo': unknown; known: "),
+    (["compare", "--presets", "unet", "--manifest", "m", "--budget-minutes", "0", "--out", "o"],
+     "error: --budget-minutes must be > 0, got 0"),
+    (["data", "synth", "--n", "0", "--out", "o"], "error: --n must be >= 1, got 0"),
+])
+def test_bad_numbers_and_names_are_refused_before_anything_loads(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run "r" does not exist: the option is checked first
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_with_bad_values_or_size_writes_nothing(phantom_manifest, tmp_path, capsys):
+    for override, message in (("train.steps=-5", "train.steps must be >= 1, got -5"),
+                              ("train.steps=0", "train.steps must be >= 1, got 0"),
+                              ("data.size=7", "data.size must be >= 8"),
+                              ("data.size=36", "data.size 36: model 'unet' needs a multiple of 8")):
+        assert main(["train", "--preset", "unet", "--manifest", str(phantom_manifest), "--out",
+                     str(tmp_path / "run"), override]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+        assert not (tmp_path / "run").exists()
+
+
+def test_index_refuses_a_folder_and_an_existing_manifest_unless_overwrite(tmp_path, capsys):
+    root = generic_folder(tmp_path / "d", n=6)
+    (tmp_path / "dir").mkdir()
+    code, _, err = run(capsys, "data", "index", root, "-o", tmp_path / "dir")
+    assert_one_line_error(code, err, "--output", "is a folder")
+    target = tmp_path / "m.csv"
+    target.write_text("keep me")
+    code, _, err = run(capsys, "data", "index", root, "-o", target)
+    assert_one_line_error(code, err, "--output", "exists; add --overwrite")
+    assert target.read_text() == "keep me"
+    code, _, _ = run(capsys, "data", "index", root, "-o", target, "--overwrite")
+    assert code == 0 and target.read_text().startswith("id,")
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--run", "r", "--out", "{out}"],
+    ["train", "--preset", "unet", "--manifest", "m.csv", "--out", "{out}"],
+    ["evaluate", "--pred", "p", "--manifest", "m.csv", "--out", "{out}"],
+    ["report", "--out", "{out}"],
+    ["data", "synth", "--out", "{out}"],
+])
+def test_out_that_is_a_file_or_lies_under_a_file_is_a_one_line_error(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.txt").write_text("x")
+    for out, needle in (("f.txt", "exists and is a file, not a folder"), ("f.txt/sub", "is a file, not a folder")):
+        code, _, err = run(capsys, *[a.format(out=out) for a in argv])
+        assert_one_line_error(code, err, "--out", needle)
+    assert (tmp_path / "f.txt").read_text() == "x"
+
+
+def test_a_file_system_refusal_mid_command_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import lesiondiff.cli as cli
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "x.png"))
+
+    monkeypatch.setitem(cli.COMMANDS, "report", refuse)
+    code, _, err = run(capsys, "report", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "x.png: Permission denied")

@@ -1,7 +1,8 @@
 import pytest
 
-from lesiondiff.config import Config, load_preset, preset_names
+from lesiondiff.config import Config, load_preset, preset_names, recipe_names
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.models import check_size
 from lesiondiff.registry import Registry
 
 
@@ -66,3 +67,35 @@ def test_values_are_checked_against_field_types():
         Config().override(["train.steps=many"])
     with pytest.raises(LesiondiffError, match="'fusion.crf' must be bool"):
         Config().override(["fusion.crf=3"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=-5", "train.steps must be >= 1, got -5"),
+    ("train.steps=0", "train.steps must be >= 1, got 0"),
+    ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("train.lr=-1", "train.lr must be > 0"),
+    ("sample.threshold=7", r"sample.threshold must be in \(0, 1\), got 7"),
+    ("sample.samples=0", "sample.samples must be >= 1"),
+    ("sample.steps=-3", "sample.steps must be >= 1"),
+    ("data.size=7", "data.size must be >= 8"),
+    ("train.ema_decay=1", r"train.ema_decay must be in \[0, 1\)"),
+    ("sample.start_t=1000", "sample.start_t must be below diffusion.num_train_timesteps"),
+    ("model.channel_mult=[]", "model.channel_mult must be a non-empty list"),
+])
+def test_out_of_range_values_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(LesiondiffError, match=message):
+        load_preset("unet").override([override])
+
+
+def test_every_preset_under_every_recipe_is_within_range():
+    for name in preset_names():
+        for recipe in recipe_names():
+            load_preset(name, recipe)  # raises when a shipped value is out of range
+
+
+@pytest.mark.parametrize("preset, size, multiple", [("unet", 100, 8), ("pgdiffseg", 72, 16), ("refiner", 36, 8)])
+def test_size_is_checked_against_the_networks_total_stride(preset, size, multiple):
+    cfg = load_preset(preset)
+    check_size(cfg)  # the preset's own size is fine
+    with pytest.raises(LesiondiffError, match=f"data.size {size}: model .* needs a multiple of {multiple}"):
+        check_size(cfg.override([f"data.size={size}"]))

@@ -52,6 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                       "stratified by dataset and label, so every dataset has its share of each.")
     idx.add_argument("path", nargs="+", help="dataset folder(s)")
     idx.add_argument("-o", "--output", required=True, help="manifest CSV to write")
+    idx.add_argument("--overwrite", action="store_true", help="replace --output when it exists")
     idx.add_argument("--layout", default=None, help="force a layout instead of detecting it (for every folder)")
     idx.add_argument("--ratios", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
                      help="split ratios (default: 0.7 0.15 0.15; 0.7 0.1 0.2 when the rows are slices of 3D "
@@ -172,6 +173,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", default=[], metavar="section.key=value",
                     help="any other sampling setting, e.g. --set sample.start=prior --set sample.start_t=300 "
                          "(refiner); repeatable")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace predictions in --out made by another run or with other settings (without it such "
+                         "a folder is refused; one made with the same settings is resumed)")
     pr.add_argument("--no-postprocess", action="store_true",
                     help="ignore the run's postprocess.json (the lesion / no-lesion rule)")
 
@@ -470,7 +474,7 @@ def cmd_predict(args) -> int:
     predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides,
                                    postprocess=not args.no_postprocess)
     items = collect_inputs(args.inputs, args.manifest, args.split)
-    rows = predictor.run(items, args.out, checkpoint=args.checkpoint)
+    rows = predictor.run(items, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
     print(f"wrote {len(rows)} predictions to {args.out} (masks, probabilities, uncertainty maps, overlays)")
     return 0
 
@@ -551,7 +555,7 @@ def cmd_demo(args) -> int:
           f"{cfg.sample.steps} steps, {cfg.fusion.method} fusion")
     predictor = Predictor.from_run(run, "best", args.device)
     pred_dir = out / "predictions"
-    predictor.run(collect_inputs([], str(manifest_path), "test"), pred_dir, checkpoint="best")
+    predictor.run(collect_inputs([], str(manifest_path), "test"), pred_dir, checkpoint="best", overwrite=True)
     print("[4/5] evaluating")
     result = evaluate(pred_dir, manifest_path, "test")
     print(format_table(result))
@@ -631,12 +635,67 @@ COMMANDS = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "ablat
             "bench": cmd_bench, "analyze": cmd_analyze, "presets": cmd_presets}
 
 
+# Numeric options checked before any command runs: attribute -> (option, lowest, highest, lowest excluded,
+# highest excluded); None: unbounded on that side. Each gives a one-line error naming the option.
+ARG_RANGES = {
+    "samples": ("--samples", 1, None, False, False),
+    "steps": ("--steps", 1, None, False, False),
+    "max_steps": ("--max-steps", 1, None, False, False),
+    "size": ("--size", 8, None, False, False),
+    "threshold": ("--threshold", 0, 1, True, True),
+    "budget_minutes": ("--budget-minutes", 0, None, True, False),
+    "n": ("--n", 1, None, False, False),
+    "folds": ("--folds", 0, None, False, False),
+    "figure_images": ("--figure-images", 0, None, False, False),
+    "easy_fraction": ("--easy-fraction", 0, 1, True, True),
+    "band": ("--band", 1, None, False, False),
+}
+
+
+def _check_args(args) -> None:
+    """The numeric options within range, the sampler and fusion names known and the outputs writable (a folder
+    where a folder is meant, a file where a file is), before anything loads."""
+    from .config import out_of_range
+    from .io_utils import check_output_dir, check_output_file
+
+    if getattr(args, "output", None) is not None:  # data index
+        check_output_file(args.output, "--output", overwrite=args.overwrite)
+    if getattr(args, "out", None) is not None:
+        if getattr(args, "data_command", None) == "difficulty":
+            check_output_file(args.out, "--out")
+        else:
+            check_output_dir(args.out, "--out")
+
+    for attr, (option, *rng) in ARG_RANGES.items():
+        value = getattr(args, attr, None)
+        wanted = None if value is None else out_of_range(value, *rng)
+        if wanted:
+            raise LesiondiffError(f"{option} must be {wanted}, got {value:g}")
+    if getattr(args, "ratios", None) is not None and (min(args.ratios) < 0 or sum(args.ratios) <= 0):
+        raise LesiondiffError(f"--ratios must be three non-negative shares with a positive sum, got {args.ratios}")
+    if getattr(args, "fusion", None) is not None:
+        from .fusion import FUSERS
+
+        if args.fusion not in FUSERS:
+            raise LesiondiffError(f"--fusion {args.fusion!r}: unknown; known: {', '.join(FUSERS.names())}")
+    if getattr(args, "sampler", None) is not None:
+        from .diffusion.samplers import SAMPLERS
+
+        if args.sampler not in SAMPLERS:
+            raise LesiondiffError(f"--sampler {args.sampler!r}: unknown; known: {', '.join(SAMPLERS.names())}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
+        _check_args(args)
         return COMMANDS[args.command](args)
     except LesiondiffError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal (permissions, disk full, read-only): one line naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -170,7 +170,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
-        return _build(cls, data or {}, prefix="", source=source)
+        cfg = _build(cls, data or {}, prefix="", source=source)
+        check_values(cfg, source)
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -206,6 +208,88 @@ class Config:
                 raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
             node[last] = value
         return Config.from_dict(data, source="command-line overrides")
+
+
+# Value ranges of the numeric keys, checked whenever a Config is built (preset, file, overrides), so that a
+# count, size or probability out of range is a one-line error naming the key before anything loads.
+# key -> (lowest, highest, lowest excluded, highest excluded); None: unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.size": (8, None, False, False),
+    "data.channels": (0, 3, False, False),
+    "data.val_max_images": (0, None, False, False),  # 0: no validation (best = last)
+    "model.base_channels": (1, None, False, False),
+    "model.num_res_blocks": (1, None, False, False),
+    "model.num_groups": (1, None, False, False),
+    "model.dropout": (0, 1, False, True),
+    "diffusion.num_train_timesteps": (2, None, False, False),
+    "diffusion.beta_start": (0, 1, True, True),
+    "diffusion.beta_end": (0, 1, True, True),
+    "diffusion.timestep_uniform_mix": (0, 1, False, False),
+    "diffusion.fingerprint_sigma": (0, None, False, False),
+    "train.steps": (1, None, False, False),
+    "train.batch_size": (1, None, False, False),
+    "train.lr": (0, None, True, False),
+    "train.warmup": (0, None, False, False),
+    "train.final_lr_ratio": (0, 1, False, False),
+    "train.weight_decay": (0, None, False, False),
+    "train.ema_decay": (0, 1, False, True),
+    "train.grad_clip": (0, None, False, False),
+    "train.val_every": (1, None, False, False),
+    "train.val_steps": (1, None, False, False),
+    "train.val_samples": (1, None, False, False),
+    "train.log_every": (1, None, False, False),
+    "train.max_minutes": (0, None, False, False),
+    "curriculum.lr_factor": (0, None, True, False),
+    "curriculum.hard_augment_p": (0, 1, False, False),
+    "curriculum.easy_fraction": (0, 1, True, True),
+    "sample.steps": (1, None, False, False),
+    "sample.samples": (1, None, False, False),
+    "sample.threshold": (0, 1, True, True),
+    "sample.max_batch": (0, None, False, False),
+    "sample.start_t": (0, None, False, False),
+    "fusion.staple_max_iterations": (1, None, False, False),
+    "fusion.staple_sensitivity": (0, 1, True, True),
+    "fusion.staple_specificity": (0, 1, True, True),
+    "fusion.staple_prior": (0, 1, True, True),
+    "fusion.crf_rounds": (1, None, False, False),
+    "fusion.crf_per_round": (1, None, False, False),
+    "fusion.crf_iterations": (1, None, False, False),
+}
+
+
+def out_of_range(value: float, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str | None:
+    """None when ``value`` is within the range, else what the range is ("must be >= 1", "in (0, 1)")."""
+    if (lo is None or (value > lo if lo_open else value >= lo)) and (
+            hi is None or (value < hi if hi_open else value <= hi)):
+        return None
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    if lo is None:
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def check_values(cfg: Config, source: str = "config") -> None:
+    """Every key of :data:`RANGES` within its range, ``model.channel_mult`` positive and, for the samplers that
+    start part-way, ``sample.start_t`` below the schedule's length; else a one-line error naming the key."""
+    for key, rng in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        wanted = out_of_range(value, *rng)
+        if wanted:
+            raise LesiondiffError(f"{source}: {key} must be {wanted}, got {value!r}")
+    if not cfg.model.channel_mult or any(m < 1 for m in cfg.model.channel_mult):
+        raise LesiondiffError(f"{source}: model.channel_mult must be a non-empty list of integers >= 1, got "
+                              f"{cfg.model.channel_mult!r}")
+    if cfg.sample.start_t >= cfg.diffusion.num_train_timesteps:
+        raise LesiondiffError(f"{source}: sample.start_t must be below diffusion.num_train_timesteps "
+                              f"({cfg.diffusion.num_train_timesteps}), got {cfg.sample.start_t}")
+    if cfg.diffusion.beta_start > cfg.diffusion.beta_end:
+        raise LesiondiffError(f"{source}: diffusion.beta_start ({cfg.diffusion.beta_start:g}) must not exceed "
+                              f"diffusion.beta_end ({cfg.diffusion.beta_end:g})")
+    fractions = cfg.curriculum.stage_fractions
+    if not fractions or any(f <= 0 for f in fractions):
+        raise LesiondiffError(f"{source}: curriculum.stage_fractions must be positive, got {fractions!r}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:

@@ -29,7 +29,7 @@ def choose_for_run(run: str | Path, manifest: str | Path, split: str = "val", pr
     if pred_dir is None:
         pred_dir = run / f"postprocess_{split.replace(':', '')}"
         predictor = Predictor.from_run(run, "best", device, overrides, postprocess=False)
-        predictor.run(collect_inputs([], str(manifest), split), pred_dir, checkpoint="best")
+        predictor.run(collect_inputs([], str(manifest), split), pred_dir, checkpoint="best", overwrite=True)
     pred_dir = Path(pred_dir)
     preds, meta = read_predictions(pred_dir)
     rows = Manifest.read(manifest).select(split)

@@ -11,6 +11,9 @@ coherence (mean), ambiguity (variance) and entropy maps, and writes, under ``out
     <id>_maps.png       coherence (viridis, 0..1), ambiguity (magma, 0..0.25) and entropy (magma, 0..1 bit) side
                         by side, each at the overlay's size
     predictions.csv     one row per image: id, source image, output files, and how they were made
+An output folder holds one run's predictions with one set of settings, written by one process at a time
+(``engine/outputs.py``: a lock file, a settings record, and a list of finished images from which an
+interrupted ``predict`` resumes).
 The mask is post-processed by the run's lesion / no-lesion rule when the run has one (``postprocess.json``,
 written by ``lesiondiff postprocess``; ``postprocess.py``); predict.json records the rule and how many images
 it declared lesion-free. The npz keeps the samples and the fused map as sampled.
@@ -49,6 +52,7 @@ from ..postprocess import PostProcess
 from ..postprocess import load as load_postprocess
 from ..uncertainty import ambiguity, coherence, entropy
 from .checkpoint import Checkpoint
+from .outputs import OutputLock, PredictionFolder, is_own_output
 from .train import make_accelerator
 
 MAPS_FROM = ("probabilities", "masks")  # sample.maps
@@ -63,17 +67,20 @@ class Prediction:
     image: np.ndarray  # the original image, HxWxC in [0,255]
 
 
+def run_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file ``checkpoint`` (best or last) of a run directory; best falls back to last."""
+    name = checkpoint.removesuffix(".safetensors")
+    path = Path(run) / "checkpoints" / f"{name}.safetensors"
+    return Path(run) / "checkpoints" / "last.safetensors" if name == "best" and not path.is_file() else path
+
+
 def load_run(run: str | Path, checkpoint: str = "best", device: str | None = None) -> tuple[Config, Denoiser]:
     """Rebuild the model of a run directory from its config.yaml and load EMA (default) weights."""
     run = Path(run)
     if not run.is_dir():
         raise LesiondiffError(f"{run}: no such run directory")
     cfg = Config.load(run / "config.yaml")
-    name = checkpoint.removesuffix(".safetensors")
-    path = run / "checkpoints" / f"{name}.safetensors"
-    if name == "best" and not path.is_file():
-        path = run / "checkpoints" / "last.safetensors"
-    ckpt = Checkpoint(path)
+    ckpt = Checkpoint(run_checkpoint(run, checkpoint))
     model = build_model(cfg, cfg.data.channels)
     ckpt.load_module(model, "ema" if ckpt.section("ema") else "model")
     return cfg, model.to(make_accelerator(device).device).eval()
@@ -92,7 +99,7 @@ def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | 
         p = Path(item)
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                           and "_mask" not in split_name(f.name)[0])
+                           and "_mask" not in split_name(f.name)[0] and not is_own_output(f))
             if not files:
                 raise LesiondiffError(f"{p}: empty folder (no images found)")
             items += [(split_name(f.name)[0], str(f)) for f in files]
@@ -125,6 +132,7 @@ class Predictor:
         if cfg.sample.maps not in MAPS_FROM:
             raise LesiondiffError(f"sample.maps must be one of {', '.join(MAPS_FROM)}, got {cfg.sample.maps!r}")
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
+        self.source: dict = {}  # the run and checkpoint file the weights came from (from_run), for the record
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | None = None,
@@ -141,7 +149,11 @@ class Predictor:
                 raise LesiondiffError(f"{run}: {cfg.model.name} has one {model.prediction} head; it cannot be "
                                       f"sampled through {wanted}")
             model.prediction = wanted  # both heads were trained: sample through the other one
-        return cls(cfg, model, rule, record)
+        predictor = cls(cfg, model, rule, record)
+        file = run_checkpoint(run, checkpoint)
+        predictor.source = {"run": str(Path(run).resolve()), "checkpoint_file": file.name,
+                            "checkpoint_bytes": file.stat().st_size, "checkpoint_mtime_ns": file.stat().st_mtime_ns}
+        return predictor
 
     def image_seed(self, id_: str) -> int:
         return (self.cfg.sample.seed * 1_000_003 + zlib.crc32(id_.encode())) % 2**63
@@ -214,29 +226,53 @@ class Predictor:
         return {"id": pred.id, "mask": f"{pred.id}_mask.png", "probs": f"{pred.id}_probs.npz",
                 "overlay": f"{pred.id}_overlay.png", "maps": f"{pred.id}_maps.png"}
 
-    def run(self, items: list[tuple[str, str]], out: str | Path, checkpoint: str = "") -> list[dict]:
+    def settings(self, checkpoint: str = "") -> dict:
+        """Everything that decides the output files, flat (``sample.steps``, ...): the weights' source, the
+        config and the lesion / no-lesion rule. An output folder holds predictions of one such record."""
+        flat = {f"{section}.{key}": value for section, values in self.cfg.to_dict().items()
+                if isinstance(values, dict) for key, value in values.items()}
+        return {**self.source, "checkpoint": checkpoint, "preset": self.cfg.preset,
+                "postprocess": self.postprocess_record.get("rule"), **flat}
+
+    def run(self, items: list[tuple[str, str]], out: str | Path, checkpoint: str = "", overwrite: bool = False,
+            log=print) -> list[dict]:
+        """Predict ``items`` into ``out`` (see the module docstring): refused when ``out`` holds predictions made
+        otherwise (``overwrite``: replace them), resumed when it holds some of these."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         s = self.cfg.sample
-        rows = []
         self.sampling_seconds, self.declared_empty = 0.0, 0
-        for id_, path in tqdm(items, desc=f"predict ({s.sampler}, {s.steps} steps, S={s.samples})", unit="img"):
-            row = self.write(self.predict(id_, path), out)
-            rows.append({**row, "image": path})
-        meta = {"sampler": s.sampler if self.cfg.diffusion.mode != "feedforward" else "oneshot",
-                "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method, "crf": self.cfg.fusion.crf,
-                "threshold": s.threshold, "maps": s.maps, "seed": s.seed, "size": self.cfg.data.size, "checkpoint": checkpoint,
-                "preset": self.cfg.preset, "prediction": self.model.prediction,
-                "network_calls": self.sampler.network_calls(s.steps, s.samples),
-                "samples_are": self.sampler.samples_note(s.samples), "speed": self.speed(len(rows)),
-                "postprocess": self.postprocess_summary()}
-        buffer = _io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["id", "image", "mask", "probs", "overlay", "maps"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out / "predictions.csv", buffer.getvalue())
-        atomic_write_text(out / "predict.json", json.dumps(meta, indent=2))
-        return rows
+        with OutputLock(out, "predict", log):
+            folder = PredictionFolder(out, self.settings(checkpoint), items, overwrite, log)
+            todo = [(id_, path) for id_, path in items if id_ not in folder.done]
+            if len(todo) < len(items):
+                log(f"resuming: {len(items) - len(todo)} of {len(items)} images were predicted with these settings "
+                    f"in {out} already")
+            sampler = s.sampler if self.cfg.diffusion.mode != "feedforward" else "oneshot"
+            for id_, path in tqdm(todo, desc=f"predict ({sampler}, {self.sampler.network_calls(s.steps, s.samples)['passes']} "
+                                  f"passes, S={s.samples})", unit="img"):
+                seconds, emptied = self.sampling_seconds, self.declared_empty
+                row = self.write(self.predict(id_, path), out)
+                folder.mark_done({**row, "image": path, "declared_empty": self.declared_empty - emptied,
+                                  "sampling_s": self.sampling_seconds - seconds})
+            rows = [folder.done[id_] for id_, _ in items]
+            self.sampling_seconds = sum(r["sampling_s"] for r in rows)
+            self.declared_empty = sum(r["declared_empty"] for r in rows)
+            meta = {"sampler": sampler, "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method,
+                    "crf": self.cfg.fusion.crf, "threshold": s.threshold, "maps": s.maps, "seed": s.seed,
+                    "size": self.cfg.data.size, "checkpoint": checkpoint, "preset": self.cfg.preset,
+                    "prediction": self.model.prediction,
+                    "network_calls": self.sampler.network_calls(s.steps, s.samples),
+                    "samples_are": self.sampler.samples_note(s.samples), "speed": self.speed(len(rows)),
+                    "postprocess": self.postprocess_summary()}
+            buffer = _io.StringIO()
+            fields = ["id", "image", "mask", "probs", "overlay", "maps"]
+            writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(out / "predictions.csv", buffer.getvalue())
+            atomic_write_text(out / "predict.json", json.dumps(meta, indent=2))
+        return [{k: r[k] for k in fields} for r in rows]
 
 
 def uncertainty_panel(maps: dict[str, np.ndarray], hw: tuple[int, int]) -> np.ndarray:

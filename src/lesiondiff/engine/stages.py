@@ -161,7 +161,8 @@ def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device:
     overrides = [f"sample.{k}={wanted[k]}" for k in ("samples", "sampler", "steps", "seed")]
     if "fusion" in wanted:
         overrides.append(f"fusion.method={wanted['fusion']}")
-    Predictor.from_run(train_dir, CHECKPOINT, device, overrides).run(items, pred_dir, checkpoint=CHECKPOINT)
+    Predictor.from_run(train_dir, CHECKPOINT, device, overrides).run(items, pred_dir, checkpoint=CHECKPOINT,
+                                                                    overwrite=True)  # not current: replaced
     return "predicted"
 
 

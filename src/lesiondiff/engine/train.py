@@ -420,9 +420,10 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
     is no validation) is loaded into the model before the main phase starts, and the main phase's budget
     (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
     """
-    from ..models import MODELS
+    from ..models import MODELS, check_size
     from .stages import checkpoint_file, train_in
 
+    check_size(cfg)  # before any data or weights load
     out = Path(out_dir)
     resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
     design = MODELS.get(cfg.model.name)

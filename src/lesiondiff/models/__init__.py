@@ -19,7 +19,7 @@ from . import (  # noqa: F401  (registration)
 )
 from .base import MODELS, Denoiser, DenoiserOutput, count_parameters
 
-__all__ = ["MODELS", "Denoiser", "DenoiserOutput", "build_model", "count_parameters"]
+__all__ = ["MODELS", "Denoiser", "DenoiserOutput", "build_model", "check_size", "count_parameters"]
 
 
 def build_model(cfg: Config, image_channels: int) -> Denoiser:
@@ -38,3 +38,20 @@ def build_model(cfg: Config, image_channels: int) -> Denoiser:
     # channels_last makes oneDNN's (CPU) and cuDNN's convolutions faster: 1.3x for a training step at 128 px here.
     return model.to(memory_format=torch.channels_last)
 
+
+
+def size_multiple(model: Denoiser) -> int:
+    """What the network's input side must be a multiple of: its total stride."""
+    multiple = getattr(model, "multiple", None)
+    return int(multiple if multiple is not None else model.body.multiple)
+
+
+def check_size(cfg: Config, image_channels: int = 1) -> None:
+    """``data.size`` against the configured network's total stride, before any data or weights load: the
+    network is built on the meta device (no memory, no initialisation cost)."""
+    with torch.device("meta"):
+        model = build_model(cfg, image_channels)
+    multiple = size_multiple(model)
+    if cfg.data.size % multiple:
+        raise LesiondiffError(f"data.size {cfg.data.size}: model {cfg.model.name!r} needs a multiple of {multiple} (its total stride), e.g. "
+                              f"{max(multiple, round(cfg.data.size / multiple) * multiple)}")
