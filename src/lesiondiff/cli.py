@@ -473,6 +473,9 @@ def cmd_predict(args) -> int:
         raise LesiondiffError("--split needs --manifest")
     predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides,
                                    postprocess=not args.no_postprocess)
+    for note in predictor.notes({"--sampler": args.sampler, "--steps": args.steps, "--prediction": args.prediction,
+                                 "--fusion": args.fusion}):
+        print(note)
     items = collect_inputs(args.inputs, args.manifest, args.split)
     rows = predictor.run(items, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
     print(f"wrote {len(rows)} predictions to {args.out} (masks, probabilities, uncertainty maps, overlays)")

@@ -414,8 +414,12 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
     datasets = summary.get("datasets") or {}
     datasets = datasets if len(datasets) > 1 else {}  # one dataset: its row would repeat "all"
     views = ("fused", "mean_of_samples", "single_sample") if "mean_of_samples" in summary else ("fused", "single_sample")
+    one = settings.get("samples") == 1  # one sample: it is the fused mask, the other views would repeat it
+    views = ("fused",) if one else views
     groups = {view: [(group, stats) for group, stats in summary[view].items()] for view in views}
     for view, key in (("fused", "fused"), ("single_sample", "samples")):
+        if view not in groups:
+            continue
         groups[view][1:1] = [(f"dataset {name}", d[key]) for name, d in datasets.items()]
     width = max([26, *(len(f"{view} / {g}") + 1 for view, rows in groups.items() for g, _ in rows)])
     header = f"{'view':<{width}}" + "".join(f"{k:>16}" for k in keys) + f"{'n':>6}"
@@ -427,7 +431,9 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
 
     for view, rows in groups.items():
         lines += [stats_line(f"{view} / {group}", stats) for group, stats in rows]
-    if summary.get("rounds"):
+    if one:
+        lines.append("S = 1: the one sample is the fused mask (no mean-of-samples, single-sample or round rows)")
+    if summary.get("rounds") and not one:
         lines.append("-" * len(header))
         lines += [stats_line(f"round {r['round']} / all", r["all"]) for r in summary["rounds"]]
         # the spread and the difference are single numbers: padded to the width of a "mean ± std" cell
@@ -439,7 +445,7 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
                      f"({samples_are(summary)}); best round = highest mean (hd95: lowest)")
         lines.append(f"fused = the S samples fused by {ensemble_name(summary)} (prediction_settings fusion); "
                      "fused - best round > 0: the fusion beats every round (hd95: < 0)")
-    if "mean_of_samples" in summary:
+    if "mean_of_samples" in summary and not one:
         lines.append("mean_of_samples = the per-pixel mean of the S samples, binarised at the threshold")
     pooled = summary["pooled"]["fused"]
     lines.append(f"pooled over the split (fused): dice {pooled['pooled_dice']:.3f}, iou {pooled['pooled_iou']:.3f}")

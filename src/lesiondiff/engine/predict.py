@@ -121,6 +121,8 @@ def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | 
 class Predictor:
     def __init__(self, cfg: Config, model: Denoiser, postprocess: PostProcess | None = None,
                  postprocess_record: dict | None = None) -> None:
+        if cfg.diffusion.mode == "feedforward":  # one network evaluation per sample, whatever was asked
+            cfg = cfg.override(["sample.sampler=oneshot", "sample.steps=1"])
         self.cfg = cfg
         self.model = model
         self.postprocess = postprocess
@@ -164,7 +166,9 @@ class Predictor:
         x = preprocess_image(image, d.size, d.channels, d.intensity_window)[None].to(self.device)
         gen = torch.Generator().manual_seed(self.image_seed(id_))
         start = time.perf_counter()
-        probs = self.sampler(self.model, x, s.samples, s.steps, gen)[0, :, 0].float().cpu().numpy()
+        draws = s.samples if self.model.takes_noise else 1  # a network without noise input: S copies of one
+        probs = self.sampler(self.model, x, draws, s.steps, gen)[0, :, 0].float().cpu().numpy()
+        probs = np.repeat(probs, s.samples // draws, axis=0)
         self.sampling_seconds += time.perf_counter() - start
         return probs
 
@@ -184,6 +188,31 @@ class Predictor:
         fused = fuse(probs, f.method, image=None if small is None else np.moveaxis(small, 0, -1),
                      threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=crf_kernels(**kernels), **kw)
         return Prediction(id_, probs, fused, image.shape[:2], image)
+
+    def samples_are(self) -> str:
+        """What the S samples of an image are (predict.json, the report's rounds)."""
+        if not self.model.takes_noise:
+            return ("identical copies of one prediction: the network takes no noise input, so there is no sample "
+                    "spread (no uncertainty)" if self.cfg.sample.samples > 1 else "one prediction")
+        return self.sampler.samples_note(self.cfg.sample.samples)
+
+    def notes(self, given: dict[str, object]) -> list[str]:
+        """Notices for command-line options that do not apply to this run (``given``: option -> value, None when
+        not given); the run goes on with what does apply, as predict.json records."""
+        cfg, notes = self.cfg, []
+        if cfg.diffusion.mode == "feedforward":
+            ignored = [f"{k} {v}" for k, v in given.items()
+                       if v is not None and k in ("--sampler", "--steps", "--prediction")
+                       and str(v) not in ("oneshot", "1", "x0")]
+            if ignored:
+                notes.append(f"note: a feed-forward run (one network evaluation per image): {', '.join(ignored)} "
+                             "do not apply and are ignored")
+        if not self.model.takes_noise and cfg.sample.samples > 1:
+            notes.append(f"note: the {cfg.model.name} network takes no noise input: its {cfg.sample.samples} "
+                         "samples are identical copies of one prediction (no uncertainty)")
+        if cfg.sample.samples == 1 and given.get("--fusion") not in (None, "mean"):
+            notes.append(f"note: --fusion {given['--fusion']} with one sample: nothing to fuse")
+        return notes
 
     def postprocess_summary(self) -> dict:
         """What predict.json records of the lesion / no-lesion rule (``postprocess.py``)."""
@@ -262,8 +291,8 @@ class Predictor:
                     "crf": self.cfg.fusion.crf, "threshold": s.threshold, "maps": s.maps, "seed": s.seed,
                     "size": self.cfg.data.size, "checkpoint": checkpoint, "preset": self.cfg.preset,
                     "prediction": self.model.prediction,
-                    "network_calls": self.sampler.network_calls(s.steps, s.samples),
-                    "samples_are": self.sampler.samples_note(s.samples), "speed": self.speed(len(rows)),
+                    "network_calls": self.sampler.network_calls(s.steps, s.samples if self.model.takes_noise else 1),
+                    "samples_are": self.samples_are(), "speed": self.speed(len(rows)),
                     "postprocess": self.postprocess_summary()}
             buffer = _io.StringIO()
             fields = ["id", "image", "mask", "probs", "overlay", "maps"]

@@ -47,11 +47,13 @@ class Denoiser(nn.Module):
 
     ``prediction`` says what the main head predicts ("epsilon" or "x0"); samplers read it. Designs whose output
     always carries both eps and x0 (``predicts_both``, e.g. PalScDiff) may be sampled through either, so their
-    ``prediction`` can be chosen when sampling (``lesiondiff predict --prediction``).
+    ``prediction`` can be chosen when sampling (``lesiondiff predict --prediction``). A design whose output does
+    not depend on x_t (``takes_noise`` False: the ``unet``) gives identical samples; predict draws it once.
     """
 
     prediction: str = "epsilon"
     predicts_both: bool = False
+    takes_noise: bool = True  # False: the output ignores x_t (a plain segmenter), so every sample is the same
 
     def encode(self, image: torch.Tensor) -> Condition:
         """image [B,C,H,W] in [-1,1] -> condition reused across samples and steps."""

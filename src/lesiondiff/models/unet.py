@@ -20,6 +20,7 @@ from .base import MODELS, Denoiser, DenoiserOutput
 @MODELS.register("unet")
 class UNet(Denoiser):
     prediction = "x0"
+    takes_noise = False  # denoise() ignores x_t
 
     def __init__(self, image_channels: int, prediction: str = "x0", base_channels: int = 32, **body) -> None:
         """``body``: the UNetBody layout (channel_mult, num_res_blocks, attention_levels, num_groups, dropout)."""
