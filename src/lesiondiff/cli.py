@@ -191,8 +191,18 @@ def _build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--device", default=None)
     _add_overrides(pp)
 
-    ev = sub.add_parser("evaluate", help="score predictions against a manifest split")
-    ev.add_argument("--pred", required=True)
+    ev = sub.add_parser("evaluate", help="score predictions, or any folder of masks, against a manifest split")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pred", help="a lesiondiff predict folder")
+    source.add_argument("--masks", metavar="DIR",
+                        help="a folder of mask files from any tool, matched to the manifest's ids by file name "
+                             "(case1.png, case1_mask.png, case1_seg.nii.gz, ...)")
+    ev.add_argument("--threshold", type=float, default=None,
+                    help="--masks: read grey values as probabilities (value / maximum >= threshold) instead of "
+                         "as labels (> 0, 8-bit grey > 127)")
+    ev.add_argument("--missing", choices=["error", "empty"], default="error",
+                    help="--masks: split images without a mask file stop the evaluation (error) or count as "
+                         "empty predictions (empty)")
     ev.add_argument("--manifest", required=True)
     ev.add_argument("--split", default="test", help="train, val, test or fold:K (the rows of fold K)")
     ev.add_argument("--out", default=None, help="where metrics.csv and summary.json go (default: --pred)")
@@ -496,6 +506,15 @@ def cmd_postprocess(args) -> int:
 def cmd_evaluate(args) -> int:
     from .engine.evaluate import evaluate, format_table
 
+    if args.masks:
+        from .engine.evaluate_masks import OUT_NAME, evaluate_masks
+
+        summary = evaluate_masks(args.masks, args.manifest, args.split, args.out, args.threshold, args.missing)
+        print(format_table(summary))
+        print(f"wrote {Path(args.out or Path(args.masks) / OUT_NAME) / 'metrics.csv'} and summary.json")
+        return 0
+    if args.threshold is not None or args.missing != "error":
+        raise LesiondiffError("--threshold and --missing apply to --masks; predictions carry their own threshold")
     summary = evaluate(args.pred, args.manifest, args.split, args.out)
     print(format_table(summary))
     print(f"wrote {Path(args.out or args.pred) / 'metrics.csv'}, summary.json, rounds.md and reliability.png")

@@ -415,7 +415,8 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
     datasets = datasets if len(datasets) > 1 else {}  # one dataset: its row would repeat "all"
     views = ("fused", "mean_of_samples", "single_sample") if "mean_of_samples" in summary else ("fused", "single_sample")
     one = settings.get("samples") == 1  # one sample: it is the fused mask, the other views would repeat it
-    views = ("fused",) if one else views
+    given = summary.get("source") == "masks"  # masks from another tool (evaluate_masks): no samples
+    views = ("fused",) if one or given else views
     groups = {view: [(group, stats) for group, stats in summary[view].items()] for view in views}
     for view, key in (("fused", "fused"), ("single_sample", "samples")):
         if view not in groups:
@@ -449,6 +450,9 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
         lines.append("mean_of_samples = the per-pixel mean of the S samples, binarised at the threshold")
     pooled = summary["pooled"]["fused"]
     lines.append(f"pooled over the split (fused): dice {pooled['pooled_dice']:.3f}, iou {pooled['pooled_iou']:.3f}")
+    if given:
+        lines.append("masks from another tool: no samples or probabilities, so no rounds, uncertainty or calibration")
+        return "\n".join(lines + image_level_lines(summary))
     u = summary["uncertainty"]
     lines.append(f"uncertainty per image: GED {u['ged']['mean']:.3f} ±{u['ged']['std']:.3f} (d = 1 - IoU, "
                  "the S samples against the ground truth)")

@@ -1,0 +1,144 @@
+"""Score a folder of mask files from any tool (nnU-Net, MedSegDiff, a human reader) against a manifest split,
+with the metrics, protocol line and tables ``lesiondiff evaluate`` gives lesiondiff's own predictions.
+
+Matching: a file belongs to the manifest row whose id is its name without the image suffix, or without a
+trailing ``_mask``, ``_pred``, ``_seg`` or ``_segmentation`` as well (``case1.png``, ``case1_mask.png``,
+``case1_seg.nii.gz``). Files are searched in the folder and its sub-folders. Rows of the split without a file
+are listed and refused, unless ``missing="empty"`` scores them as empty predictions (stated in the protocol);
+files that match no row of the split, or two files for one id, are listed.
+
+Reading: by default a mask is read as lesiondiff reads ground truth (``data.io.read_mask``: label maps > 0,
+8-bit grey or colour masks > 127). With ``threshold`` T the grey value is read as a probability
+(value / the type's maximum >= T, e.g. a soft output saved as an 8-bit PNG). A mask at another size than its
+image is resized to the image's size (nearest neighbour) and counted in the summary.
+
+There are no samples or probabilities, so the summary has the fused view (the given masks), lesion-image
+figures, the image-level decision and pooled Dice, and no sampling rounds, uncertainty or calibration.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.dataset import mask_paths
+from ..data.io import is_image_file, read_image, read_mask, read_masks, split_name
+from ..data.manifest import Manifest
+from ..errors import LesiondiffError
+from ..io_utils import atomic_write_text
+from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
+from .evaluate import image_level
+
+SUFFIXES = ("_mask", "_pred", "_segmentation", "_seg")
+MISSING = ("error", "empty")
+OUT_NAME = "lesiondiff-evaluation"  # the default output folder inside the mask folder (never read as masks)
+
+
+def _candidate_ids(name: str) -> list[str]:
+    stem = split_name(name)[0]
+    return [stem] + [stem[: -len(s)] for s in SUFFIXES if stem.endswith(s) and len(stem) > len(s)]
+
+
+def match_files(folder: Path, ids: list[str]) -> tuple[dict[str, Path], list[str], list[Path], dict[str, list[Path]]]:
+    """(id -> file, ids without a file, files matching no id, ids with several files)."""
+    wanted = set(ids)
+    found: dict[str, list[Path]] = {}
+    extra = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or not is_image_file(path) or OUT_NAME in path.relative_to(folder).parts:
+            continue
+        hit = next((c for c in _candidate_ids(path.name) if c in wanted), None)
+        if hit is None:
+            extra.append(path)
+        else:
+            found.setdefault(hit, []).append(path)
+    missing = [i for i in ids if i not in found]
+    return {i: files[0] for i, files in found.items()}, missing, extra, {i: f for i, f in found.items() if len(f) > 1}
+
+
+def read_given_mask(path: Path, threshold: float | None) -> np.ndarray:
+    """The mask as bool [H,W]: as ground truth is read, or (``threshold``) grey value / maximum >= threshold."""
+    if threshold is None:
+        return read_mask(path)
+    return read_image(path).max(axis=-1) / 255.0 >= threshold  # read_image scales 16-bit and 1-bit to 0..255
+
+
+def _listing(paths: list, n: int = 5) -> str:
+    names = [p.name if isinstance(p, Path) else str(p) for p in paths]
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "test", out: str | Path | None = None,
+                   threshold: float | None = None, missing: str = "error", log=print) -> dict:
+    """Score the mask files in ``mask_dir`` against ``split`` of ``manifest`` (module docstring); writes
+    ``metrics.csv`` and ``summary.json`` to ``out`` (default: ``mask_dir``/lesiondiff-evaluation)."""
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise LesiondiffError(f"{mask_dir}: no such folder of masks")
+    if missing not in MISSING:
+        raise LesiondiffError(f"--missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    out = Path(out) if out else mask_dir / OUT_NAME
+    rows = Manifest.read(manifest).select(split)
+    if not rows:
+        raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
+    files, absent, extra, doubled = match_files(mask_dir, [r["id"] for r in rows])
+    if absent and missing == "error":
+        raise LesiondiffError(f"{mask_dir}: no mask file for {len(absent)} of {len(rows)} {split} images "
+                              f"({_listing(absent)}); add --missing empty to score them as empty predictions")
+    if extra:
+        log(f"note: {len(extra)} files match no {split} image and are not scored: {_listing(extra)}")
+    if doubled:
+        log(f"note: several files for {len(doubled)} ids, the first (sorted) is scored: "
+            f"{_listing([f for fs in doubled.values() for f in fs])}")
+    if absent:
+        log(f"note: {len(absent)} {split} images have no mask file and are scored as empty: {_listing(absent)}")
+    per_image, masks, gts, presence, resized = [], [], [], [], 0
+    for row in tqdm(rows, desc=f"evaluate masks {split}", unit="img"):
+        paths = mask_paths(row)
+        shape = read_image(row["image"]).shape[:2]
+        gt = read_masks(paths, shape=shape) if paths else np.zeros(shape, bool)
+        if row["id"] in files:
+            pred = read_given_mask(files[row["id"]], threshold)
+            if pred.shape != gt.shape:
+                resized += 1
+                pred = np.asarray(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST), dtype=bool)
+        else:
+            pred = np.zeros(gt.shape, bool)
+        tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
+        per_image.append({**tags, "which": "fused", "file": str(files.get(row["id"], "")),
+                          **binary_metrics(pred, gt)})
+        masks.append(pred)
+        gts.append(gt)
+        presence.append((bool(gt.any()), bool(pred.any()), row.get("label", "")))
+    labels = sorted({r["label"] for r in per_image if r["label"]})
+    reading = ("grey value / maximum >= threshold " + f"{threshold:g}" if threshold is not None
+               else "as ground truth is read (label maps > 0, 8-bit grey > 127)")
+    summary = {
+        "protocol": (f"split {split} of {manifest}: {len(rows)} images; masks from {mask_dir} read {reading}; "
+                     f"{len(absent)} images without a file scored as empty; {resized} masks resized to their "
+                     "image (nearest); metrics per image at the original image size, then mean +- population std "
+                     "over images; hd95 in pixels, images where exactly one mask is empty left out (n_nan)"),
+        "source": "masks", "split": split, "n_images": len(rows), "manifest": str(manifest),
+        "masks": str(mask_dir), "threshold": threshold, "missing_files": absent,
+        "extra_files": [str(p) for p in extra], "resized": resized, "prediction_settings": {},
+        "fused": {"all": summarize(per_image), **{lb: summarize([r for r in per_image if r["label"] == lb])
+                                                  for lb in labels}},
+        "pooled": {"fused": pooled_metrics(masks, gts)},
+        "lesion_images": summarize([r for r, (has, _, _) in zip(per_image, presence) if has]),
+        "image_level": image_level(presence),
+        "postprocess": "none (masks from another tool)",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["id", "label", "dataset", "which", "file", *METRIC_NAMES])
+    writer.writeheader()
+    writer.writerows(per_image)
+    atomic_write_text(out / "metrics.csv", buffer.getvalue())
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
