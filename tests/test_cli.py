@@ -209,6 +209,9 @@ def test_index_several_folders_into_one_manifest(phantom_dir, tmp_path, capsys):
     (["compare", "--presets", "unet", "--manifest", "m", "--budget-minutes", "0", "--out", "o"],
      "error: --budget-minutes must be > 0, got 0"),
     (["data", "synth", "--n", "0", "--out", "o"], "error: --n must be >= 1, got 0"),
+    (["predict", "--run", "r", "--out", "o", "--device", "cuda:99"], "error: --device cuda:99: this machine has"),
+    (["train", "--preset", "unet", "--out", "o", "--device", "mps"], "error: --device mps: MPS (Apple GPU) is not"),
+    (["train", "--preset", "unet", "--out", "o", "--device", "tpu"], "error: --device 'tpu': expected cpu, cuda,"),
 ])
 def test_bad_numbers_and_names_are_refused_before_anything_loads(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the run "r" does not exist: the option is checked first

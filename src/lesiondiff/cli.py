@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -405,7 +406,8 @@ def cmd_train(args) -> int:
             raise LesiondiffError("train needs --manifest (or a --config that names data.manifest)")
         cfg = _config(args)
     summary = train_run(cfg, args.out, device=args.device, resume=args.resume)
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # several processes (accelerate launch): the main one reports
+        print(json.dumps(summary, indent=2))
     return 130 if summary["status"] == "interrupted" else 0
 
 
@@ -695,6 +697,10 @@ def _check_args(args) -> None:
             raise LesiondiffError(f"{option} must be {wanted}, got {value:g}")
     if getattr(args, "ratios", None) is not None and (min(args.ratios) < 0 or sum(args.ratios) <= 0):
         raise LesiondiffError(f"--ratios must be three non-negative shares with a positive sum, got {args.ratios}")
+    if getattr(args, "device", None):
+        from .engine.train import check_device
+
+        check_device(args.device)
     if getattr(args, "fusion", None) is not None:
         from .fusion import FUSERS
 

@@ -54,9 +54,39 @@ from .lr_schedule import LRSchedule
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
+def check_device(device: str | None) -> None:
+    """``device`` (None: automatic, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``) is one this machine has; else a
+    one-line error. ``cuda:N`` becomes the current CUDA device, which Accelerate then uses."""
+    if device in (None, "", "cpu"):
+        return
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise LesiondiffError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__})")
+        n = torch.cuda.device_count()
+        if index:
+            if not index.isdigit() or int(index) >= n:
+                raise LesiondiffError(f"--device {device}: this machine has CUDA devices 0..{n - 1}")
+            torch.cuda.set_device(int(index))
+        return
+    if kind == "mps" and not index:
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise LesiondiffError(f"--device {device}: MPS (Apple GPU) is not available on this machine")
+        return
+    raise LesiondiffError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
+
+
 def make_accelerator(device: str | None, mixed_precision: str = "no") -> Accelerator:
-    """cuda, then mps, then cpu, unless ``device`` says otherwise. Multi-GPU comes from ``accelerate launch``."""
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    """cuda, then mps, then cpu, unless ``device`` says otherwise (checked: an unavailable device is an error,
+    never a silent fall-back). Multi-GPU comes from ``accelerate launch``."""
+    check_device(device)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    if device not in (None, "", "cpu") and accelerator.num_processes == 1:
+        want = torch.device(device)
+        got = accelerator.device
+        if got.type != want.type or (want.index is not None and got.index not in (None, want.index)):
+            raise LesiondiffError(f"--device {device}: Accelerate placed the run on {got}")
+    return accelerator
 
 
 def dice_at_threshold(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -140,6 +170,9 @@ class Trainer:
         self.perm, self.pos = self._permutation(), 0
         self.log_rows: list[dict] = []
         if resume:
+            if self.accelerator.is_main_process:  # temporary files of a write cut short by a kill
+                for stray in self.ckpt_dir.glob(".*.tmp*"):
+                    stray.unlink(missing_ok=True)
             self._restore(Checkpoint(last))
         else:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +260,14 @@ class Trainer:
                 "elapsed": self.elapsed, "preset": self.cfg.preset, "stage": self.stage,
                 "stage_steps": self.stage_steps, "warmup_progress": self.lr_schedule.warmup_progress}
 
+    def _all_agree(self, flag: bool) -> bool:
+        """True when any process says so: with several processes (DDP) every rank must stop at the same step,
+        although each measures its own clock (else the others would wait in the next all-reduce for ever)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.accelerator.reduce(t, reduction="max").item() > 0)
+
     def _save(self, name: str) -> None:
         if not self.accelerator.is_main_process:
             return
@@ -249,6 +290,10 @@ class Trainer:
         s = ckpt.state
         self.step, self.pos, self.best, self.best_step, self.elapsed = (
             s["step"], s["pos"], s["best"], s["best_step"], s["elapsed"])
+        best_file = self.ckpt_dir / "best.safetensors"
+        if best_file.is_file():  # a kill between saving best and last: the state follows the best file on disk
+            b = Checkpoint(best_file).state
+            self.best, self.best_step = b["best"], b["best_step"]
         if s.get("warmup_progress") is not None:
             self.lr_schedule.warmup_progress = float(s["warmup_progress"])
         if self.curriculum is not None:
@@ -310,8 +355,11 @@ class Trainer:
                     f"  from {s.start:.0%}: {s.describe(n)}" for s in self.curriculum.stages), flush=True)
         # noise shaped like the image for objectives that noise the image (DiffSeg's class_eps), else like the mask
         like = "image" if getattr(self.objective, "noise_like", "mask") == "image" else "mask"
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step",
-                   disable=not self.accelerator.is_main_process)
+        # with a time budget the bar follows the budget (seconds on train.clock; the step is in the postfix), so
+        # its progress and ETA are the run's, not those of train.steps that the budget will cut short
+        timed = budget < float("inf")
+        bar = tqdm(total=round(budget) if timed else cfg.steps, initial=round(self.elapsed) if timed else self.step,
+                   desc=desc, unit=f"s {cfg.clock}" if timed else "step", disable=not self.accelerator.is_main_process)
         status, running = "finished", {}
         try:
             if self.step == 0 and self.validate_at_start and self.val_data is not None:
@@ -340,8 +388,12 @@ class Trainer:
                 running["lr"] = running.get("lr", 0.0) + lr
                 for k, v in {"loss": loss.total.detach(), **loss.parts}.items():
                     running[k] = running.get(k, 0.0) + float(v)
-                bar.update(1)
-                out_of_time = self.elapsed >= budget
+                if timed:
+                    bar.update(max(0, min(round(budget), round(self.elapsed)) - bar.n))
+                    bar.set_postfix_str(f"step {self.step}", refresh=False)
+                else:
+                    bar.update(1)
+                out_of_time = self._all_agree(self.elapsed >= budget)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
                     n = cfg.log_every if self.step % cfg.log_every == 0 else max(1, self.step % cfg.log_every)
                     lr_mean = running.pop("lr") / n  # the mean rate over the logged steps
@@ -354,7 +406,8 @@ class Trainer:
                         row["val_dice"] = f"{self._validate_and_save():.4f}"
                     self.log_rows.append(row)
                     self._write_log()
-                    bar.set_postfix(loss=row["loss"], **({"best_val_dice": f"{self.best:.3f}"} if self.best >= 0 else {}))
+                    bar.set_postfix(step=self.step, loss=row["loss"],
+                                    **({"best_val_dice": f"{self.best:.3f}"} if self.best >= 0 else {}))
                 if out_of_time:
                     status = "time budget reached"
                     break
@@ -376,9 +429,9 @@ class Trainer:
         improved = self.val_data is None or dice > self.best
         if improved:
             self.best, self.best_step = (dice if self.val_data is not None else -1.0), self.step
-        self._save("last")
-        if improved:
+        if improved:  # best before last: a kill between the two leaves a best that _restore adopts
             self._save("best")
+        self._save("last")
         return dice
 
     def _val_sampling(self) -> str:
@@ -394,6 +447,7 @@ class Trainer:
             "trainable_parameters": self.n_trainable,
             "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
+            "processes": self.accelerator.num_processes,
             "recipe": self.cfg.recipe, "lr_schedule": self.lr_schedule.describe(self.cfg.train.lr),
             **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
                                for k, stage in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),
