@@ -272,3 +272,29 @@ def test_a_file_system_refusal_mid_command_is_one_line_naming_the_file(tmp_path,
     monkeypatch.setitem(cli.COMMANDS, "report", refuse)
     code, _, err = run(capsys, "report", "--out", tmp_path / "out")
     assert_one_line_error(code, err, "x.png: Permission denied")
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "best or last (default: best)" in text
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--help"])
+    assert "default: 200" in capsys.readouterr().out
+
+
+def test_maps_png_has_titles_and_colour_bars():
+    from lesiondiff.engine.predict import BAR_H, TITLE_H, uncertainty_panel
+
+    rng = np.random.default_rng(0)
+    maps = {k: rng.random((16, 16)) for k in ("coherence", "ambiguity", "entropy")}
+    panel = uncertainty_panel(maps, (40, 120))
+    assert panel.shape == (TITLE_H + 40 + BAR_H, 3 * 120 + 8, 3)
+    title = panel[:TITLE_H, :120]
+    assert (title.min(axis=-1) < 80).sum() > 20  # dark text on white
+    from matplotlib import colormaps
+
+    bar = panel[TITLE_H + 40 + 3, :120].astype(int)
+    ramp = (colormaps["viridis"](np.linspace(0, 1, 120))[:, :3] * 255).astype(int)
+    assert np.abs(bar - ramp).max() <= 1  # the colour bar is the map's colour scale, low to high

@@ -38,6 +38,35 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                    "cosine, AdamW 3e-4, flips) or paper (each paper's own optimiser settings)")
 
 
+def _has_default(action: argparse.Action) -> bool:
+    """A default worth showing: not None, False, empty or suppressed (0 and 0.0 are shown)."""
+    d = action.default
+    return not (d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, (list, str)) and not d))
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, unless it is empty or the help text already speaks of it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (_has_default(action) and "default" not in text
+                and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give ``parser`` and every sub-command's parser the defaults-showing help formatter."""
+    parser.formatter_class = _DefaultsFormatter
+    for action in parser._actions:
+        if action.help is None and action.option_strings and _has_default(action):
+            action.help = "default: %(default)s"  # an option without help text still shows its default
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+    return parser
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lesiondiff", description="Diffusion-model segmentation of lesions in 2D medical images.",
@@ -205,7 +234,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="--masks: split images without a mask file stop the evaluation (error) or count as "
                          "empty predictions (empty)")
     ev.add_argument("--manifest", required=True)
-    ev.add_argument("--split", default="test", help="train, val, test or fold:K (the rows of fold K)")
+    ev.add_argument("--split", default=None, help="train, val, test or fold:K (the rows of fold K); default: the "
+                    "split predict was given (predict.json), else test")
     ev.add_argument("--out", default=None, help="where metrics.csv and summary.json go (default: --pred)")
 
     rp = sub.add_parser("report", help="write report.html from a run, its predictions and their evaluation")
@@ -302,7 +332,7 @@ def _build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--out", default=None, help="output folder (required unless --list-layers)")
 
     sub.add_parser("presets", help="list presets")
-    return parser
+    return _show_defaults(parser)
 
 
 def _config(args) -> Config:  # noqa: F821
@@ -489,7 +519,8 @@ def cmd_predict(args) -> int:
                                  "--fusion": args.fusion}):
         print(note)
     items = collect_inputs(args.inputs, args.manifest, args.split)
-    rows = predictor.run(items, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    rows = predictor.run(items, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
+                         split=args.split if args.manifest else None)
     print(f"wrote {len(rows)} predictions to {args.out} (masks, probabilities, uncertainty maps, overlays)")
     return 0
 
@@ -511,13 +542,20 @@ def cmd_evaluate(args) -> int:
     if args.masks:
         from .engine.evaluate_masks import OUT_NAME, evaluate_masks
 
-        summary = evaluate_masks(args.masks, args.manifest, args.split, args.out, args.threshold, args.missing)
+        summary = evaluate_masks(args.masks, args.manifest, args.split or "test", args.out, args.threshold,
+                                 args.missing)
         print(format_table(summary))
         print(f"wrote {Path(args.out or Path(args.masks) / OUT_NAME) / 'metrics.csv'} and summary.json")
         return 0
     if args.threshold is not None or args.missing != "error":
         raise LesiondiffError("--threshold and --missing apply to --masks; predictions carry their own threshold")
-    summary = evaluate(args.pred, args.manifest, args.split, args.out)
+    split = args.split
+    if split is None:
+        meta = Path(args.pred) / "predict.json"
+        recorded = json.loads(meta.read_text(encoding="utf-8")).get("split") if meta.is_file() else None
+        split = recorded or "test"
+        print(f"split: {split} ({'the split predict was given' if recorded else 'the default'}; --split to choose)")
+    summary = evaluate(args.pred, args.manifest, split, args.out)
     print(format_table(summary))
     print(f"wrote {Path(args.out or args.pred) / 'metrics.csv'}, summary.json, rounds.md and reliability.png")
     return 0
@@ -531,7 +569,9 @@ def cmd_report(args) -> int:
     if folder is not None and (folder / "summary.json").is_file():
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     elif args.evaluation:
-        raise LesiondiffError(f"{folder / 'summary.json'}: not found; run lesiondiff evaluate --out {folder} first")
+        raise LesiondiffError(f"{folder / 'summary.json'}: not found; run lesiondiff evaluate --pred "
+                              f"{args.pred or 'PRED_DIR'} --manifest {args.manifest or 'MANIFEST'} --split {args.split} "
+                              f"--out {folder} first")
     path = write_report(args.out, run=args.run, pred_dir=args.pred, summary=summary, manifest=args.manifest,
                         split=args.split)
     print(f"wrote {path}")

@@ -17,7 +17,9 @@ from .data.transforms import resize_prob
 from .io_utils import atomic_path, atomic_write_text
 from .metrics import METRIC_NAMES, image_dice
 
-GT_COLOUR = "#e41a1c"  # red: visible on a white mask, a black background and a grey ultrasound image alike
+# green: visible on a white mask, a black background and a grey ultrasound image alike, and apart from the
+# overlays' colours (red: ambiguity, yellow: the fused mask's contour)
+GT_COLOUR = "#00c853"
 
 
 def pyplot():
@@ -74,8 +76,8 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
     if not chosen:
         return False
     plt = pyplot()
-    titles = ["image", "ground truth", "fused mask + ambiguity", "coherence (mean)", "ambiguity (variance)",
-              "entropy (bits)"]
+    titles = ["image", "ground truth", "fused contour (yellow)\n+ ambiguity (red)", "coherence (mean)",
+              "ambiguity (variance)", "entropy (bits)"]
     h, w = image_size(chosen[0]["image"])  # the header only: the pixels are read once, in the loop below
     fig, axes = plt.subplots(len(chosen), 6, figsize=(15, 0.4 + len(chosen) * min(2.6, 2.5 * h / w + 0.3)),
                              squeeze=False, layout="constrained")
@@ -177,7 +179,7 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
     # short lines, so the title never sets the width of a figure with few rounds
     are = settings.get("samples_are")
     fig.suptitle(f"Sampling rounds and the fused mask\n{which}\nround k = the k-th sample at threshold {thr:g}, "
-                 "resized to the original size; red: ground-truth contour" + (f"\nsamples: {are}" if are else ""),
+                 "resized to the original size; green: ground-truth contour" + (f"\nsamples: {are}" if are else ""),
                  fontsize=9)
     _save(fig, path)
     return records

@@ -78,7 +78,7 @@ def test_train_predict_evaluate(manifest, tmp_path, preset, fusion):
     from PIL import Image
 
     assert Image.open(mask).size == Image.open(items[0][1]).size  # original size (64 px), not the network's 32
-    assert Image.open(tmp_path / "pred" / f"{items[0][0]}_maps.png").size == (3 * 64 + 8, 64)
+    assert Image.open(tmp_path / "pred" / f"{items[0][0]}_maps.png").size == (3 * 64 + 8, 14 + 64 + 18)
     with np.load(tmp_path / "pred" / f"{items[0][0]}_probs.npz") as npz:
         samples = npz["samples"]
         assert samples.shape == (3, 32, 32)

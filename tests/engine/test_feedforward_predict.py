@@ -44,3 +44,14 @@ def test_one_sample_gives_one_row_per_group_not_four_copies(unet_run, phantom_ma
     assert "fused / all" in table
     assert "single_sample / all" not in table and "round 1 / all" not in table and "mean_of_samples /" not in table
     assert "S = 1: the one sample is the fused mask" in table
+
+
+def test_evaluate_scores_the_split_predict_was_given_by_default(unet_run, phantom_manifest, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert main(["predict", "--run", str(unet_run), "--manifest", str(phantom_manifest), "--split", "val",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "predict.json").read_text())["split"] == "val"
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(out), "--manifest", str(phantom_manifest)]) == 0
+    assert "split: val (the split predict was given" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["split"] == "val"

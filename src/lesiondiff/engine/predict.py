@@ -9,7 +9,7 @@ coherence (mean), ambiguity (variance) and entropy maps, and writes, under ``out
                         fraction of the S masks marking a pixel, ambiguity = its variance over them)
     <id>_overlay.png    the image with the fused contour (yellow) and the ambiguity map (red), long side <= 1024 px
     <id>_maps.png       coherence (viridis, 0..1), ambiguity (magma, 0..0.25) and entropy (magma, 0..1 bit) side
-                        by side, each at the overlay's size
+                        by side, each at the overlay's size, titled, with its colour bar and range below
     predictions.csv     one row per image: id, source image, output files, and how they were made
 An output folder holds one run's predictions with one set of settings, written by one process at a time
 (``engine/outputs.py``: a lock file, a settings record, and a list of finished images from which an
@@ -264,9 +264,10 @@ class Predictor:
                 "postprocess": self.postprocess_record.get("rule"), **flat}
 
     def run(self, items: list[tuple[str, str]], out: str | Path, checkpoint: str = "", overwrite: bool = False,
-            log=print) -> list[dict]:
+            log=print, split: str | None = None) -> list[dict]:
         """Predict ``items`` into ``out`` (see the module docstring): refused when ``out`` holds predictions made
-        otherwise (``overwrite``: replace them), resumed when it holds some of these."""
+        otherwise (``overwrite``: replace them), resumed when it holds some of these. ``split``: the manifest
+        split the items are (recorded in predict.json; ``evaluate`` scores that split by default)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         s = self.cfg.sample
@@ -293,7 +294,7 @@ class Predictor:
                     "prediction": self.model.prediction,
                     "network_calls": self.sampler.network_calls(s.steps, s.samples if self.model.takes_noise else 1),
                     "samples_are": self.samples_are(), "speed": self.speed(len(rows)),
-                    "postprocess": self.postprocess_summary()}
+                    "postprocess": self.postprocess_summary(), "split": split}
             buffer = _io.StringIO()
             fields = ["id", "image", "mask", "probs", "overlay", "maps"]
             writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
@@ -304,15 +305,34 @@ class Predictor:
         return [{k: r[k] for k in fields} for r in rows]
 
 
-def uncertainty_panel(maps: dict[str, np.ndarray], hw: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 [h, 3w + 8]: coherence, ambiguity and entropy, colour-mapped on fixed ranges and resized to hw."""
-    from matplotlib import colormaps
+MAP_PANELS = (("coherence", "viridis", 1.0, "coherence (mean)"), ("ambiguity", "magma", 0.25, "ambiguity (variance)"),
+              ("entropy", "magma", 1.0, "entropy (bits)"))
+PANEL_GAP, TITLE_H, BAR_H = 4, 14, 18  # px: between panels, the title strip, the colour bar with its labels
 
+
+def uncertainty_panel(maps: dict[str, np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 [TITLE_H + h + BAR_H, 3w + 8]: coherence, ambiguity and entropy side by side, each resized to
+    hw, colour-mapped on a fixed range, titled above and with its colour bar and range below."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw, ImageFont
+
+    h, w = hw
+    font = ImageFont.load_default()
     panels = []
-    for key, cmap, top in (("coherence", "viridis", 1.0), ("ambiguity", "magma", 0.25), ("entropy", "magma", 1.0)):
+    for key, cmap, top, title in MAP_PANELS:
         values = np.clip(resize_prob(maps[key], hw) / top, 0, 1)
-        panels.append((colormaps[cmap](values)[..., :3] * 255).astype(np.uint8))
-        panels.append(np.full((hw[0], 4, 3), 255, np.uint8))
+        body = (colormaps[cmap](values)[..., :3] * 255).astype(np.uint8)
+        ramp = (colormaps[cmap](np.linspace(0, 1, w))[:, :3] * 255).astype(np.uint8)
+        panel = np.full((TITLE_H + h + BAR_H, w, 3), 255, np.uint8)
+        panel[TITLE_H:TITLE_H + h] = body
+        panel[TITLE_H + h + 1:TITLE_H + h + 7] = ramp[None]
+        canvas = Image.fromarray(panel)
+        draw = ImageDraw.Draw(canvas)
+        draw.text((2, 1), title, fill=(0, 0, 0), font=font)
+        draw.text((1, TITLE_H + h + 7), "0", fill=(0, 0, 0), font=font)
+        label = f"{top:g}"
+        draw.text((max(0, w - 6 * len(label) - 1), TITLE_H + h + 7), label, fill=(0, 0, 0), font=font)
+        panels += [np.asarray(canvas), np.full((TITLE_H + h + BAR_H, PANEL_GAP, 3), 255, np.uint8)]
     return np.concatenate(panels[:-1], axis=1)
 
 
