@@ -4,6 +4,7 @@ evaluate a split, and read per-image Dice and one table row back from the output
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -12,6 +13,24 @@ import sys
 from pathlib import Path
 
 LESIONDIFF = [sys.executable, "-m", "lesiondiff.cli"]
+
+
+def parse(p: argparse.ArgumentParser, minutes: float, size: int, threads: int) -> tuple[argparse.Namespace, Path]:
+    """Add the options every benchmark has (manifest, CPU minutes per training, size, seed, prediction threads,
+    output folder, config overrides), parse, and return the arguments (manifest made absolute) and the output
+    folder, created."""
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--minutes", type=float, default=minutes, help="CPU minutes (process time) per training")
+    p.add_argument("--size", type=int, default=size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=threads, help="threads of each prediction (after training)")
+    p.add_argument("--out", required=True)
+    p.add_argument("overrides", nargs="*", help="config overrides for every training")
+    a = p.parse_args()
+    a.manifest = str(Path(a.manifest).resolve())
+    root = Path(a.out)
+    root.mkdir(parents=True, exist_ok=True)
+    return a, root
 
 
 def sh(args: list[str], log: Path, threads: int = 1) -> None:

@@ -23,7 +23,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_runs import empty_cell, per_image_dice, predict_eval, row, train
+from bench_runs import empty_cell, parse, per_image_dice, predict_eval, row, train
 from lesiondiff.metrics import paired_difference
 
 PRESETS = ["unet", "ensemdiff", "segdiff", "medsegdiff", "palscdiff", "pgdiffseg", "unisegdiff"]
@@ -52,20 +52,10 @@ def run_arm(arm: tuple[str, str, str, list[str]], a, root: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True)
     p.add_argument("--presets", default=",".join(PRESETS))
-    p.add_argument("--minutes", type=float, default=20.0, help="CPU minutes (process time) per training")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="threads of each prediction")
-    p.add_argument("--out", required=True)
-    p.add_argument("overrides", nargs="*", help="config overrides for every training")
-    a = p.parse_args()
-    a.manifest = str(Path(a.manifest).resolve())
-    root = Path(a.out)
-    root.mkdir(parents=True, exist_ok=True)
+    a, root = parse(p, minutes=20.0, size=64, threads=1)
     todo = arms(a.presets.split(","))
     with ThreadPoolExecutor(a.jobs) as pool:
         results = {r["run"]: r for r in pool.map(lambda arm: run_arm(arm, a, root), todo)}

@@ -23,7 +23,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_runs import done, empty_cell, lesion_ids, per_image_dice, predict_eval, row, sh, train
+from bench_runs import done, empty_cell, lesion_ids, parse, per_image_dice, predict_eval, row, sh, train
 from lesiondiff.metrics import paired_difference
 
 
@@ -41,18 +41,8 @@ def choose_start(run: Path, a, log: Path) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--minutes", type=float, default=30.0, help="CPU minutes (process time) per training")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", default="fast")
-    p.add_argument("--threads", type=int, default=2, help="threads of prediction (after training)")
-    p.add_argument("--out", required=True)
-    p.add_argument("overrides", nargs="*", help="config overrides for both trainings")
-    a = p.parse_args()
-    a.manifest = str(Path(a.manifest).resolve())
-    root = Path(a.out)
-    root.mkdir(parents=True, exist_ok=True)
+    a, root = parse(p, minutes=30.0, size=128, threads=2)
     with ThreadPoolExecutor(2) as pool:
         unet_run, ref_run = pool.map(lambda preset: train(preset, a, root / preset, a.recipe), ["unet", "refiner"])
     start = choose_start(ref_run, a, root / "refiner.log")
