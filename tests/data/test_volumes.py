@@ -138,7 +138,8 @@ def test_reindex_is_idempotent(mri, tmp_path, capsys):
     assert run(capsys, "data", "index", mri, "-o", tmp_path / "m.csv", "--slices-dir", tmp_path / "s")[0] == 0
     first, files = (tmp_path / "m.csv").read_bytes(), tree_digest(tmp_path / "s")
     assert len(files) == 2 * N_PATIENTS * DEPTH
-    assert run(capsys, "data", "index", mri, "-o", tmp_path / "m.csv", "--slices-dir", tmp_path / "s")[0] == 0
+    assert run(capsys, "data", "index", mri, "-o", tmp_path / "m.csv", "--slices-dir", tmp_path / "s",
+               "--overwrite")[0] == 0
     assert (tmp_path / "m.csv").read_bytes() == first and tree_digest(tmp_path / "s") == files
     assert not list((tmp_path / "s").rglob("*.tmp*")) and not (tmp_path / "m_slices").exists()
 

@@ -110,7 +110,7 @@ with OutputLock(Path(sys.argv[1])):
 def test_a_concurrent_writer_is_refused_and_a_dead_ones_lock_is_taken_over(run, images, tmp_path, capsys):
     out = tmp_path / "pred"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     try:
         assert holder.stdout.readline().strip() == "held"
         code, _, err = predict(capsys, run, out, inputs=[images])
@@ -133,7 +133,7 @@ def test_two_predicts_started_together_never_mix_their_outputs(run, images, tmp_
            "--steps", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([*cmd, "--seed", str(seed)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+                              stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace") for seed in (1, 2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results

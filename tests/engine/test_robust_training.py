@@ -25,7 +25,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 def launch(*args, timeout=300):
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lesiondiff.cli", *args]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 
 @pytest.mark.slow
