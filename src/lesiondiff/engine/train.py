@@ -339,7 +339,8 @@ class Trainer:
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         clock = CLOCKS[cfg.clock]
         t_start = clock() - self.elapsed
-        desc = f"train {self.cfg.preset}" + (f" (stops after {cfg.max_minutes:g} min)" if cfg.max_minutes > 0 else "")
+        desc = f"train {self.cfg.preset}" + (f" (stops after {cfg.max_minutes:g} min of {cfg.clock} time)"
+                                             if cfg.max_minutes > 0 else "")
         if self.accelerator.is_main_process:
             frozen = (f" ({self.n_params - self.n_trainable:,} frozen)" if self.n_trainable < self.n_params else "")
             print(f"{self.cfg.preset} ({self.cfg.model.name}, {self.cfg.diffusion.mode}): {self.n_params:,} "
@@ -359,7 +360,7 @@ class Trainer:
         # its progress and ETA are the run's, not those of train.steps that the budget will cut short
         timed = budget < float("inf")
         bar = tqdm(total=round(budget) if timed else cfg.steps, initial=round(self.elapsed) if timed else self.step,
-                   desc=desc, unit=f"s {cfg.clock}" if timed else "step", disable=not self.accelerator.is_main_process)
+                   desc=desc, unit="s" if timed else "step", disable=not self.accelerator.is_main_process)
         status, running = "finished", {}
         try:
             if self.step == 0 and self.validate_at_start and self.val_data is not None:
