@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import CalibrationErrorMetric
-from torchmetrics.functional.classification import binary_calibration_error
 
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.uncertainty import (
@@ -102,7 +101,9 @@ def test_ged_rejects_probabilities():
 
 
 def _torchmetrics_ece(p, t, n_bins=10):
-    return binary_calibration_error(
+    """torchmetrics' ECE (a dev extra: the test is skipped without it)."""
+    metrics = pytest.importorskip("torchmetrics.functional.classification")
+    return metrics.binary_calibration_error(
         torch.tensor(p.reshape(-1)), torch.tensor(t.reshape(-1)).long(), n_bins=n_bins, norm="l1"
     ).item()
 

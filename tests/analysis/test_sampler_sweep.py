@@ -3,7 +3,6 @@ checks, reproducibility, and agreement with predict + evaluate, on a tiny run tr
 
 import csv
 import json
-import time
 
 import numpy as np
 import pytest
@@ -105,9 +104,7 @@ def test_rerun_skips_every_setting_and_rewrites_identical_files(sweep, run_dir, 
         raise AssertionError("a completed setting was sampled again")
 
     monkeypatch.setattr(sampler_sweep, "run_setting", no_sampling)
-    start = time.perf_counter()
     assert main(sweep_args(run_dir, phantom_manifest, sweep)) == 0
-    assert time.perf_counter() - start < 10
     assert "sampled 0 settings" in capsys.readouterr().out
     assert {name: (sweep / name).read_bytes() for name in OUTPUTS} == before
 

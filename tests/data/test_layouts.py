@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,9 +18,7 @@ from lesiondiff.errors import LesiondiffError
 
 @pytest.mark.parametrize("sub", ["BUSI", "BUSI/Dataset_BUSI_with_GT"])
 def test_busi(shared_data, sub):
-    t0 = time.perf_counter()
     result = index_folder(shared_data / sub)
-    assert time.perf_counter() - t0 < 5
     assert result.layout == "busi" and not result.skipped
     assert result.root == str((shared_data / "BUSI/Dataset_BUSI_with_GT").resolve())
     records = result.records
