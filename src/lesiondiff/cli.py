@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -185,7 +186,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
     pr.add_argument("--run", required=True)
-    pr.add_argument("inputs", nargs="*", help="image files or folders")
+    pr.add_argument("inputs", nargs="*", metavar="INPUT_OR_OVERRIDE",
+                    help="image files or folders, and config overrides section.key=value as for train (e.g. "
+                         "sample.steps=10 sample.start=prior)")
     pr.add_argument("--manifest", default=None)
     pr.add_argument("--split", default=None, help="train, val, test or fold:K (a fold's rows; default: every row)")
     pr.add_argument("--out", required=True)
@@ -201,8 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", default="best", help="best or last")
     pr.add_argument("--device", default=None)
     pr.add_argument("--set", action="append", default=[], metavar="section.key=value",
-                    help="any other sampling setting, e.g. --set sample.start=prior --set sample.start_t=300 "
-                         "(refiner); repeatable")
+                    help="a config override, the same as a positional section.key=value; repeatable")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace predictions in --out made by another run or with other settings (without it such "
                          "a folder is refused; one made with the same settings is resumed)")
@@ -500,6 +502,16 @@ def cmd_cv(args) -> int:
                                            "aggregate and progress)")
 
 
+OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_.]+=")
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments as (section.key=value overrides, inputs): an existing file or folder is an input even
+    when its name looks like an override."""
+    overrides = [i for i in items if OVERRIDE.match(i) and not Path(i).exists()]
+    return overrides, [i for i in items if i not in overrides]
+
+
 def cmd_predict(args) -> int:
     from .engine.predict import Predictor, collect_inputs
 
@@ -510,7 +522,8 @@ def cmd_predict(args) -> int:
                  if v is not None]
     if args.crf:
         overrides.append("fusion.crf=true")
-    overrides += args.set
+    given, args.inputs = _split_overrides(args.inputs)
+    overrides += [*given, *args.set]
     if (args.manifest is None) != (args.split is None) and args.manifest is None:
         raise LesiondiffError("--split needs --manifest")
     predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides,
@@ -738,7 +751,7 @@ def _check_args(args) -> None:
     if getattr(args, "ratios", None) is not None and (min(args.ratios) < 0 or sum(args.ratios) <= 0):
         raise LesiondiffError(f"--ratios must be three non-negative shares with a positive sum, got {args.ratios}")
     if getattr(args, "device", None):
-        from .engine.train import check_device
+        from .engine.device import check_device
 
         check_device(args.device)
     if getattr(args, "fusion", None) is not None:

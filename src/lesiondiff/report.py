@@ -12,30 +12,31 @@ from PIL import Image
 
 from .data.dataset import mask_paths
 from .data.io import image_size, read_image, read_mask, read_masks
-from .data.manifest import Manifest
+from .data.manifest import Manifest, evenly_spaced  # noqa: F401  (report.evenly_spaced, as before)
 from .data.transforms import resize_prob
-from .io_utils import atomic_path, atomic_write_text
+from .engine.evaluate import (
+    COLUMN_NAMES,
+    OUTPUT_COLUMNS,
+    OUTPUT_METRICS,
+    PALSCDIFF_METRICS,
+    ensemble_minus_best_text,
+    image_level_lines,
+    output_rows,
+    outputs_protocol,
+    percent_cell,
+    rounds_cells,
+    rounds_protocol,
+    rounds_table,
+    samples_are,
+)
+from .engine.outputs import read_predictions
+from .figures import pyplot, reliability_figure, reliability_title, save
+from .io_utils import atomic_write_text
 from .metrics import METRIC_NAMES, image_dice
 
 # green: visible on a white mask, a black background and a grey ultrasound image alike, and apart from the
 # overlays' colours (red: ambiguity, yellow: the fused mask's contour)
 GT_COLOUR = "#00c853"
-
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (figures are only written to files)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    pyplot().close(fig)
 
 
 def training_figure(run: Path, path: Path) -> bool:
@@ -55,22 +56,15 @@ def training_figure(run: Path, path: Path) -> bool:
     if val:
         ax[1].plot(*zip(*val), marker="o")
     ax[1].set(xlabel="step", ylabel="validation Dice", ylim=(0, 1), title="validation Dice (EMA, per-image mean)")
-    _save(fig, path)
+    save(fig, path)
     return True
-
-
-def _predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
-    """``engine.evaluate.read_predictions``: the rows of predictions.csv by id, and predict.json's settings."""
-    from .engine.evaluate import read_predictions  # imported here: engine.evaluate imports this module
-
-    return read_predictions(pred_dir)
 
 
 def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) -> bool:
     """One row per image: image, ground truth, fused mask overlay, coherence, ambiguity, entropy. Rows are
     as tall as the first image's aspect needs; the title says what the maps were computed from (predict.json's
     ``maps``: the sampled probabilities, or the samples binarised at the threshold)."""
-    preds, settings = _predictions(pred_dir)
+    preds, settings = read_predictions(pred_dir)
     chosen = [r for r in rows if r["id"] in preds][:n] or [{"id": i, "image": p["image"]} for i, p in
                                                              list(preds.items())[:n]]
     if not chosen:
@@ -104,16 +98,8 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
             if i == 0:
                 ax.set_title(titles[j], fontsize=9)
         axes[i, 0].set_ylabel(row["id"][:24], fontsize=8)
-    _save(fig, path)
+    save(fig, path)
     return True
-
-
-def evenly_spaced(items: list, n: int) -> list:
-    """``n`` items spread evenly over ``items`` (first and last included), or all of them when fewer. With
-    n <= len(items) the rounded positions are at least one apart, so none repeats."""
-    if len(items) <= n:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
 def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
@@ -131,7 +117,7 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
     (no figure written) when there is nothing to draw or the predictions have fewer than two samples.
     """
     pred_dir = Path(pred_dir)
-    preds, settings = _predictions(pred_dir)
+    preds, settings = read_predictions(pred_dir)
     thr = float(settings.get("threshold", 0.5)) if threshold is None else threshold
     with_gt = sorted((r for r in rows if r["id"] in preds and mask_paths(r)), key=lambda r: r["id"])
     # every candidate's ground truth is read once to find the lesions; images and samples only for the n chosen
@@ -181,49 +167,8 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
     fig.suptitle(f"Sampling rounds and the fused mask\n{which}\nround k = the k-th sample at threshold {thr:g}, "
                  "resized to the original size; green: ground-truth contour" + (f"\nsamples: {are}" if are else ""),
                  fontsize=9)
-    _save(fig, path)
+    save(fig, path)
     return records
-
-
-def reliability_title(summary: dict) -> str:
-    """The title of a summary's reliability diagram: split, images, S and the pooled ECE."""
-    c = summary["calibration"]
-    return (f"reliability, split {summary['split']}: {summary['n_images']} images, S = {c['n_samples']}, "
-            f"pooled ECE {c['ece_pooled']:.4f}")
-
-
-def reliability_figure(calibration: dict, path: Path, title: str) -> bool:
-    """Reliability diagram of a summary's ``calibration`` section (pooled bins over the split).
-
-    Top: the observed foreground fraction of each non-empty bin, as a bar over the bin's range and as a point
-    at the bin's mean predicted probability (the mean of the S samples), with the diagonal of perfect
-    calibration. Bottom: pixels per bin on a log axis, so the few pixels in the middle bins are
-    visible next to the millions near 0 and 1. Returns False when there are no bins to draw.
-    """
-    bins = calibration.get("bins") or []
-    full = [b for b in bins if b["count"]]
-    if not full:
-        return False
-    plt = pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6.2), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1.3]})
-    width = bins[0]["hi"] - bins[0]["lo"]
-    top.bar([b["lo"] for b in full], [b["frac_fg"] for b in full], width=width, align="edge", color="#9ecae1",
-            edgecolor="#3182bd", label="observed foreground fraction per bin")
-    top.plot([b["mean_prob"] for b in full], [b["frac_fg"] for b in full], "o-", color="#d62728",
-             label="(mean predicted probability, observed fraction)")
-    top.plot([0, 1], [0, 1], "--", color="0.3", label="perfect calibration")
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed foreground fraction")
-    top.legend(loc="upper left", fontsize=7)
-    top.set_title(f"{title}\nECE per image {calibration['ece_per_image']['mean']:.4f} ± "
-                  f"{calibration['ece_per_image']['std']:.4f}; {calibration['n_bins']} equal-width bins",
-                  fontsize=8)
-    bottom.bar([b["lo"] for b in bins], [max(b["count"], 0) for b in bins], width=width, align="edge",
-               color="0.6", edgecolor="0.3")
-    bottom.set(yscale="log", xlim=(0, 1), xlabel=f"predicted probability ({calibration['probability']})",
-               ylabel="pixels per bin (log)")
-    _save(fig, path)
-    return True
 
 
 def _metrics_table(summary: dict) -> str:
@@ -239,17 +184,6 @@ def _metrics_table(summary: dict) -> str:
 
 def _rounds_html(summary: dict) -> str:
     """PalScDiff's Table 4 for a summary that has ``rounds``: each round alone, the ensemble and the spread."""
-    # imported here: engine.evaluate imports this module for its reliability diagram
-    from .engine.evaluate import (
-        COLUMN_NAMES,
-        PALSCDIFF_METRICS,
-        ensemble_minus_best_text,
-        rounds_cells,
-        rounds_protocol,
-        rounds_table,
-        samples_are,
-    )
-
     head = "".join(f"<th>{COLUMN_NAMES[k]}</th>" for k in PALSCDIFF_METRICS)
     body = "".join(f"<tr><th>{html.escape(r['which'])}</th>"
                    + "".join(f"<td>{html.escape(c)}</td>" for c in rounds_cells(r)) + "</tr>"
@@ -265,8 +199,6 @@ def _rounds_html(summary: dict) -> str:
 def _outputs_html(summary: dict) -> str:
     """The DiffSeg paper's Table 1 form (``evaluate.output_rows``): each sample alone, the mean of the
     samples and the fused mask, in Dice, precision, recall and Jaccard; "" without ``mean_of_samples``."""
-    from .engine.evaluate import OUTPUT_COLUMNS, OUTPUT_METRICS, output_rows, outputs_protocol, percent_cell
-
     rows = output_rows(summary)
     if not rows:
         return ""
@@ -295,26 +227,6 @@ def _calibration_html(summary: dict, figs: Path) -> str:
     if reliability_figure(c, figs / "reliability.png", reliability_title(summary)):
         text += '<img src="figures/reliability.png" alt="reliability diagram">'
     return text
-
-
-def image_level_lines(summary: dict) -> list[str]:
-    """The printed lines of the lesion-image figures and the image-level decision (summaries that have them)."""
-    if "image_level" not in summary:
-        return []
-    il, lesion = summary["image_level"], summary["lesion_images"]
-    lines = []
-    if lesion and "dice" in lesion:
-        lines.append(f"lesion images only (ground truth non-empty, n = {il['lesion_images']}): Dice "
-                     f"{lesion['dice']['mean']:.3f} ±{lesion['dice']['std']:.3f}, IoU {lesion['iou']['mean']:.3f} "
-                     f"±{lesion['iou']['std']:.3f} (fused, per image)")
-    text = (f"image level (lesion present = any foreground in the fused mask): detection sensitivity "
-            f"{il['detected']}/{il['lesion_images']}, specificity {il['predicted_empty']}/{il['empty_images']} "
-            "(lesion-free images predicted empty)")
-    if "normal_images" in il:
-        text += f"; normal images predicted empty {il['normal_predicted_empty']:.1%} of {il['normal_images']}"
-    lines.append(text)
-    lines.append(f"lesion / no-lesion decision: {summary.get('postprocess', 'none recorded')}")
-    return lines
 
 
 def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str | Path | None = None,

@@ -55,3 +55,14 @@ def test_evaluate_scores_the_split_predict_was_given_by_default(unet_run, phanto
     assert main(["evaluate", "--pred", str(out), "--manifest", str(phantom_manifest)]) == 0
     assert "split: val (the split predict was given" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["split"] == "val"
+
+
+def test_predict_takes_section_key_value_overrides_like_train(unet_run, phantom_manifest, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert main(["predict", "--run", str(unet_run), "--manifest", str(phantom_manifest), "--split", "test",
+                 "--out", str(out), "sample.threshold=0.3", "sample.seed=7"]) == 0
+    meta = json.loads((out / "predict.json").read_text())
+    assert meta["threshold"] == 0.3 and meta["seed"] == 7
+    capsys.readouterr()
+    assert main(["predict", "--run", str(unet_run), "--out", str(tmp_path / "p2"), "sample.nonsense=1"]) == 2
+    assert "unknown config key 'sample.nonsense'" in capsys.readouterr().err

@@ -39,11 +39,13 @@ from tqdm.auto import tqdm
 from ..config import Config, DiffusionConfig
 from ..data.dataset import SplitData, load_rows, mask_paths
 from ..data.io import read_masks
-from ..data.manifest import Manifest
+from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import gaussian_blur, preprocess_mask
 from ..diffusion.objectives import build_objective
 from ..diffusion.schedules import alphas_cumprod
+from ..engine.predict import load_run
 from ..errors import LesiondiffError
+from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..models import Denoiser, DenoiserOutput
 
@@ -288,7 +290,6 @@ def _run_label(run: str | Path) -> str:
 def split_rows(manifest: str | Path, split: str, max_images: int | None) -> tuple[Manifest, list[dict]]:
     """The manifest and the rows of ``split``, or ``max_images`` of them evenly spaced over it (not its first
     rows: manifests list classes in blocks, BUSI benign first)."""
-    from ..report import evenly_spaced
 
     m = Manifest.read(manifest)
     rows = m.rows(split=split or None)
@@ -312,7 +313,6 @@ def write_fingerprint(out: str | Path, manifests: list[str] | tuple = (), runs: 
     data-set fingerprint of every manifest (else of the runs' manifests), under the noise schedule of the first
     diffusion run (else the default linear 1e-4..2e-2, T=1000); writes the files of the module docstring under
     ``out`` and returns what fingerprint.json holds."""
-    from ..engine.predict import load_run  # engine.train imports this module for the fingerprint sampler
 
     if not manifests and not runs:
         raise LesiondiffError("analyze fingerprint needs --manifest or --run")
@@ -429,7 +429,6 @@ def _write_outputs(out: Path, curves: list[Curves], runs: list[dict], datasets: 
 
 def _plot_model(path: Path, curves: list[Curves], panels: list[tuple[str, ...]], ylabels: list[str], title: str,
                 log: tuple[bool, ...] = (False, False)) -> Path:
-    from ..report import _save, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4), squeeze=False)
@@ -443,12 +442,11 @@ def _plot_model(path: Path, curves: list[Curves], panels: list[tuple[str, ...]],
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
     return path
 
 
 def _plot_dataset(path: Path, curves: list[Curves], datasets: list[dict], s: dict, schedule: DiffusionConfig) -> Path:
-    from ..report import _save, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.4, 4))
@@ -467,7 +465,7 @@ def _plot_dataset(path: Path, curves: list[Curves], datasets: list[dict], s: dic
                  f"seed {s['seed']}, every {s['every']} t, {schedule.schedule} schedule T="
                  f"{schedule.num_train_timesteps}, no model", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
     return path
 
 

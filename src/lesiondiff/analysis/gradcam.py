@@ -50,7 +50,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..data.manifest import evenly_spaced
 from ..errors import LesiondiffError
+from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..models import Denoiser, DenoiserOutput
 
@@ -279,7 +281,6 @@ def choose_steps(timesteps: np.ndarray, cam_steps: int = DEFAULT_CAM_STEPS,
                  cam_timesteps: list[int] | None = None) -> list[int]:
     """Indices into ``timesteps`` (descending): ``cam_steps`` evenly spaced from the first to the last, or the
     steps nearest to each of ``cam_timesteps``, ordered from t near T to t near 0, without repeats."""
-    from ..report import evenly_spaced
 
     if cam_timesteps:
         index = [int(np.argmin(np.abs(timesteps - int(t)))) for t in cam_timesteps]
@@ -637,14 +638,13 @@ def _cam_cell(ax, grey: np.ndarray, cam: np.ndarray, region: np.ndarray | None):
 
 def _finish(fig, axes: np.ndarray, handle, title: str, path: Path) -> None:
     """Clear the ticks, add the Grad-CAM colour bar and the wrapped title, and save the figure."""
-    from ..report import _save
 
     for ax in axes.flat:
         _clean(ax)
     fig.colorbar(handle, ax=axes.ravel().tolist(), shrink=min(1.0, 3.0 / axes.shape[0]), aspect=15,
                  label="Grad-CAM / its max")
     _suptitle(fig, title, fig.get_figwidth())
-    _save(fig, path)
+    save(fig, path)
 
 
 def _clean(ax) -> None:
@@ -655,7 +655,6 @@ def _clean(ax) -> None:
 def plot_grid(path: Path, result: GradCamResult, title: str) -> tuple[Path, tuple[int, int]]:
     """Fig. 6: one row per grid layer (grouped, labelled), one column per chosen step from T down to 0, after a
     first column with the image and the final prediction's outline. Returns the path and (rows, columns)."""
-    from ..report import pyplot
 
     plt = pyplot()
     rows = [(group, name) for group, names in result.views.groups.items() for name in names]
@@ -687,7 +686,6 @@ def plot_grid(path: Path, result: GradCamResult, title: str) -> tuple[Path, tupl
 
 def plot_pairs(path: Path, result: GradCamResult, title: str) -> Path:
     """Fig. 7: per (before, after) pair, the CAM of the before layer (top) and of the after layer (bottom)."""
-    from ..report import pyplot
 
     plt = pyplot()
     pairs = result.views.psa
@@ -715,7 +713,6 @@ def plot_pairs(path: Path, result: GradCamResult, title: str) -> Path:
 
 def plot_prior(path: Path, result: GradCamResult, summary: dict) -> Path:
     """Fig. 8: the image and the CAM of the prior layer for its auxiliary classification logit."""
-    from ..report import _save, pyplot
 
     plt = pyplot()
     p = summary["prior"]
@@ -729,14 +726,13 @@ def plot_prior(path: Path, result: GradCamResult, summary: dict) -> Path:
     for ax in axes:
         _clean(ax)
     fig.suptitle(f"prior branch Grad-CAM: {summary.get('model', '')}, image {summary.get('id', '')}", fontsize=8)
-    _save(fig, path)
+    save(fig, path)
     return path
 
 
 def plot_trajectory(path: Path, result: GradCamResult, title: str) -> Path:
     """Fig. 13: x_t (top) and the x0 probability predicted (bottom) at the chosen steps, then the final sample
     (top) and the final mask (bottom)."""
-    from ..report import _save, pyplot
 
     plt = pyplot()
     traj = result.trajectory
@@ -759,7 +755,7 @@ def plot_trajectory(path: Path, result: GradCamResult, title: str) -> Path:
         _clean(ax)
     _suptitle(fig, f"sampling trajectory ({len(traj.timesteps)} steps; columns: the Grad-CAM steps)\n{title}",
               fig.get_figwidth())
-    _save(fig, path)
+    save(fig, path)
     return path
 
 

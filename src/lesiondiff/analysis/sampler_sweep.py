@@ -50,11 +50,12 @@ from ..data.dataset import mask_paths
 from ..data.io import read_image, read_masks
 from ..data.transforms import preprocess_image, resize_prob
 from ..diffusion.samplers import SAMPLERS, SchedulerSampler, build_sampler
+from ..engine.predict import Predictor
 from ..errors import LesiondiffError
+from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..metrics import image_dice
 from ..models import Denoiser
-from ..report import _save, pyplot
 from .fingerprint import dataset_name, split_rows
 
 DEFAULT_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc")
@@ -297,8 +298,6 @@ def sweep_samplers(run: str | Path, out: str | Path, manifest: str | Path | None
     """Sweep ``samplers`` x ``nfe`` (plus DDPM at ``reference_nfe``, 0: none) on ``split`` of ``manifest``
     (default: the run's own) and write the files of the module docstring under ``out``; returns what
     summary.json holds. Settings already in ``out``'s sweep.csv are not sampled again."""
-    from ..engine.predict import Predictor  # engine.train imports analysis.fingerprint, which this imports
-
     run, out = Path(run), Path(out)
     if not (run / "config.yaml").is_file():
         raise LesiondiffError(f"{run}: not a run directory (no config.yaml)")
@@ -485,5 +484,5 @@ def dice_vs_nfe_figure(summary: dict, path: Path) -> Path:
                  f", {p['repeats']} repeats\nline: mean over repeats, band: ± std; threshold {p['threshold']}, "
                  f"seed {p['seed']}", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
     return path

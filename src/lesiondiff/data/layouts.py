@@ -26,33 +26,12 @@ from tqdm.auto import tqdm
 from ..errors import LesiondiffError
 from ..registry import Registry
 from .io import FileError, is_image_file, num_slices, read_image, read_masks, split_name
+from .records import Record  # noqa: F401  (data.layouts.Record, as before)
 from .volumes import check_slice_mode, is_volume_record, slice_volumes, unsliced_reason
 
 LAYOUTS = Registry("layout")
 SEARCH_DEPTH = 2
 """How many folder levels below the given folder are searched for a layout's files."""
-
-
-@dataclass
-class Record:
-    """One image and its mask files, with every path absolute.
-
-    ``masks`` are unioned when read; an empty list means an all-background mask. ``case`` groups records
-    of one patient for splitting (default: ``id``). ``extra`` holds layout-specific strings, e.g.
-    ``{"fov": path, "source_split": "training"}`` for DRIVE.
-    """
-
-    id: str
-    image: str
-    masks: list[str] = field(default_factory=list)
-    label: str = ""
-    case: str = ""
-    dataset: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.case:
-            self.case = self.id
 
 
 @dataclass

@@ -449,3 +449,11 @@ def summarize(source: IndexResult | Manifest, sizes: bool = True, max_skipped: i
     if len(skipped) > max_skipped:
         lines.append(f"  and {len(skipped) - max_skipped} more")
     return "\n".join(lines)
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (first and last included), or all of them when fewer. With
+    n <= len(items) the rounded positions are at least one apart, so none repeats."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]

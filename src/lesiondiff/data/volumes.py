@@ -23,16 +23,14 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import LesiondiffError
 from .io import FileError, _minmax, num_slices, read_volume, write_mask_png, write_png
-
-if TYPE_CHECKING:
-    from .layouts import Record
+from .records import Record
 
 SLICE_MODES = ("all", "lesion")
 """``all``: every slice (empty ones are negatives, e.g. for classifier-style priors); ``lesion``: only

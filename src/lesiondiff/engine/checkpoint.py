@@ -108,3 +108,11 @@ class Checkpoint:
 
     def rng(self) -> dict[str, torch.Tensor]:
         return self.section("rng")
+
+
+def run_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file ``checkpoint`` (best or last) of a run directory; best falls back to last (a run
+    without validation has no best)."""
+    name = checkpoint.removesuffix(".safetensors")
+    path = Path(run) / "checkpoints" / f"{name}.safetensors"
+    return Path(run) / "checkpoints" / "last.safetensors" if name == "best" and not path.is_file() else path

@@ -50,12 +50,12 @@ import numpy as np
 from ..config import Config, load_preset
 from ..data.dataset import mask_paths
 from ..data.io import read_image, read_masks
-from ..data.manifest import Manifest
+from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
+from ..figures import pyplot
 from ..io_utils import atomic_path, atomic_write_text
-from ..report import evenly_spaced
-from .evaluate import read_predictions
+from .outputs import read_predictions
 from .predict import collect_inputs
 from .stages import (
     CHECKPOINT,
@@ -347,7 +347,6 @@ def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None
 
     from matplotlib import cm, colors
 
-    from ..report import pyplot
 
     plt = pyplot()
 

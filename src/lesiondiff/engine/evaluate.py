@@ -75,10 +75,11 @@ from ..data.io import read_mask, read_masks
 from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
+from ..figures import reliability_figure, reliability_title
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
-from ..report import image_level_lines, reliability_figure, reliability_title
 from ..uncertainty import ece_from_bins, ged, ged_diffseg, merge_bins, reliability_bins, reliability_table
+from .outputs import read_predictions
 
 N_BINS = 10
 PROBABILITY = "mean of the S samples"
@@ -89,17 +90,6 @@ COLUMN_NAMES = {"accuracy": "ACC %", "precision": "Precision %", "dice": "Dice %
 FUSION_NAMES = {"majority": "majority vote", "mean": "mean fusion", "staple": "STAPLE",
                 "densecrf": "mean + DenseCRF", "crf_rounds": "DenseCRF rounds (DiffSeg)"}
 SPREAD_ROW = "spread (max - min over rounds)"
-
-
-def read_predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
-    table = pred_dir / "predictions.csv"
-    if not table.is_file():
-        raise LesiondiffError(f"{table}: not found; run lesiondiff predict --out {pred_dir} first")
-    with table.open(encoding="utf-8") as f:
-        rows = {r["id"]: r for r in csv.DictReader(f)}
-    meta_path = pred_dir / "predict.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    return rows, meta
 
 
 def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", out: str | Path | None = None,
@@ -184,6 +174,26 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     atomic_write_text(out / "rounds.md", format_rounds_markdown(summary) + "\n" + (f"\n{outputs}\n" if outputs else ""))
     reliability_figure(summary["calibration"], out / "reliability.png", title=reliability_title(summary))
     return summary
+
+
+def image_level_lines(summary: dict) -> list[str]:
+    """The printed lines of the lesion-image figures and the image-level decision (summaries that have them)."""
+    if "image_level" not in summary:
+        return []
+    il, lesion = summary["image_level"], summary["lesion_images"]
+    lines = []
+    if lesion and "dice" in lesion:
+        lines.append(f"lesion images only (ground truth non-empty, n = {il['lesion_images']}): Dice "
+                     f"{lesion['dice']['mean']:.3f} ±{lesion['dice']['std']:.3f}, IoU {lesion['iou']['mean']:.3f} "
+                     f"±{lesion['iou']['std']:.3f} (fused, per image)")
+    text = (f"image level (lesion present = any foreground in the fused mask): detection sensitivity "
+            f"{il['detected']}/{il['lesion_images']}, specificity {il['predicted_empty']}/{il['empty_images']} "
+            "(lesion-free images predicted empty)")
+    if "normal_images" in il:
+        text += f"; normal images predicted empty {il['normal_predicted_empty']:.1%} of {il['normal_images']}"
+    lines.append(text)
+    lines.append(f"lesion / no-lesion decision: {summary.get('postprocess', 'none recorded')}")
+    return lines
 
 
 def image_level(presence: list[tuple[bool, bool, str]]) -> dict:

@@ -176,3 +176,15 @@ class PredictionFolder:
 def is_own_output(path: Path) -> bool:
     """Whether ``path`` is a file predict wrote: an image output in a folder that holds a predictions record."""
     return path.name.endswith(IMAGE_OUTPUTS) and (path.parent / RECORD).is_file()
+
+
+def read_predictions(pred_dir: Path) -> tuple[dict[str, dict], dict]:
+    """The rows of a predict folder's predictions.csv by id, and predict.json's settings ({} without it)."""
+    table = pred_dir / "predictions.csv"
+    if not table.is_file():
+        raise LesiondiffError(f"{table}: not found; run lesiondiff predict --out {pred_dir} first")
+    with table.open(encoding="utf-8") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    meta_path = pred_dir / "predict.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    return rows, meta

@@ -18,7 +18,7 @@ from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
 from ..postprocess import FILE, PostProcess, choose, save
-from .evaluate import read_predictions
+from .outputs import read_predictions
 from .predict import Predictor, collect_inputs
 
 

@@ -51,9 +51,9 @@ from ..postprocess import FILE as POSTPROCESS_FILE
 from ..postprocess import PostProcess
 from ..postprocess import load as load_postprocess
 from ..uncertainty import ambiguity, coherence, entropy
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, run_checkpoint
+from .device import make_accelerator
 from .outputs import OutputLock, PredictionFolder, is_own_output
-from .train import make_accelerator
 
 MAPS_FROM = ("probabilities", "masks")  # sample.maps
 
@@ -65,13 +65,6 @@ class Prediction:
     fused: np.ndarray  # [h,w]
     original_size: tuple[int, int]
     image: np.ndarray  # the original image, HxWxC in [0,255]
-
-
-def run_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
-    """The checkpoint file ``checkpoint`` (best or last) of a run directory; best falls back to last."""
-    name = checkpoint.removesuffix(".safetensors")
-    path = Path(run) / "checkpoints" / f"{name}.safetensors"
-    return Path(run) / "checkpoints" / "last.safetensors" if name == "best" and not path.is_file() else path
 
 
 def load_run(run: str | Path, checkpoint: str = "best", device: str | None = None) -> tuple[Config, Denoiser]:

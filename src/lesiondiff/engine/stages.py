@@ -26,10 +26,12 @@ from pathlib import Path
 from ..config import Config, load_preset
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
-from .evaluate import evaluate, read_predictions
+from .checkpoint import run_checkpoint as checkpoint_file
+from .evaluate import evaluate
+from .outputs import read_predictions
 from .predict import Predictor
+from .train import DONE, check_same_config, train_in  # noqa: F401  (the experiments import them from here)
 
-DONE = ("finished", "time budget reached")
 CLOCK_NAMES = {"wall": "wall clock", "process": "the run's CPU time (process time, all threads; train.clock)"}
 CHECKPOINT = "best"
 
@@ -65,47 +67,9 @@ def check_budget(budget_minutes: float, samples: int | None) -> None:
         raise LesiondiffError(f"--samples must be >= 1, got {samples}")
 
 
-def check_same_config(cfg: Config, train_dir: Path) -> None:
-    """Refuse to reuse ``train_dir`` when it was trained with a config other than ``cfg``."""
-    saved = Config.load(train_dir / "config.yaml").to_dict()
-    wanted = cfg.to_dict()
-    if wanted["data"]["channels"] == 0:  # resolved from the images when training starts
-        wanted["data"]["channels"] = saved["data"]["channels"]
-    for section, values in wanted.items():
-        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
-            old = saved[section][key] if key else saved[section]
-            if old != value:
-                name = f"{section}.{key}" if key else section
-                raise LesiondiffError(f"{train_dir}: trained with {name}={old!r}, but this experiment asks for "
-                                      f"{value!r}; choose another --out or delete {train_dir.parent} to retrain")
-
-
 def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
     """Train, resume or skip one run of an experiment (``run/train``); returns its summary plus ``action``."""
     return train_in(cfg, run / "train", device, log)
-
-
-def train_in(cfg: Config, train_dir: Path, device: str | None, log: Callable[[str], None] = print,
-             runner: Callable[..., dict] | None = None) -> dict:
-    """Train, resume or skip the run in ``train_dir``: a run whose summary says it is done is skipped, one with
-    a last checkpoint is resumed, both only if trained with ``cfg``. ``runner(cfg, dir, device, resume, log)``
-    trains (default ``engine.train.train_run``). Returns the training summary plus ``action``."""
-    from .train import train_run
-
-    summary_path = train_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        if summary.get("status") in DONE:
-            check_same_config(cfg, train_dir)
-            return {**summary, "action": "skipped (already trained)"}
-    resume = (train_dir / "checkpoints" / "last.safetensors").is_file()
-    if resume:
-        check_same_config(cfg, train_dir)
-    t = cfg.train
-    log(f"{'resuming' if resume else 'training'} (budget {t.max_minutes:g} min, at most {t.steps} steps)")
-    summary = (runner or train_run)(cfg, train_dir, device, resume, log)
-    start = summary.get("started_at_step", 0)
-    return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}
 
 
 TRAIN_KEYS = ("action", "status", "step", "elapsed_s", "best_val_dice", "best_step", "parameters")
@@ -130,11 +94,6 @@ def interrupted_result(runs: dict, name: str, step: int) -> dict:
     return {"status": "interrupted", "runs": runs,
             "text": f"interrupted while training {name} at step {step}; run the same command again to continue "
                     "from its last checkpoint"}
-
-
-def checkpoint_file(train_dir: Path) -> Path:
-    best = train_dir / "checkpoints" / f"{CHECKPOINT}.safetensors"
-    return best if best.is_file() else train_dir / "checkpoints" / "last.safetensors"  # predict's fallback
 
 
 def predictions_current(pred_dir: Path, wanted: dict, ids: list[str], checkpoint: Path) -> bool:

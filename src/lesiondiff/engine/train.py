@@ -28,65 +28,31 @@ import csv
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..analysis.fingerprint import training_slope
 from ..config import Config
 from ..data.curriculum import Curriculum, row_groups, training_progress
 from ..data.dataset import SplitData, load_rows, select_rows
-from ..data.manifest import Manifest
+from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import Augment
 from ..diffusion.objectives import build_objective, build_timestep_sampler
 from ..diffusion.samplers import build_sampler, sample_options
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..models import build_model, count_parameters
-from ..report import evenly_spaced
-from .checkpoint import Checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, run_checkpoint, save_checkpoint
+from .device import check_device, make_accelerator  # noqa: F401  (check_device: engine.train.check_device)
 from .lr_schedule import LRSchedule
 
 # What train.max_minutes and elapsed_s count: wall-clock time, or this process's CPU time (all its threads), which
 # other work on the machine does not eat into, so budgets stay comparable on a shared machine.
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
-
-
-def check_device(device: str | None) -> None:
-    """``device`` (None: automatic, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``) is one this machine has; else a
-    one-line error. ``cuda:N`` becomes the current CUDA device, which Accelerate then uses."""
-    if device in (None, "", "cpu"):
-        return
-    kind, _, index = device.partition(":")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise LesiondiffError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__})")
-        n = torch.cuda.device_count()
-        if index:
-            if not index.isdigit() or int(index) >= n:
-                raise LesiondiffError(f"--device {device}: this machine has CUDA devices 0..{n - 1}")
-            torch.cuda.set_device(int(index))
-        return
-    if kind == "mps" and not index:
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise LesiondiffError(f"--device {device}: MPS (Apple GPU) is not available on this machine")
-        return
-    raise LesiondiffError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
-
-
-def make_accelerator(device: str | None, mixed_precision: str = "no") -> Accelerator:
-    """cuda, then mps, then cpu, unless ``device`` says otherwise (checked: an unavailable device is an error,
-    never a silent fall-back). Multi-GPU comes from ``accelerate launch``."""
-    check_device(device)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
-    if device not in (None, "", "cpu") and accelerator.num_processes == 1:
-        want = torch.device(device)
-        got = accelerator.device
-        if got.type != want.type or (want.index is not None and got.index not in (None, want.index)):
-            raise LesiondiffError(f"--device {device}: Accelerate placed the run on {got}")
-    return accelerator
+DONE = ("finished", "time budget reached")  # the statuses of a run that needs no more training
 
 
 def dice_at_threshold(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -476,7 +442,6 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
     (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
     """
     from ..models import MODELS, check_size
-    from .stages import checkpoint_file, train_in
 
     check_size(cfg)  # before any data or weights load
     out = Path(out_dir)
@@ -493,7 +458,7 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
         if given:
             pretrained = Path(given)
             if pretrained.is_dir():  # a trained run: its best checkpoint (last when it has none)
-                pretrained = checkpoint_file(pretrained)
+                pretrained = run_checkpoint(pretrained)
             if not pretrained.is_file():
                 raise LesiondiffError(f"{pretrained}: model.options.{name}_checkpoint not found (a run folder or "
                                       "a .safetensors checkpoint)")
@@ -507,7 +472,7 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
                                    runner=_plain)
             if pre_summary["status"] == "interrupted":
                 return {**pre_summary, "pretraining": dict(pre_summary)}
-            pretrained = checkpoint_file(pre_out)
+            pretrained = run_checkpoint(pre_out)
             elapsed = float(pre_summary["elapsed_s"])
     summary = Trainer(cfg, out, device=device, resume=resume, pretrained=pretrained, elapsed=elapsed).fit()
     if pre_summary is not None:
@@ -518,3 +483,39 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
 
 def _plain(cfg: Config, out: Path, device: str | None, resume: bool, log=print) -> dict:
     return Trainer(cfg, out, device=device, resume=resume).fit()
+
+
+def check_same_config(cfg: Config, train_dir: Path) -> None:
+    """Refuse to reuse ``train_dir`` when it was trained with a config other than ``cfg``."""
+    saved = Config.load(train_dir / "config.yaml").to_dict()
+    wanted = cfg.to_dict()
+    if wanted["data"]["channels"] == 0:  # resolved from the images when training starts
+        wanted["data"]["channels"] = saved["data"]["channels"]
+    for section, values in wanted.items():
+        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
+            old = saved[section][key] if key else saved[section]
+            if old != value:
+                name = f"{section}.{key}" if key else section
+                raise LesiondiffError(f"{train_dir}: trained with {name}={old!r}, but this experiment asks for "
+                                      f"{value!r}; choose another --out or delete {train_dir.parent} to retrain")
+
+
+def train_in(cfg: Config, train_dir: Path, device: str | None, log: Callable[[str], None] = print,
+             runner: Callable[..., dict] | None = None) -> dict:
+    """Train, resume or skip the run in ``train_dir``: a run whose summary says it is done is skipped, one with
+    a last checkpoint is resumed, both only if trained with ``cfg``. ``runner(cfg, dir, device, resume, log)``
+    trains (default ``engine.train.train_run``). Returns the training summary plus ``action``."""
+    summary_path = train_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        if summary.get("status") in DONE:
+            check_same_config(cfg, train_dir)
+            return {**summary, "action": "skipped (already trained)"}
+    resume = (train_dir / "checkpoints" / "last.safetensors").is_file()
+    if resume:
+        check_same_config(cfg, train_dir)
+    t = cfg.train
+    log(f"{'resuming' if resume else 'training'} (budget {t.max_minutes:g} min, at most {t.steps} steps)")
+    summary = (runner or train_run)(cfg, train_dir, device, resume, log)
+    start = summary.get("started_at_step", 0)
+    return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}
