@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny_settings import TINY_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LESIONDIFF_DATA", REPO.parent / "shared" / "data"))
 
@@ -37,7 +39,7 @@ def phantom_manifest(phantom_dir, tmp_path_factory) -> Path:
     return path
 
 
-TINY_RUN = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]", "data.size=32",
+TINY_RUN = [*TINY_MODEL, "data.size=32",
             "train.batch_size=8", "train.lr=1e-3", "train.val_steps=2", "data.val_max_images=4"]
 
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from lesiondiff.cli import main
+from tiny_settings import TINY_MODEL
 
 
 def run(capsys, *argv):
@@ -102,7 +103,7 @@ def test_missing_manifest_and_resume_without_run(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_end_to_end_small(tmp_path, capsys):
     code, out, _ = run(capsys, "demo", "--out", tmp_path / "demo", "--n", "40", "--minutes", "0.1", "--size", "32",
-                       "model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+                       *TINY_MODEL,
                        "sample.steps=2", "sample.samples=2", "train.val_every=5")
     assert code == 0
     assert (tmp_path / "demo/report.html").is_file() and (tmp_path / "demo/figures/examples.png").is_file()

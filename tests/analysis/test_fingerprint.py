@@ -29,8 +29,9 @@ from lesiondiff.engine.predict import load_run
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import build_model
+from tiny_settings import TINY_MODEL
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+TINY = [*TINY_MODEL,
         "data.size=32", "train.batch_size=8", "train.lr=1e-3", "train.val_every=30", "train.log_every=30",
         "train.val_steps=2", "data.val_max_images=4"]
 ABAR = alphas_cumprod(DiffusionConfig())

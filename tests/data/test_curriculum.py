@@ -14,6 +14,7 @@ from lesiondiff.data.layouts import index_folder
 from lesiondiff.data.manifest import Manifest, assign_splits
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from tiny_settings import TINY_MODEL
 
 GROUPS = [0, 0, 0, 1, 2, 3, 0, 1, 2, 3, 3]
 
@@ -57,7 +58,7 @@ def test_bad_schedules_are_one_line_errors():
         Curriculum(CurriculumConfig(), [1, 2, 3], 1e-4)
 
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+TINY = [*TINY_MODEL,
         "data.size=32", "train.batch_size=4", "train.val_every=5", "train.log_every=1", "train.val_steps=2",
         "data.val_max_images=4", "train.lr=1e-3", "curriculum.lr_factor=0.5"]
 

@@ -9,8 +9,9 @@ import pytest
 from lesiondiff.cli import main
 from lesiondiff.engine import ablate as abl
 from lesiondiff.errors import LesiondiffError
+from tiny_settings import TINY_MODEL
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+TINY = [*TINY_MODEL,
         "train.val_every=3", "train.log_every=3", "train.batch_size=4", "train.val_steps=2", "data.val_max_images=4"]
 
 

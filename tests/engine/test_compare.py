@@ -12,8 +12,9 @@ from lesiondiff.engine.checkpoint import Checkpoint
 from lesiondiff.engine.stages import train_stage
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from tiny_settings import TINY_MODEL
 
-TINY = ["data.size=32", "model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+TINY = ["data.size=32", *TINY_MODEL,
         "train.val_every=5", "train.log_every=5", "train.batch_size=4", "train.val_steps=2", "data.val_max_images=4"]
 
 

@@ -10,8 +10,9 @@ from lesiondiff.cli import main
 from lesiondiff.config import Config
 from lesiondiff.data.manifest import Manifest
 from lesiondiff.engine import crossval as cv
+from tiny_settings import TINY_MODEL
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+TINY = [*TINY_MODEL,
         "train.val_every=3", "train.log_every=3", "train.batch_size=4", "train.val_steps=2", "data.val_max_images=4"]
 
 

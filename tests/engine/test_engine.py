@@ -13,8 +13,9 @@ from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.predict import Predictor, collect_inputs
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from tiny_settings import TINY_MODEL
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+TINY = [*TINY_MODEL,
         "data.size=32", "train.batch_size=4", "train.val_every=3", "train.log_every=3", "train.val_steps=2",
         "data.val_max_images=4", "sample.steps=2", "sample.samples=3"]
 

@@ -10,6 +10,7 @@ from lesiondiff.data.curriculum import training_progress
 from lesiondiff.engine.lr_schedule import LRSchedule
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from tiny_settings import TINY_MODEL
 
 
 def test_cosine_on_a_step_budget_peaks_after_warmup_and_ends_at_the_final_ratio():
@@ -53,7 +54,7 @@ def test_trainer_logs_the_scheduled_rate(phantom_manifest, tmp_path):
     cfg = load_preset("unet").override([
         f"data.manifest={phantom_manifest}", "train.steps=12", "train.log_every=1", "train.val_every=12",
         "train.lr=1e-3", "train.warmup=4", "train.schedule=cosine", "train.final_lr_ratio=0", "data.size=32",
-        "model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+        *TINY_MODEL,
         "data.val_max_images=4"])
     summary = Trainer(cfg, tmp_path / "run", device="cpu").fit()
     assert summary["recipe"] == "fast" and "cosine" in summary["lr_schedule"]

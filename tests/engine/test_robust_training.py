@@ -15,8 +15,9 @@ import pytest
 
 from lesiondiff.cli import main
 from lesiondiff.engine.checkpoint import Checkpoint
+from tiny_settings import TINY_MODEL
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]",
+TINY = [*TINY_MODEL,
         "data.size=32", "train.batch_size=4", "data.val_max_images=4", "train.log_every=5"]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}

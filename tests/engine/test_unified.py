@@ -5,8 +5,9 @@ import json
 import pytest
 
 from lesiondiff.cli import main
+from tiny_settings import TINY_MODEL
 
-TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[false,true]", "data.size=32",
+TINY = [*TINY_MODEL, "data.size=32",
         "train.batch_size=4", "train.val_every=4", "train.log_every=4", "data.val_max_images=4",
         "train.val_samples=2"]
 
