@@ -99,3 +99,16 @@ def test_size_is_checked_against_the_networks_total_stride(preset, size, multipl
     check_size(cfg)  # the preset's own size is fine
     with pytest.raises(LesiondiffError, match=f"data.size {size}: model .* needs a multiple of {multiple}"):
         check_size(cfg.override([f"data.size={size}"]))
+
+
+def test_the_demo_overlay_lays_its_keys_over_preset_and_recipe():
+    from lesiondiff.config import load_overlay
+
+    overrides = load_overlay("demo")
+    cfg = load_preset("ensemdiff").override(overrides)
+    assert (cfg.model.base_channels, cfg.model.channel_mult) == (16, [1, 2, 4, 8])
+    assert (cfg.diffusion.prediction, cfg.diffusion.objective, cfg.train.lr) == ("x0", "x0_hybrid", 1e-3)
+    assert cfg.train.batch_size == 16 and cfg.data.val_max_images == 16
+    assert cfg.train.schedule == "cosine"  # the recipe's keys the overlay does not name stay
+    with pytest.raises(LesiondiffError, match="unknown overlay 'nope'; known: demo"):
+        load_overlay("nope")

@@ -379,6 +379,27 @@ def apply_recipe(preset: dict[str, Any], recipe: dict[str, Any]) -> dict[str, An
     return data
 
 
+def overlay_names() -> list[str]:
+    folder = resources.files("lesiondiff.presets") / "overlays"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_overlay(name: str) -> list[str]:
+    """An overlay (``presets/overlays/<name>.yaml``: a partial config, e.g. the demo's small network) as
+    ``section.key=value`` overrides, to lay over a preset and its recipe with :meth:`Config.override`."""
+    path = resources.files("lesiondiff.presets") / "overlays" / f"{name}.yaml"
+    if not path.is_file():
+        raise LesiondiffError(f"unknown overlay {name!r}; known: {', '.join(overlay_names())}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    out = []
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise LesiondiffError(f"overlay {name}: section {section!r} must be a mapping")
+        out += [f"{section}.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for key, value in values.items()]
+    return out
+
+
 def load_preset(name: str, recipe: str | None = None) -> Config:
     """A preset is a partial YAML config over the defaults; its ``preset`` field is set to its name. The preset
     describes the method (network, objective, sampler, fusion) with its paper's optimiser settings; ``recipe``
