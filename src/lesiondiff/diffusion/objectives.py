@@ -369,7 +369,7 @@ class FingerprintTimesteps(TimestepSampler):
     the mask error. We change how often each t is *sampled*, not the loss weight of a uniform draw: in
     expectation both equal weighting the loss at t by T p(t), but sampling spends the batch on the informative t
     (lower gradient variance than near-zero weights on most of a uniform batch) and keeps the objective's scale.
-    ``slope`` [T] is -d(recoverability)/dt of the training masks (``analysis.fingerprint.training_slope``): a
+    ``slope`` [T] is -d(recoverability)/dt of the training masks (``diffusion.recoverability.training_slope``): a
     model-free stand-in for the derivative of the mask error, known before training starts.
     """
 

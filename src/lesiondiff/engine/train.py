@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..analysis.fingerprint import training_slope
 from ..config import Config
 from ..data.curriculum import Curriculum, row_groups, training_progress
 from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import Augment
 from ..diffusion.objectives import build_objective, build_timestep_sampler
+from ..diffusion.recoverability import training_slope
 from ..diffusion.samplers import build_sampler, sample_options
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
