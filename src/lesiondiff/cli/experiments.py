@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .common import add_overrides, add_recipe, add_run_options, names
@@ -71,40 +72,35 @@ def run_experiment(run, settings, wrote: str) -> int:
     return 0
 
 
+def settings_from(cls, args, **given):
+    """An experiment's settings dataclass, each field from the argument of the same name (``--budget-minutes``
+    -> ``budget_minutes``, the positional overrides -> ``overrides``); ``given`` wins."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, "overrides": list(args.overrides), **given})
+
+
 def cmd_compare(args) -> int:
     from ..engine.compare import CompareSettings, compare
 
-    settings = CompareSettings(
-        presets=names(args.presets), modes=names(args.modes), manifest=args.manifest,
-        budget_minutes=args.budget_minutes, out=args.out, size=args.size, seed=args.seed, samples=args.samples,
-        sampler=args.sampler, steps=args.steps, split=args.split, max_steps=args.max_steps,
-        figure_images=args.figure_images, device=args.device, overrides=list(args.overrides), recipe=args.recipe)
+    settings = settings_from(CompareSettings, args, presets=names(args.presets), modes=names(args.modes))
     return run_experiment(compare, settings, f"wrote {Path(args.out) / 'compare.csv'}, compare.md and compare.png; "
-                                          "progress in compare.json")
+                                             "progress in compare.json")
 
 
 def cmd_ablate(args) -> int:
     from ..engine.ablate import AblateSettings, ablate
 
-    settings = AblateSettings(
-        preset=args.preset, manifest=args.manifest, budget_minutes=args.budget_minutes, out=args.out,
-        baselines=names(args.baselines), arms=names(args.arms) if args.arms else None, size=args.size,
-        seed=args.seed, samples=args.samples, sampler=args.sampler, steps=args.steps, split=args.split,
-        max_steps=args.max_steps, device=args.device, overrides=list(args.overrides), recipe=args.recipe)
+    settings = settings_from(AblateSettings, args, baselines=names(args.baselines),
+                             arms=names(args.arms) if args.arms else None)
     return run_experiment(ablate, settings, f"wrote {Path(args.out) / 'ablation.csv'} and ablation.md; progress in "
-                                         "ablation.json")
+                                            "ablation.json")
 
 
 def cmd_cv(args) -> int:
     from ..engine.crossval import CVSettings, crossval
 
-    settings = CVSettings(
-        preset=args.preset, manifest=args.manifest, budget_minutes=args.budget_minutes, out=args.out,
-        folds=args.folds, size=args.size, seed=args.seed, samples=args.samples, sampler=args.sampler,
-        steps=args.steps, max_steps=args.max_steps, device=args.device, overrides=list(args.overrides),
-        recipe=args.recipe)
-    return run_experiment(crossval, settings, f"wrote {Path(args.out) / 'cv.md'} and cv.json (per-fold figures, the "
-                                           "aggregate and progress)")
+    return run_experiment(crossval, settings_from(CVSettings, args),
+                          f"wrote {Path(args.out) / 'cv.md'} and cv.json (per-fold figures, the aggregate and progress)")
 
 
 COMMANDS = {"compare": cmd_compare, "ablate": cmd_ablate, "cv": cmd_cv}
