@@ -11,8 +11,8 @@ a time (so that runs sharing the cores get the same CPU time); finished runs are
 resume when rerun. Each run's best-on-validation checkpoint then predicts the test split with its preset's own
 sampler, S and fusion (seed --seed), no post-processing, and is evaluated. Writes ``table.md`` and
 ``table.json``: steps, best validation step, fused Dice over all test images, lesion-image Dice, normal images
-predicted empty, per-image ECE, and the paired per-image Dice difference fast - paper (and x0 - eps) with its
-95 % bootstrap interval (10,000 resamples, seed 0).
+predicted empty, per-image ECE, and the paired per-image Dice differences (each run - ``unet`` fast, fast - paper,
+x0 - eps) with their 95 % bootstrap intervals (10,000 resamples, seed 0).
 """
 
 from __future__ import annotations
@@ -59,26 +59,34 @@ def main() -> int:
     todo = arms(a.presets.split(","))
     with ThreadPoolExecutor(a.jobs) as pool:
         results = {r["run"]: r for r in pool.map(lambda arm: run_arm(arm, a, root), todo)}
+    base = results.get("unet fast")
+    ids = sorted(next(iter(results.values()))["dices"])
+
+    def paired(before: dict, after: dict) -> dict:
+        return paired_difference([before["dices"][i] for i in ids], [after["dices"][i] for i in ids])
+
     lines = [
         f"{a.manifest}, test split, {a.size} px, seed {a.seed}, {a.minutes:g} CPU minutes of training per run "
         "(train.clock=process, one thread), best-validation checkpoint (EMA weights), each preset's own sampler, "
-        "S and fusion, threshold 0.5, Dice per image at the original size, no post-processing.", "",
+        "S and fusion, threshold 0.5, Dice per image at the original size, no post-processing; val Dice: the "
+        "best validation Dice during training (at the network size).", "",
         "| run | steps | best val step | val Dice | test Dice, all images | lesion-image Dice | normal predicted empty "
-        "| ECE |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "| ECE | − unet fast, paired (pp, 95 % CI) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results.values():
+        d = paired(base, r) if base is not None and r is not base else None
+        cell = f"{100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]" if d else "–"
         lines.append(f"| {r['run']} | {r['steps']} | {r['best_step']} | {r['best_val_dice']:.4f} | "
-                     f"{100 * r['dice']:.2f} | {100 * r['lesion_dice']:.2f} | {empty_cell(r)} | {r['ece']:.4f} |")
+                     f"{100 * r['dice']:.2f} | {100 * r['lesion_dice']:.2f} | {empty_cell(r)} | {r['ece']:.4f} | "
+                     f"{cell} |")
     lines += ["", "| paired per-image Dice difference, all test images | mean (pp) | 95 % bootstrap interval | "
               "better / worse / equal |", "| --- | --- | --- | --- |"]
     diffs = {}
     for name, preset, *_ in todo:
-        base = {"fast": f"{preset} paper", "fast x0": f"{preset} fast"}.get(name.split(" ", 1)[1])
-        if base is None:
+        before = {"fast": f"{preset} paper", "fast x0": f"{preset} fast"}.get(name.split(" ", 1)[1])
+        if before is None:
             continue
-        ids = sorted(results[base]["dices"])
-        d = paired_difference([results[base]["dices"][i] for i in ids], [results[name]["dices"][i] for i in ids])
-        diffs[f"{name} - {base}"] = d
-        lines.append(f"| {name} - {base} | {100 * d['mean']:+.2f} | [{100 * d['ci_low']:+.2f}, "
+        d = diffs[f"{name} - {before}"] = paired(results[before], results[name])
+        lines.append(f"| {name} − {before} | {100 * d['mean']:+.2f} | [{100 * d['ci_low']:+.2f}, "
                      f"{100 * d['ci_high']:+.2f}] | {d['better']} / {d['worse']} / {d['equal']} |")
     for r in results.values():
         r.pop("dices")
