@@ -12,7 +12,7 @@ from PIL import Image
 
 from .data.dataset import mask_paths
 from .data.io import image_size, read_image, read_mask, read_masks
-from .data.manifest import Manifest, evenly_spaced  # noqa: F401  (report.evenly_spaced, as before)
+from .data.manifest import Manifest, evenly_spaced
 from .data.transforms import resize_prob
 from .engine.evaluate import (
     COLUMN_NAMES,

@@ -9,14 +9,7 @@ import torch
 from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
-from lesiondiff.analysis.fingerprint import (
-    load_masks,
-    model_curves,
-    recoverability_curve,
-    recoverability_dice,
-    recoverability_slope,
-    training_slope,
-)
+from lesiondiff.analysis.fingerprint import load_masks, model_curves
 from lesiondiff.cli import main
 from lesiondiff.config import DiffusionConfig, load_preset
 from lesiondiff.data.dataset import SplitData, load_rows
@@ -24,6 +17,12 @@ from lesiondiff.data.layouts import index_folder
 from lesiondiff.data.manifest import Manifest, assign_splits
 from lesiondiff.data.transforms import gaussian_blur
 from lesiondiff.diffusion.objectives import build_timestep_sampler, fingerprint_probabilities
+from lesiondiff.diffusion.recoverability import (
+    recoverability_curve,
+    recoverability_dice,
+    recoverability_slope,
+    training_slope,
+)
 from lesiondiff.diffusion.schedules import alphas_cumprod
 from lesiondiff.engine.predict import load_run
 from lesiondiff.engine.train import Trainer

@@ -40,13 +40,11 @@ from ..data.io import read_masks
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import preprocess_mask
 from ..diffusion.objectives import build_objective
-from ..diffusion.recoverability import (  # noqa: F401  (analysis.fingerprint.training_slope, as before)
+from ..diffusion.recoverability import (
     DEFAULT_WINDOW,
     recoverability_curve,
-    recoverability_dice,
     recoverability_slope,
     seeded_noise,
-    training_slope,
 )
 from ..diffusion.schedules import alphas_cumprod
 from ..engine.predict import load_run

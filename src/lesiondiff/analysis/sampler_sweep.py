@@ -5,7 +5,7 @@ DPM-Solver++, UniPC) at every NFE, each setting repeated R times; the mean Dice 
 its spread as a band, and the original many-step DDPM result (by default 1000 steps) as a horizontal line.
 
 Protocol:
-- images: a manifest split, all of it or ``max_images`` rows evenly spaced over it (``report.evenly_spaced``);
+- images: a manifest split, all of it or ``max_images`` rows evenly spaced over it (``data.manifest.evenly_spaced``);
 - sampling: the run's EMA weights; the R repeats of an image are one sampler call with ``num_samples = R``
   (condition encoded once), repeat r being sample r; its noise comes from a CPU generator seeded from the seed
   and the image id exactly as ``Predictor.image_seed`` does, so a setting's repeat r is sample r of

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import LesiondiffError
 from ..registry import Registry
 from .io import FileError, is_image_file, num_slices, read_image, read_masks, split_name
-from .records import Record  # noqa: F401  (data.layouts.Record, as before)
+from .records import Record
 from .volumes import check_slice_mode, is_volume_record, slice_volumes, unsliced_reason
 
 LAYOUTS = Registry("layout")

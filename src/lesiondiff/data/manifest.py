@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from .io import FileError, image_size
-from .layouts import IndexResult, Record
+from .layouts import IndexResult
+from .records import Record
 
 COLUMNS = ("id", "image", "masks", "label", "case", "dataset", "split", "fold")
 SPLITS = ("train", "val", "test")

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.dataset import mask_paths
-from ..data.io import is_image_file, read_image, read_mask, read_masks, split_name
+from ..data.io import image_size, is_image_file, read_image, read_mask, read_masks, split_name
 from ..data.manifest import Manifest
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
@@ -101,7 +101,7 @@ def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "tes
     per_image, masks, gts, presence, resized = [], [], [], [], 0
     for row in tqdm(rows, desc=f"evaluate masks {split}", unit="img"):
         paths = mask_paths(row)
-        shape = read_image(row["image"]).shape[:2]
+        shape = image_size(row["image"])  # the header only: the pixels are not needed
         gt = read_masks(paths, shape=shape) if paths else np.zeros(shape, bool)
         if row["id"] in files:
             pred = read_given_mask(files[row["id"]], threshold)

@@ -101,9 +101,7 @@ class PredictionFolder:
     def __init__(self, folder: Path, settings: dict, inputs: list[tuple[str, str]], overwrite: bool = False,
                  log=print) -> None:
         self.folder = Path(folder)
-        self.settings = settings
         self.inputs = dict(inputs)
-        self.log = log
         self.done: dict[str, dict] = {}
         record = self.folder / RECORD
         if record.is_file():
@@ -126,11 +124,7 @@ class PredictionFolder:
                 raise LesiondiffError(f"{self.folder}: holds predictions without a settings record; add --overwrite "
                                       "to replace them, or choose another --out")
             self._remove(self._listed())
-        atomic_write_text(record, json.dumps({"settings": settings, "inputs": {**self._old_inputs(), **self.inputs}},
-                                             indent=2))
-
-    def _old_inputs(self) -> dict:
-        return {id_: row["image"] for id_, row in self.done.items()}
+        atomic_write_text(record, json.dumps({"settings": settings, "inputs": self.inputs}, indent=2))
 
     def _read_done(self, old_inputs: dict) -> dict[str, dict]:
         """Finished images whose input path is unchanged and whose files are all there."""
@@ -150,12 +144,8 @@ class PredictionFolder:
         return done
 
     def _listed(self) -> dict:
-        """The ids predictions.csv lists (a folder without a settings record)."""
-        path = self.folder / "predictions.csv"
-        if not path.is_file():
-            return {}
-        with path.open(encoding="utf-8") as f:
-            return {row["id"]: row.get("image") for row in csv.DictReader(f) if row.get("id")}
+        """The predictions predictions.csv lists by id (a folder without a settings record)."""
+        return read_predictions(self.folder)[0] if (self.folder / "predictions.csv").is_file() else {}
 
     def _remove(self, old_inputs: dict) -> None:
         for id_ in old_inputs:

@@ -146,8 +146,9 @@ class Predictor:
             model.prediction = wanted  # both heads were trained: sample through the other one
         predictor = cls(cfg, model, rule, record)
         file = run_checkpoint(run, checkpoint)
+        stat = file.stat()
         predictor.source = {"run": str(Path(run).resolve()), "checkpoint_file": file.name,
-                            "checkpoint_bytes": file.stat().st_size, "checkpoint_mtime_ns": file.stat().st_mtime_ns}
+                            "checkpoint_bytes": stat.st_size, "checkpoint_mtime_ns": stat.st_mtime_ns}
         return predictor
 
     def image_seed(self, id_: str) -> int:
@@ -159,7 +160,7 @@ class Predictor:
         x = preprocess_image(image, d.size, d.channels, d.intensity_window)[None].to(self.device)
         gen = torch.Generator().manual_seed(self.image_seed(id_))
         start = time.perf_counter()
-        draws = s.samples if self.model.takes_noise else 1  # a network without noise input: S copies of one
+        draws = self.draws()
         probs = self.sampler(self.model, x, draws, s.steps, gen)[0, :, 0].float().cpu().numpy()
         probs = np.repeat(probs, s.samples // draws, axis=0)
         self.sampling_seconds += time.perf_counter() - start
@@ -181,6 +182,10 @@ class Predictor:
         fused = fuse(probs, f.method, image=None if small is None else np.moveaxis(small, 0, -1),
                      threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=crf_kernels(**kernels), **kw)
         return Prediction(id_, probs, fused, image.shape[:2], image)
+
+    def draws(self) -> int:
+        """Samples drawn per image: S, or 1 for a network without noise input, whose S samples are copies."""
+        return self.cfg.sample.samples if self.model.takes_noise else 1
 
     def samples_are(self) -> str:
         """What the S samples of an image are (predict.json, the report's rounds)."""
@@ -271,9 +276,9 @@ class Predictor:
             if len(todo) < len(items):
                 log(f"resuming: {len(items) - len(todo)} of {len(items)} images were predicted with these settings "
                     f"in {out} already")
-            sampler = s.sampler if self.cfg.diffusion.mode != "feedforward" else "oneshot"
-            for id_, path in tqdm(todo, desc=f"predict ({sampler}, {self.sampler.network_calls(s.steps, s.samples)['passes']} "
-                                  f"passes, S={s.samples})", unit="img"):
+            calls = self.sampler.network_calls(s.steps, self.draws())
+            for id_, path in tqdm(todo, desc=f"predict ({s.sampler}, {calls['passes']} passes, S={s.samples})",
+                                  unit="img"):
                 seconds, emptied = self.sampling_seconds, self.declared_empty
                 row = self.write(self.predict(id_, path), out)
                 folder.mark_done({**row, "image": path, "declared_empty": self.declared_empty - emptied,
@@ -281,11 +286,11 @@ class Predictor:
             rows = [folder.done[id_] for id_, _ in items]
             self.sampling_seconds = sum(r["sampling_s"] for r in rows)
             self.declared_empty = sum(r["declared_empty"] for r in rows)
-            meta = {"sampler": sampler, "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method,
+            meta = {"sampler": s.sampler, "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method,
                     "crf": self.cfg.fusion.crf, "threshold": s.threshold, "maps": s.maps, "seed": s.seed,
                     "size": self.cfg.data.size, "checkpoint": checkpoint, "preset": self.cfg.preset,
                     "prediction": self.model.prediction,
-                    "network_calls": self.sampler.network_calls(s.steps, s.samples if self.model.takes_noise else 1),
+                    "network_calls": calls,
                     "samples_are": self.samples_are(), "speed": self.speed(len(rows)),
                     "postprocess": self.postprocess_summary(), "split": split}
             buffer = _io.StringIO()

@@ -26,11 +26,11 @@ from pathlib import Path
 from ..config import Config, load_preset
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
-from .checkpoint import run_checkpoint as checkpoint_file
+from .checkpoint import run_checkpoint
 from .evaluate import evaluate
 from .outputs import read_predictions
 from .predict import Predictor
-from .train import DONE, check_same_config, train_in  # noqa: F401  (the experiments import them from here)
+from .train import train_in
 
 CLOCK_NAMES = {"wall": "wall clock", "process": "the run's CPU time (process time, all threads; train.clock)"}
 CHECKPOINT = "best"
@@ -115,7 +115,7 @@ def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device:
     fusion) into ``run/predictions``, unless current predictions exist."""
     pred_dir, train_dir = run / "predictions", train_dir or run / "train"
     wanted = {**wanted, "checkpoint": CHECKPOINT}
-    if predictions_current(pred_dir, wanted, [i for i, _ in items], checkpoint_file(train_dir)):
+    if predictions_current(pred_dir, wanted, [i for i, _ in items], run_checkpoint(train_dir)):
         return "skipped (current predictions cover the split)"
     overrides = [f"sample.{k}={wanted[k]}" for k in ("samples", "sampler", "steps", "seed")]
     if "fusion" in wanted:

@@ -46,7 +46,7 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..models import build_model, count_parameters
 from .checkpoint import Checkpoint, run_checkpoint, save_checkpoint
-from .device import check_device, make_accelerator  # noqa: F401  (check_device: engine.train.check_device)
+from .device import make_accelerator
 from .lr_schedule import LRSchedule
 
 # What train.max_minutes and elapsed_s count: wall-clock time, or this process's CPU time (all its threads), which
