@@ -1,8 +1,8 @@
 import pytest
 
+from lesiondiff.build import check_size
 from lesiondiff.config import Config, load_preset, preset_names, recipe_names
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import check_size
 from lesiondiff.registry import Registry
 
 
@@ -112,3 +112,18 @@ def test_the_demo_overlay_lays_its_keys_over_preset_and_recipe():
     assert cfg.train.schedule == "cosine"  # the recipe's keys the overlay does not name stay
     with pytest.raises(LesiondiffError, match="unknown overlay 'nope'; known: demo"):
         load_overlay("nope")
+
+
+def test_moved_sampler_keys_are_read_from_the_old_place_with_one_notice(capsys):
+    """DiffSeg's class_difference settings moved from diffusion.objective_options to sample.options: a saved
+    config or an override with the old keys still works, and says so in one line naming them."""
+    old = {"diffusion": {"objective": "class_eps", "objective_options": {"p_healthy": 0.25, "t_first": 80, "otsu": 0}},
+           "sample": {"sampler": "class_difference", "options": {"t_first": 60, "sigma": 2.0}}}
+    cfg = Config.from_dict(old, source="runs/old/config.yaml")
+    assert cfg.diffusion.objective_options == {"p_healthy": 0.25}
+    assert cfg.sample.options == {"t_first": 80, "sigma": 2.0, "otsu": 0}  # the old key, given, wins
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lesiondiff: runs/old/config.yaml: deprecated keys diffusion.objective_options.{t_first, otsu}: "
+                   "now sample.options (read from the old place)"]
+    again = Config.from_dict(cfg.to_dict())  # saved in the new place: no notice
+    assert again == cfg and capsys.readouterr().err == ""

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import torch
 
+from .build import build_model, build_sampler
 from .config import load_preset
-from .diffusion.samplers import auto_max_batch, build_sampler
-from .models import build_model, count_parameters
+from .diffusion.samplers import auto_max_batch
+from .models import count_parameters
 
 MONAI_CANDIDATES = [(32, 64, 64, 64), (32, 64, 96, 96), (32, 64, 128, 128), (64, 64, 128, 128)]
 
@@ -120,8 +121,8 @@ def bench_size(cfg, size: int, channels: int, samples: int, batch: int, sample_s
         t_s = torch.zeros(samples, dtype=torch.long, device=dev)
         row["ms_per_image_nfe_in_batch"] = 1000 * _median_time(lambda: model.denoise(x_s, t_s, cond_s),
                                                                repeats) / samples
-    one_batch = build_sampler(cfg.sample.sampler, cfg.diffusion, max_batch=samples)
-    chunked = build_sampler(cfg.sample.sampler, cfg.diffusion)  # the default: automatic chunks
+    one_batch = build_sampler(cfg, max_batch=samples)
+    chunked = build_sampler(cfg, max_batch=0)  # the default: automatic chunks
     gen = torch.Generator().manual_seed(0)
     batched = _median_time(lambda: one_batch(model, img, samples, sample_steps, gen), repeats)
     auto = _median_time(lambda: chunked(model, img, samples, sample_steps, gen), repeats)

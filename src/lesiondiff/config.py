@@ -7,7 +7,9 @@ saved beside its checkpoints (``config.yaml``), so a run directory is self-descr
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -57,11 +59,16 @@ class DiffusionConfig:
     prediction: str = "epsilon"  # what the network's head predicts: "epsilon" or "x0"
     objective: str = "eps_mse"
     # Training timesteps: "uniform" (t ~ U{0..T-1}) or "fingerprint" (p(t) from the slope of the training masks'
-    # recoverability curve, Analysing Diffusion Segmentation sec. 4.3; see diffusion/objectives.py).
+    # recoverability curve, Analysing Diffusion Segmentation sec. 4.3; see diffusion/timesteps.py).
     timestep_sampling: str = "uniform"
     timestep_uniform_mix: float = 0.1  # fingerprint sampling: share of the probability spread evenly over all t
     fingerprint_sigma: float = 2.0  # px at data.size: Gaussian smoothing of x_t before thresholding it at 0
-    objective_options: dict[str, Any] = field(default_factory=dict)  # objective-specific loss weights
+    objective_options: dict[str, Any] = field(default_factory=dict)  # the objective's loss weights (methods/)
+
+    @property
+    def feedforward(self) -> bool:
+        """A feed-forward run: what it implies (objective, prediction, sampler) is applied in ``build.py``."""
+        return self.mode == "feedforward"
 
 
 @dataclass
@@ -91,7 +98,7 @@ class TrainConfig:
 
 @dataclass
 class CurriculumConfig:
-    """PalScDiff's Progressive Augmentation Learning (data/curriculum.py): stage 1 trains on the easy pool, each
+    """PalScDiff's Progressive Augmentation Learning (methods/palscdiff.py): stage 1 trains on the easy pool, each
     later stage adds the next hard group (manifest column ``difficulty_group``), at a lower learning rate, with
     the hard samples augmented more strongly."""
 
@@ -111,7 +118,7 @@ class SampleConfig:
     samples: int = 5
     threshold: float = 0.5
     seed: int = 0
-    max_batch: int = 0  # most samples per network evaluation; 0: automatic by image size (see samplers.py)
+    max_batch: int = 0  # most samples per network evaluation; 0: automatic by image size (see diffusion/samplers.py)
     # what the coherence, ambiguity and entropy maps are computed from: the S "probabilities" as sampled, or
     # the S "masks" (each sample >= threshold; DiffSeg's Eqs. 3-4 over its binarised outputs)
     maps: str = "probabilities"
@@ -119,6 +126,9 @@ class SampleConfig:
     # noised to t = start_t ("prior", as SegRefiner starts from the coarse mask)
     start: str = "noise"
     start_t: int = 500
+    # the run's sampler's own settings, checked against its constructor (build.build_sampler): e.g. DiffSeg's
+    # class_difference t_first, sigma, otsu ...; UniSegDiff's staged stride and final_eta
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,7 +180,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
-        cfg = _build(cls, data or {}, prefix="", source=source)
+        cfg = _build(cls, migrate(data or {}, source), prefix="", source=source)
         check_values(cfg, source)
         return cfg
 
@@ -203,11 +213,41 @@ class Config:
                     raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
                 node = node[part]
             last = parts[-1]
-            free = (("model", "options"), ("diffusion", "objective_options"))  # design-specific keys
+            free = (("model", "options"), ("diffusion", "objective_options"), ("sample", "options"))  # checked
+            # against the part's constructor when it is built (build.py)
             if last not in node and not (len(parts) == 3 and tuple(parts[:2]) in free):
                 raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
             node[last] = value
         return Config.from_dict(data, source="command-line overrides")
+
+
+# Keys that moved, old -> new (section, mapping, key): still read, with one notice per config naming them.
+MOVED = {("diffusion", "objective_options", k): ("sample", "options", k)
+         for k in ("t_first", "t_stride", "sigma", "otsu", "threshold", "temperature", "shared_noise")}
+
+
+def migrate(data: dict[str, Any], source: str, notice: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``data`` with the keys of :data:`MOVED` at their new place (an old key's value replaces the new one's: it
+    was given, e.g. as an override), and one deprecation line on stderr (``notice``) naming the old keys."""
+    moved = []
+    for (sec, mapping, key), (new_sec, new_mapping, new_key) in MOVED.items():
+        old = (data.get(sec) or {}).get(mapping) or {}
+        if not isinstance(old, dict) or key not in old:
+            continue
+        data = {**data, sec: {**data[sec], mapping: {k: v for k, v in old.items() if k != key}}}
+        target = dict((data.get(new_sec) or {}).get(new_mapping) or {})
+        target[new_key] = old[key]
+        data = {**data, new_sec: {**(data.get(new_sec) or {}), new_mapping: target}}
+        moved.append((f"{sec}.{mapping}", key, f"{new_sec}.{new_mapping}"))
+    if moved:
+        old, new = moved[0][0], moved[0][2]
+        (notice or _stderr)(f"{source}: deprecated keys {old}.{{{', '.join(k for _, k, _ in moved)}}}: now {new} "
+                            "(read from the old place)")
+    return data
+
+
+def _stderr(line: str) -> None:
+    print(f"lesiondiff: {line}", file=sys.stderr)
 
 
 # Value ranges of the numeric keys, checked whenever a Config is built (preset, file, overrides), so that a

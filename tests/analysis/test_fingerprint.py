@@ -10,13 +10,13 @@ from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
 from lesiondiff.analysis.fingerprint import load_masks, model_curves
+from lesiondiff.build import build_model, build_timestep_sampler
 from lesiondiff.cli import main
 from lesiondiff.config import DiffusionConfig, load_preset
 from lesiondiff.data.dataset import SplitData, load_rows
 from lesiondiff.data.layouts import index_folder
 from lesiondiff.data.manifest import Manifest, assign_splits
 from lesiondiff.data.transforms import gaussian_blur
-from lesiondiff.diffusion.objectives import build_timestep_sampler, fingerprint_probabilities
 from lesiondiff.diffusion.recoverability import (
     recoverability_curve,
     recoverability_dice,
@@ -24,10 +24,10 @@ from lesiondiff.diffusion.recoverability import (
     training_slope,
 )
 from lesiondiff.diffusion.schedules import alphas_cumprod
+from lesiondiff.diffusion.timesteps import fingerprint_probabilities
 from lesiondiff.engine.predict import load_run
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import build_model
 from tiny_settings import TINY_MODEL
 
 TINY = [*TINY_MODEL,

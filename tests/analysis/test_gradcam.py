@@ -18,6 +18,7 @@ from lesiondiff.analysis.gradcam import (
     resolve_views,
     write_outputs,
 )
+from lesiondiff.build import build_model
 from lesiondiff.cli import main
 from lesiondiff.config import Config, load_preset
 from lesiondiff.data.io import read_image
@@ -25,7 +26,7 @@ from lesiondiff.data.manifest import Manifest
 from lesiondiff.data.transforms import preprocess_image
 from lesiondiff.engine.predict import Predictor, load_run
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import MODELS, Denoiser, DenoiserOutput, build_model
+from lesiondiff.models import MODELS, Denoiser, DenoiserOutput
 
 SIZE = 32
 

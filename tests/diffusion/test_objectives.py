@@ -4,16 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lesiondiff.build import build_model, build_objective
 from lesiondiff.config import Config, DiffusionConfig
-from lesiondiff.diffusion.objectives import (
-    branch_alignment,
-    build_objective,
-    distillation_bce,
-    prior_losses,
-    symmetric_bernoulli_kl,
-)
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import build_model
+from lesiondiff.methods.palscdiff import branch_alignment, distillation_bce, symmetric_bernoulli_kl
+from lesiondiff.methods.pgdiffseg import prior_losses
 
 
 def test_alignment_is_zero_for_identical_predictions_and_positive_otherwise():

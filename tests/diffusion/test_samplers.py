@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from lesiondiff.config import DiffusionConfig
+from lesiondiff.build import build_sampler
+from lesiondiff.config import Config, DiffusionConfig
 from lesiondiff.diffusion.objectives import EpsMSE
-from lesiondiff.diffusion.samplers import SAMPLERS, build_sampler
+from lesiondiff.diffusion.samplers import SAMPLERS
 from lesiondiff.diffusion.schedules import alphas_cumprod, training_scheduler
 from lesiondiff.models.base import Denoiser, DenoiserOutput
 
@@ -61,7 +62,7 @@ def test_perfect_model_recovers_x0(name, prediction):
     cfg = DiffusionConfig()
     x0 = square_mask()
     model = Oracle(x0, prediction, cfg)
-    probs = build_sampler(name, cfg)(model, torch.zeros(2, 1, 16, 16), num_samples=3, steps=10,
+    probs = build_sampler(Config(diffusion=cfg), name)(model, torch.zeros(2, 1, 16, 16), num_samples=3, steps=10,
                                      generator=torch.Generator().manual_seed(0))
     assert probs.shape == (2, 3, 1, 16, 16)
     # DPM-Solver's noise-prediction form stops at sigma_min = sqrt(1 - abar_0) = 0.01, not at 0.
@@ -74,12 +75,12 @@ def test_one_shot_from_eps_and_x0():
     cfg = DiffusionConfig()
     x0 = square_mask()
     for prediction in ("epsilon", "x0"):
-        probs = build_sampler("oneshot", cfg)(Oracle(x0, prediction, cfg), torch.zeros(1, 1, 16, 16), 2, 1,
+        probs = build_sampler(Config(diffusion=cfg), "oneshot")(Oracle(x0, prediction, cfg), torch.zeros(1, 1, 16, 16), 2, 1,
                                               torch.Generator().manual_seed(0))
         assert torch.allclose(probs, ((x0 + 1) / 2).expand_as(probs), atol=2e-3)
 
 
 def test_feedforward_mode_forces_one_shot_and_seeds_repeat():
     cfg = DiffusionConfig(mode="feedforward")
-    assert type(build_sampler("ddim", cfg)).__name__ == "OneShotSampler"
+    assert type(build_sampler(Config(diffusion=cfg), "ddim")).__name__ == "OneShotSampler"
     assert set(SAMPLERS.names()) >= {"ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc", "oneshot"}

@@ -9,11 +9,10 @@ import pytest
 import torch
 from skimage.filters import threshold_otsu
 
+from lesiondiff.build import build_model, build_objective, build_sampler
 from lesiondiff.config import Config, load_preset
-from lesiondiff.diffusion.objectives import ClassEps, build_objective
-from lesiondiff.diffusion.samplers import ClassDifferenceSampler, build_sampler
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import build_model
+from lesiondiff.methods.diffseg import ClassDifferenceSampler, ClassEps
 from lesiondiff.models.diffseg import DiffSeg
 
 TINY = ["model.name=diffseg", "model.base_channels=8", "model.channel_mult=[1,2]",
@@ -61,7 +60,7 @@ def test_model_predicts_image_noise_under_a_class_and_is_no_mask_denoiser():
     with pytest.raises(LesiondiffError, match="model 'diffseg'"):
         build_model(tiny_config("diffusion.mode=feedforward"), 3)
     with pytest.raises(LesiondiffError, match="needs a class-conditional image model"):
-        build_sampler("class_difference", tiny_config().diffusion)(build_model(Config().override(TINY[1:4]), 1),
+        build_sampler(tiny_config(), "class_difference")(build_model(Config().override(TINY[1:4]), 1),
                                                                    torch.randn(1, 1, 16, 16), 2)
 
 
@@ -87,7 +86,7 @@ def test_sampler_binarisation_is_the_thresholded_smoothed_difference():
     assert fixed.shape == (2, 10, 1, 16, 16) and fixed.min() >= 0 and fixed.max() <= 1
     assert torch.equal(fixed[:, :, 0] >= 0.5, d > delta)
     # per-map Otsu (the default)
-    otsu = build_sampler("class_difference", cfg)(model, image, 10, 1, torch.Generator().manual_seed(5))
+    otsu = build_sampler(Config(diffusion=cfg), "class_difference")(model, image, 10, 1, torch.Generator().manual_seed(5))
     expected = np.stack([[m > threshold_otsu(m) for m in row] for row in d.numpy()])
     assert np.array_equal((otsu[:, :, 0] >= 0.5).numpy(), expected) and expected.any() and not expected.all()
     # the probability keeps the order of the difference within each map (DenseCRF's unary)
@@ -95,7 +94,7 @@ def test_sampler_binarisation_is_the_thresholded_smoothed_difference():
     order = torch.argsort(dd)
     assert (p[order].diff() >= 0).all()
     # the same seed gives the same outputs; the smoothing is the one configured
-    again = build_sampler("class_difference", cfg)(model, image, 10, 1, torch.Generator().manual_seed(5))
+    again = build_sampler(Config(diffusion=cfg), "class_difference")(model, image, 10, 1, torch.Generator().manual_seed(5))
     assert torch.equal(again, otsu)
     raw = ClassDifferenceSampler(cfg, sigma=0).difference(model, image, 10, torch.Generator().manual_seed(5))
     assert not torch.allclose(raw.double(), d)
@@ -104,7 +103,7 @@ def test_sampler_binarisation_is_the_thresholded_smoothed_difference():
 def test_sampler_calls_the_network_once_with_both_classes_at_the_papers_timesteps():
     model = tiny_model(1)
     calls = spy_on(model)
-    sampler = build_sampler("class_difference", tiny_config().diffusion)
+    sampler = build_sampler(tiny_config(), "class_difference")
     image = torch.randn(1, 1, 16, 16)
     probs = sampler(model, image, 10, 1, torch.Generator().manual_seed(0))
     assert probs.shape == (1, 10, 1, 16, 16)
@@ -113,19 +112,21 @@ def test_sampler_calls_the_network_once_with_both_classes_at_the_papers_timestep
     assert sampler.network_calls(1, 10) == {"passes": len(calls), "evaluations": sum(c[0] for c in calls)}
     # an explicit max_batch cuts the 2S rows into chunks (still one pass); the outputs do not change
     calls.clear()
-    chunked = build_sampler("class_difference", tiny_config().diffusion, max_batch=6)
+    chunked = build_sampler(tiny_config(), "class_difference", max_batch=6)
     again = chunked(model, image, 10, 1, torch.Generator().manual_seed(0))
     assert chunked.network_calls(1, 10) == {"passes": 1, "evaluations": sum(c[0] for c in calls)}
     assert len(calls) == math.ceil(20 / 6)
     assert torch.allclose(again, probs, atol=1e-5)
-    # settings come from diffusion.objective_options; too many outputs for the schedule is a clear error
-    cfg = tiny_config("diffusion.objective_options.t_first=100", "diffusion.objective_options.t_stride=5").diffusion
-    assert build_sampler("class_difference", cfg).timesteps(3) == [100, 105, 110]
-    own = tiny_config("diffusion.objective_options.shared_noise=0").diffusion
-    assert build_sampler("class_difference", own).samples_note(1) == ("one class-difference mask per timestep, "
-                                                                      "t = 60, each from its own noise")
+    # settings come from sample.options (checked against the sampler's keywords); too many outputs for the
+    # schedule is a clear error
+    cfg = tiny_config("sample.sampler=class_difference", "sample.options={t_first: 100, t_stride: 5}")
+    assert build_sampler(cfg).timesteps(3) == [100, 105, 110]
+    own = tiny_config("sample.sampler=class_difference", "sample.options.shared_noise=false")
+    assert build_sampler(own).samples_note(1) == "one class-difference mask per timestep, t = 60, each from its own noise"
+    with pytest.raises(LesiondiffError, match="sample.options.t_frist: not an option of sampler 'class_difference'"):
+        build_sampler(tiny_config("sample.sampler=class_difference", "sample.options.t_frist=1"))
     with pytest.raises(LesiondiffError, match="beyond the schedule"):
-        build_sampler("class_difference", tiny_config().diffusion).timesteps(95)
+        build_sampler(tiny_config(), "class_difference").timesteps(95)
 
 
 def batch_without_masks(lesion: list[bool], channels: int = 3) -> dict:
@@ -192,7 +193,7 @@ def test_preset_is_the_papers_setting_without_mask_validation():
         "diffseg", "class_eps", "class_difference", "crf_rounds")
     assert (cfg.data.size, cfg.train.lr, cfg.train.batch_size, cfg.sample.samples) == (128, 5e-4, 4, 10)
     assert cfg.data.healthy and cfg.data.val_max_images == 0
-    assert build_sampler(cfg.sample.sampler, cfg.diffusion).timesteps(10) == list(range(60, 151, 10))
+    assert build_sampler(cfg).timesteps(10) == list(range(60, 151, 10))
 
 
 def test_diffseg_weak_end_to_end_on_phantoms(train_tiny_run, phantom_manifest, tmp_path, monkeypatch):

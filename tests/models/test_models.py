@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+from lesiondiff.build import build_model, build_sampler
 from lesiondiff.config import Config
-from lesiondiff.diffusion.samplers import build_sampler
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import MODELS, build_model
+from lesiondiff.models import MODELS
 from lesiondiff.models.base import Denoiser
 
 FOUR_LEVELS = {"pgdiffseg"}  # designs with a fixed number of down/up units (four)
@@ -21,7 +21,7 @@ def small(name: str, **over) -> Config:
     return cfg.override([f"{k}={v}" for k, v in over.items()])
 
 
-MASK_DENOISERS = [n for n in MODELS.names() if getattr(MODELS.get(n), "mask_denoiser", True)]  # not diffseg
+MASK_DENOISERS = [n for n in MODELS.names() if not MODELS.get(n).class_conditional]  # not diffseg
 
 
 @pytest.mark.parametrize("name", MASK_DENOISERS)
@@ -55,7 +55,7 @@ def test_batched_samples_equal_single_runs():
     cfg = small("ensemdiff")
     model = build_model(cfg, 1).eval()
     img = torch.randn(1, 1, 16, 16)
-    sampler = build_sampler("ddim", cfg.diffusion)
+    sampler = build_sampler(cfg, "ddim")
     batched = sampler(model, img, 4, 5, torch.Generator().manual_seed(3))
     single = sampler(model, img, 1, 5, torch.Generator().manual_seed(3))
     assert batched.shape == (1, 4, 1, 16, 16)
@@ -81,8 +81,8 @@ def test_chunked_sampling_equals_one_batch():
     cfg = small("ensemdiff")
     model = build_model(cfg, 1).eval()
     img = torch.randn(2, 1, 16, 16)
-    whole = build_sampler("ddim", cfg.diffusion, max_batch=6)(model, img, 3, 4, torch.Generator().manual_seed(1))
-    parts = build_sampler("ddim", cfg.diffusion, max_batch=2)(model, img, 3, 4, torch.Generator().manual_seed(1))
+    whole = build_sampler(cfg, "ddim", max_batch=6)(model, img, 3, 4, torch.Generator().manual_seed(1))
+    parts = build_sampler(cfg, "ddim", max_batch=2)(model, img, 3, 4, torch.Generator().manual_seed(1))
     assert torch.allclose(whole, parts, atol=1e-4)
 
 

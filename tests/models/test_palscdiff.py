@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from lesiondiff.build import build_model
 from lesiondiff.config import Config
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import build_model
 from lesiondiff.models.palscdiff import IBPAHead, PalScDiff, mean_probability_logit
 
 

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
+from lesiondiff.build import build_model, build_sampler
 from lesiondiff.config import Config, load_preset
-from lesiondiff.diffusion.samplers import build_sampler
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import build_model
 from lesiondiff.models.blocks import pool_to
 from lesiondiff.models.pgdiffseg import ParameterSharedAttention, PriorBranch, SlimDenseBlock
 
@@ -134,6 +133,6 @@ def test_preset_and_sampler_round_trip():
     assert cfg.diffusion.objective == "eps_prior"
     cfg = cfg.override(["model.base_channels=8", "model.channel_mult=[1,2,2,2]"])
     model = build_model(cfg, 1).eval()
-    probs = build_sampler("ddim", cfg.diffusion)(model, torch.randn(2, 1, 32, 32), num_samples=3, steps=2,
+    probs = build_sampler(cfg, "ddim")(model, torch.randn(2, 1, 32, 32), num_samples=3, steps=2,
                                                  generator=torch.Generator().manual_seed(0))
     assert probs.shape == (2, 3, 1, 32, 32) and 0 <= probs.min() and probs.max() <= 1

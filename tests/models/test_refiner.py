@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from lesiondiff.build import build_model, build_sampler
 from lesiondiff.config import load_preset
-from lesiondiff.diffusion.samplers import build_sampler, sample_options
 from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.postprocessing import choose_for_run
 from lesiondiff.engine.predict import Predictor, collect_inputs
 from lesiondiff.engine.train import train_run
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.models import build_model
 
 SMALL = ["model.base_channels=8", "model.channel_mult=[1,2,2]", "model.attention_levels=[false,false,true]",
          "model.options.refine_channels=8", "model.options.refine_mult=[1,2]"]
@@ -32,7 +31,7 @@ def small_refiner(**sample):
 def test_untrained_refiner_samples_equal_the_prior_with_zero_spread(start):
     cfg, model = small_refiner(start=start, start_t=300)
     image = torch.rand(2, 3, 32, 32) * 2 - 1
-    sampler = build_sampler("refine", cfg.diffusion, **sample_options(cfg.sample))
+    sampler = build_sampler(cfg, "refine")
     probs = sampler(model, image, 5, 3, torch.Generator().manual_seed(1))
     prior = torch.sigmoid(model.encode(image)["logits"])
     assert probs.shape == (2, 5, 1, 32, 32)
@@ -64,12 +63,12 @@ def test_refiner_options_are_checked():
         build_model(load_preset("refiner").override([*SMALL, "model.options.prior_fraction=1.5"]), 1)
     cfg = load_preset("refiner").override(["sample.start=middle"])
     with pytest.raises(LesiondiffError, match="sample.start"):
-        build_sampler("refine", cfg.diffusion, **sample_options(cfg.sample))
+        build_sampler(cfg, "refine")
     ens = load_preset("ensemdiff").override(["model.base_channels=8", "model.channel_mult=[1,2]",
                                              "model.attention_levels=[false,true]", "sample.start=prior"])
     model = build_model(ens, 1).eval()
     with pytest.raises(LesiondiffError, match="start=prior needs a design with a prior"):
-        build_sampler("refine", ens.diffusion, **sample_options(ens.sample))(model, torch.zeros(1, 1, 32, 32), 1, 2)
+        build_sampler(ens, "refine")(model, torch.zeros(1, 1, 32, 32), 1, 2)
 
 
 def test_prior_noise_perturbs_the_prior_only_in_training():

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
+from lesiondiff.build import build_model, build_sampler
 from lesiondiff.config import Config, DiffusionConfig, load_preset
-from lesiondiff.diffusion.samplers import build_sampler
 from lesiondiff.engine.checkpoint import Checkpoint
-from lesiondiff.models import build_model
 from lesiondiff.models.blocks import DualCrossAttention
 from lesiondiff.models.unisegdiff import UniSegDiff
 
@@ -54,7 +53,7 @@ def test_staged_sampler_makes_the_planned_calls_and_returns_20_masks():
         return denoise(x, t, cond)
 
     model.denoise = spy
-    sampler = build_sampler("staged", DiffusionConfig())
+    sampler = build_sampler(Config(diffusion=DiffusionConfig()), "staged")
     probs = sampler(model, torch.randn(2, 3, 16, 16), 20, 0, torch.Generator().manual_seed(0))
     assert probs.shape == (2, 20, 1, 16, 16) and 0 <= probs.min() and probs.max() <= 1
     # one rapid call (network t 999), ten DDIM calls 599..329 in both branches, one refinement call (t 0)
@@ -67,13 +66,13 @@ def test_staged_sampler_makes_the_planned_calls_and_returns_20_masks():
     again = sampler(model, torch.randn(2, 3, 16, 16), 20, 0, torch.Generator().manual_seed(0))
     assert again.shape == probs.shape
     model.denoise = denoise
-    one = build_sampler("staged", DiffusionConfig())(model, torch.randn(1, 3, 16, 16), 1, 0, None)
+    one = build_sampler(Config(diffusion=DiffusionConfig()), "staged")(model, torch.randn(1, 3, 16, 16), 1, 0, None)
     assert one.shape == (1, 1, 1, 16, 16)
 
 
 def test_staged_sampler_with_final_eta_zero_repeats_each_branch():
     model = tiny().eval()
-    from lesiondiff.diffusion.samplers import StagedSampler
+    from lesiondiff.methods.unisegdiff import StagedSampler
 
     probs = StagedSampler(DiffusionConfig(), final_eta=0.0)(model, torch.randn(1, 3, 16, 16), 4, 0,
                                                             torch.Generator().manual_seed(0))

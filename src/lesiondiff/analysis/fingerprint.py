@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..build import build_objective
 from ..config import Config, DiffusionConfig
 from ..data.dataset import SplitData, load_rows, mask_paths
 from ..data.io import read_masks
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import preprocess_mask
-from ..diffusion.objectives import build_objective
 from ..diffusion.recoverability import (
     DEFAULT_WINDOW,
     recoverability_curve,
@@ -124,7 +124,7 @@ def model_curves(model: Denoiser, cfg: Config, data: SplitData, source: str, eve
     ``grad_batches`` batches of ``batch_size`` images, with a copy of the model in eval mode (no dropout);
     ``grad_batches`` 0 leaves it out.
     """
-    if cfg.diffusion.mode == "feedforward":
+    if cfg.diffusion.feedforward:
         raise LesiondiffError(f"{source}: a feed-forward run has no timesteps to fingerprint")
     device = next(model.parameters()).device
     model.eval()
@@ -242,7 +242,7 @@ def write_fingerprint(out: str | Path, manifests: list[str] | tuple = (), runs: 
         info = {"source": source, "run": str(run), "preset": cfg.preset, "model": cfg.model.name,
                 "mode": cfg.diffusion.mode, "prediction": model.prediction, "objective": cfg.diffusion.objective,
                 "manifest": str(manifest), "size": cfg.data.size, "timesteps": cfg.diffusion.num_train_timesteps}
-        if cfg.diffusion.mode == "feedforward":
+        if cfg.diffusion.feedforward:
             skipped.append({"source": source, "run": str(run), "reason": "feed-forward run: no timesteps"})
             continue
         schedule = schedule or cfg.diffusion

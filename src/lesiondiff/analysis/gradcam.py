@@ -250,7 +250,7 @@ def sample_trajectory(model: Denoiser, cfg: Config, image: torch.Tensor, steps: 
     from ..diffusion.samplers import SAMPLERS, SchedulerSampler, start_noise
     from ..diffusion.schedules import alphas_cumprod
 
-    if cfg.diffusion.mode == "feedforward":
+    if cfg.diffusion.feedforward:
         raise LesiondiffError("a feed-forward run has no sampling trajectory; Grad-CAM over timesteps needs a "
                               "diffusion run")
     runner = SAMPLERS.build(sampler, cfg=cfg.diffusion)

@@ -45,11 +45,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..build import build_sampler
 from ..config import Config
 from ..data.dataset import mask_paths
 from ..data.io import read_image, read_masks
 from ..data.transforms import preprocess_image, resize_prob
-from ..diffusion.samplers import SAMPLERS, SchedulerSampler, build_sampler
+from ..diffusion.samplers import SAMPLERS, SchedulerSampler
 from ..engine.predict import Predictor
 from ..errors import LesiondiffError
 from ..figures import pyplot, save
@@ -121,7 +122,7 @@ def run_setting(model: Denoiser, cfg: Config, sampler: str, nfe: int, images: li
                 threshold: float, progress=None) -> SettingResult:
     """Draw ``repeats`` samples of every image with ``sampler`` at ``nfe`` steps and score each (module
     docstring). ``progress``: a tqdm bar advanced by one per image."""
-    sample = build_sampler(sampler, cfg.diffusion, cfg.sample.max_batch)
+    sample = build_sampler(cfg, sampler)
     dice = np.zeros((len(images), repeats))
     seconds = 0.0
     with count_evaluations(model) as count:
@@ -302,7 +303,7 @@ def sweep_samplers(run: str | Path, out: str | Path, manifest: str | Path | None
     if not (run / "config.yaml").is_file():
         raise LesiondiffError(f"{run}: not a run directory (no config.yaml)")
     cfg = Config.load(run / "config.yaml")
-    if cfg.diffusion.mode == "feedforward":
+    if cfg.diffusion.feedforward:
         raise LesiondiffError(f"{run}: a feed-forward run has one one-shot sampler and no NFE to sweep")
     samplers, nfe, settings = _parse_settings(samplers, nfe, reference_nfe, repeats, max_images, tolerance,
                                               cfg.diffusion.num_train_timesteps)
@@ -345,7 +346,7 @@ def sweep_samplers(run: str | Path, out: str | Path, manifest: str | Path | None
         model, device_name = predictor.model, str(predictor.device)
         images = load_images(rows, predictor.cfg, predictor.image_seed, predictor.device)
         # one untimed, uncounted call first, so the first setting's time does not include warming up
-        build_sampler(todo[0][0], predictor.cfg.diffusion)(model, images[0].x, 1, 1, torch.Generator())
+        build_sampler(predictor.cfg, todo[0][0], max_batch=0)(model, images[0].x, 1, 1, torch.Generator())
         bar = tqdm(total=len(todo) * len(images), desc="sampler sweep", unit="img", disable=not progress)
         for sampler, n in todo:
             bar.set_postfix_str(f"{sampler} NFE {n}")

@@ -137,7 +137,7 @@ def check_args(args) -> None:
         if args.fusion not in FUSERS:
             raise LesiondiffError(f"--fusion {args.fusion!r}: unknown; known: {', '.join(FUSERS.names())}")
     if getattr(args, "sampler", None) is not None:
-        from ..diffusion.samplers import SAMPLERS
+        from ..build import sampler_names
 
-        if args.sampler not in SAMPLERS:
-            raise LesiondiffError(f"--sampler {args.sampler!r}: unknown; known: {', '.join(SAMPLERS.names())}")
+        if args.sampler not in sampler_names():
+            raise LesiondiffError(f"--sampler {args.sampler!r}: unknown; known: {', '.join(sampler_names())}")

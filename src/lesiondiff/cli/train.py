@@ -49,7 +49,7 @@ def cmd_presets(args) -> int:
     for name in preset_names():
         cfg = load_preset(name)
         print(f"{name:<12} model {cfg.model.name}, {cfg.diffusion.mode}, objective "
-              f"{'feedforward' if cfg.diffusion.mode == 'feedforward' else cfg.diffusion.objective}, "
+              f"{'feedforward' if cfg.diffusion.feedforward else cfg.diffusion.objective}, "
               f"sampler {cfg.sample.sampler}")
     return 0
 

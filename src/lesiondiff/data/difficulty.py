@@ -11,7 +11,7 @@ score, computed at a fixed working resolution so that images of any size compare
 - :func:`assign_groups`: group 0 (the easy pool) and hard groups ``1..n`` of equal size;
 - :func:`score_manifest`: all of the above for a manifest split, as ``difficulty_*`` columns.
 
-The stage schedule that consumes the groups lives elsewhere (``data/curriculum.py``).
+The stage schedule that consumes the groups lives elsewhere (``methods/palscdiff.py``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ predictions are brought back to the original size with :func:`resize_prob`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LesiondiffError
+from ..filters import gaussian_blur
 
 # ITU-R BT.601 luma weights.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -127,19 +127,6 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 def _randint(generator: torch.Generator, low: int, high: int) -> int:
     """Uniform integer in [low, high]."""
     return int(torch.randint(low, high + 1, (), generator=generator, device=generator.device))
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[C,H,W]`` with reflected borders (kernel radius ``ceil(3 sigma)``)."""
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = image.shape[0]
-    out = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    out = F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return out[0]
 
 
 def _place(t: torch.Tensor, height: int, width: int, oy: int, ox: int, fill: float) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """How much of a mask survives the forward process at each timestep: the recoverability curve of a set of
 masks and its slope (Analysing Diffusion Segmentation, sec. 4.2-4.3), which the ``fingerprint`` timestep sampler
-draws training timesteps from (``objectives.py``) and ``analysis/fingerprint.py`` plots.
+draws training timesteps from (``diffusion/timesteps.py``) and ``analysis/fingerprint.py`` plots.
 
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with x0 the mask in {-1,+1} and one seeded noise draw per image,
 reused at every t; recoverability is the per-image Dice of threshold_0(Gaussian_sigma(x_t)) against x0,
@@ -16,8 +16,8 @@ import torch
 from scipy.ndimage import uniform_filter1d
 
 from ..config import DiffusionConfig
-from ..data.transforms import gaussian_blur
 from ..errors import LesiondiffError
+from ..filters import gaussian_blur
 from .schedules import alphas_cumprod
 
 DEFAULT_WINDOW = 50  # timesteps over which the recoverability slope is averaged

@@ -116,3 +116,11 @@ def run_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
     name = checkpoint.removesuffix(".safetensors")
     path = Path(run) / "checkpoints" / f"{name}.safetensors"
     return Path(run) / "checkpoints" / "last.safetensors" if name == "best" and not path.is_file() else path
+
+
+def load_frozen(module: nn.Module, checkpoint: str | Path) -> None:
+    """Load a trained segmenter's weights into ``module`` (a design's pre-trained part: the EMA weights when the
+    checkpoint has them) and freeze it."""
+    ckpt = Checkpoint(Path(checkpoint))
+    ckpt.load_module(module, "ema" if ckpt.section("ema") else "model")
+    module.requires_grad_(False)

@@ -1,7 +1,7 @@
 """Learning-rate schedules of the training recipe: a linear warm-up, then ``constant`` or ``cosine``.
 
 The cosine runs over the run's *progress*, the fraction done of whichever limit stops the run first:
-``max(step / train.steps, elapsed / train.max_minutes)`` (``data.curriculum.training_progress``), with elapsed
+``max(step / train.steps, elapsed / train.max_minutes)`` (``methods.palscdiff.training_progress``), with elapsed
 time on the run's clock (``train.clock``). A time-budgeted run therefore ends at the bottom of its cosine,
 however many steps the machine managed, and a step-limited run at its last step.
 

@@ -38,15 +38,15 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ..build import build_model, build_sampler
 from ..config import Config
 from ..data.io import is_image_file, read_image, split_name, write_mask_png, write_png
 from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
-from ..diffusion.samplers import build_sampler, sample_options
 from ..errors import LesiondiffError
 from ..fusion import IMAGE_FUSERS, crf_kernels, fuse
 from ..io_utils import atomic_write, atomic_write_text
-from ..models import Denoiser, build_model
+from ..models import Denoiser
 from ..postprocess import FILE as POSTPROCESS_FILE
 from ..postprocess import PostProcess
 from ..postprocess import load as load_postprocess
@@ -114,7 +114,7 @@ def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | 
 class Predictor:
     def __init__(self, cfg: Config, model: Denoiser, postprocess: PostProcess | None = None,
                  postprocess_record: dict | None = None) -> None:
-        if cfg.diffusion.mode == "feedforward":  # one network evaluation per sample, whatever was asked
+        if cfg.diffusion.feedforward:  # one network evaluation per sample, whatever was asked
             cfg = cfg.override(["sample.sampler=oneshot", "sample.steps=1"])
         self.cfg = cfg
         self.model = model
@@ -122,8 +122,7 @@ class Predictor:
         self.postprocess_record = postprocess_record or {}
         self.declared_empty = 0  # images the post-processing emptied, in the last ``run``
         self.device = next(model.parameters()).device
-        self.sampler = build_sampler(cfg.sample.sampler, cfg.diffusion, cfg.sample.max_batch,
-                                     **sample_options(cfg.sample))
+        self.sampler = build_sampler(cfg)
         if cfg.sample.maps not in MAPS_FROM:
             raise LesiondiffError(f"sample.maps must be one of {', '.join(MAPS_FROM)}, got {cfg.sample.maps!r}")
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
@@ -139,7 +138,7 @@ class Predictor:
             rule, record = load_postprocess(Path(run) / POSTPROCESS_FILE)
         cfg = cfg.override(overrides or [])
         wanted = cfg.diffusion.prediction
-        if cfg.diffusion.mode != "feedforward" and wanted != model.prediction:
+        if not cfg.diffusion.feedforward and wanted != model.prediction:
             if not model.predicts_both:
                 raise LesiondiffError(f"{run}: {cfg.model.name} has one {model.prediction} head; it cannot be "
                                       f"sampled through {wanted}")
@@ -198,7 +197,7 @@ class Predictor:
         """Notices for command-line options that do not apply to this run (``given``: option -> value, None when
         not given); the run goes on with what does apply, as predict.json records."""
         cfg, notes = self.cfg, []
-        if cfg.diffusion.mode == "feedforward":
+        if cfg.diffusion.feedforward:
             ignored = [f"{k} {v}" for k, v in given.items()
                        if v is not None and k in ("--sampler", "--steps", "--prediction")
                        and str(v) not in ("oneshot", "1", "x0")]

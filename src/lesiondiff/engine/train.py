@@ -8,7 +8,7 @@ Run directory layout (the seam to the Predictor):
     summary.json                what the run reached (with a curriculum: each stage and the step it began at)
     timestep_weights.csv        t, p: the probability of drawing each training timestep (diffusion.timestep_sampling;
                                 recomputed, identically, on resume)
-Curriculum (``curriculum.enabled``, PalScDiff's Progressive Augmentation Learning; ``data/curriculum.py``): before
+Curriculum (``curriculum.enabled``, PalScDiff's Progressive Augmentation Learning; ``methods/palscdiff.py``): before
 every step the stage is looked up from the training progress; entering a stage sets its learning rate, draws
 from its pool in a new random order and prints the change. The stage is saved in checkpoints, so a resumed run
 continues in the same stage with the same order.
@@ -34,18 +34,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..build import build_model, build_objective, build_sampler, build_timestep_sampler, check_size
 from ..config import Config
-from ..data.curriculum import Curriculum, row_groups, training_progress
 from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import Augment
-from ..diffusion.objectives import build_objective, build_timestep_sampler
 from ..diffusion.recoverability import training_slope
-from ..diffusion.samplers import build_sampler, sample_options
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
-from ..models import build_model, count_parameters
-from .checkpoint import Checkpoint, run_checkpoint, save_checkpoint
+from ..methods.palscdiff import Curriculum, row_groups, training_progress
+from ..methods.pretrain import PRETRAINING
+from ..models import MODELS, count_parameters
+from .checkpoint import Checkpoint, load_frozen, run_checkpoint, save_checkpoint
 from .device import make_accelerator
 from .lr_schedule import LRSchedule
 
@@ -110,10 +110,10 @@ class Trainer:
 
         model = build_model(cfg, cfg.data.channels)
         if pretrained is not None and not resume:
-            model.load_pretrained(pretrained)
-        elif not resume and hasattr(model, "pretrain_config"):
-            raise LesiondiffError(f"{cfg.model.name}: its {model.pretrain_name} must be pre-trained first; train it "
-                                  "with lesiondiff train (engine.train.train_run), which runs both phases")
+            load_frozen(model.pretrained_module(), pretrained)
+        elif not resume and model.pretrained_part:
+            raise LesiondiffError(f"{cfg.model.name}: its {model.pretrained_part} must be pre-trained first; train "
+                                  "it with lesiondiff train (engine.train.train_run), which runs both phases")
         self.n_params = count_parameters(model)
         self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.ema = EMA(model, cfg.train.ema_decay)
@@ -123,10 +123,10 @@ class Trainer:
         self.ema.model.to(self.device)
         self.objective = build_objective(cfg.diffusion)
         self.timestep_sampler = build_timestep_sampler(cfg.diffusion, self._fingerprint_slope())
-        self.val_sampler = build_sampler(cfg.train.val_sampler, cfg.diffusion, **sample_options(cfg.sample))
+        self.val_sampler = build_sampler(cfg, cfg.train.val_sampler, max_batch=0)
         self.augment = Augment(cfg.data.augment) if cfg.data.augment else None
         self.lr_schedule = LRSchedule(cfg.train.schedule, cfg.train.warmup, cfg.train.final_lr_ratio)
-        self.validate_at_start = bool(getattr(model, "validate_at_start", False))
+        self.validate_at_start = model.validate_at_start
         self.curriculum = (Curriculum(cfg.curriculum, row_groups(self.train_data.rows, cfg.curriculum, log=self._print),
                                       cfg.train.lr) if cfg.curriculum.enabled else None)
 
@@ -150,7 +150,7 @@ class Trainer:
     def _fingerprint_slope(self):
         """The training masks' recoverability slope [T] when ``fingerprint`` sampling needs it: un-augmented
         masks at data.size, noise seeded by train.seed from its own generator (the training stream is untouched)."""
-        if self.cfg.diffusion.timestep_sampling != "fingerprint" or self.cfg.diffusion.mode == "feedforward":
+        if self.cfg.diffusion.timestep_sampling != "fingerprint" or self.cfg.diffusion.feedforward:
             return None
         return training_slope(self.train_data.masks, self.cfg.diffusion, seed=self.cfg.train.seed)
 
@@ -321,7 +321,7 @@ class Trainer:
                 print("curriculum, by progress = max(step / train.steps, elapsed / train.max_minutes):\n" + "\n".join(
                     f"  from {s.start:.0%}: {s.describe(n)}" for s in self.curriculum.stages), flush=True)
         # noise shaped like the image for objectives that noise the image (DiffSeg's class_eps), else like the mask
-        like = "image" if getattr(self.objective, "noise_like", "mask") == "image" else "mask"
+        like = self.objective.noise_like
         # with a time budget the bar follows the budget (seconds on train.clock; the step is in the postfix), so
         # its progress and ETA are the run's, not those of train.steps that the budget will cut short
         timed = budget < float("inf")
@@ -402,7 +402,7 @@ class Trainer:
         return dice
 
     def _val_sampling(self) -> str:
-        if self.cfg.diffusion.mode == "feedforward":
+        if self.cfg.diffusion.feedforward:
             return "one network evaluation (feed-forward)"
         return f"{self.cfg.train.val_sampler} {self.cfg.train.val_steps} steps"
 
@@ -433,27 +433,25 @@ class Trainer:
 def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resume: bool = False,
               log=print) -> dict:
     """Train (or resume) a run, pre-training first the part of the design that trains apart and then stays
-    frozen, when the design has one (a model class with ``pretrain_config(cfg) -> Config``; UniSegDiff's CFENet).
+    frozen, when the design has one (``Denoiser.pretrained_part``; its method registers the part's training config in
+    ``methods.pretrain.PRETRAINING``: UniSegDiff's CFENet, the refiner's prior).
 
-    The part is trained as its own run in ``out_dir/<name>`` (``pretrain_name``; resumed or skipped like any
+    The part is trained as its own run in ``out_dir/<name>`` (``pretrained_part``; resumed or skipped like any
     run), unless ``model.options.<name>_checkpoint`` names a trained one (a run folder: its best checkpoint, else
     its last; or a checkpoint file). Its best checkpoint (last when there
     is no validation) is loaded into the model before the main phase starts, and the main phase's budget
     (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
     """
-    from ..models import MODELS, check_size
-
     check_size(cfg)  # before any data or weights load
     out = Path(out_dir)
     resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
-    design = MODELS.get(cfg.model.name)
-    pretrain_config = getattr(design, "pretrain_config", None)
+    name = MODELS.get(cfg.model.name).pretrained_part
+    pretrain_config = PRETRAINING.get(cfg.model.name) if name else None
     pretrained, elapsed, pre_summary = None, 0.0, None
     if resume and pretrain_config is not None and (out / "summary.json").is_file():
         # read before fit() rewrites it: the pre-training's summary stays with the run
         pre_summary = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("pretraining")
     if pretrain_config is not None and not resume:
-        name = design.pretrain_name
         given = (cfg.model.options or {}).get(f"{name}_checkpoint")
         if given:
             pretrained = Path(given)

@@ -49,11 +49,42 @@ class Denoiser(nn.Module):
     always carries both eps and x0 (``predicts_both``, e.g. PalScDiff) may be sampled through either, so their
     ``prediction`` can be chosen when sampling (``lesiondiff predict --prediction``). A design whose output does
     not depend on x_t (``takes_noise`` False: the ``unet``) gives identical samples; predict draws it once.
+
+    Capabilities are declared here and set by the designs that have them, never probed:
+    - ``class_conditional``: a class-conditional image model (``noise_prediction(x_t, t, cls)``; DiffSeg);
+    - ``has_prior_mask``: ``start_mask(condition)`` gives a prior's mask to start sampling from (the refiner);
+    - ``pretrained_part``: the name of a frozen feed-forward segmenter inside the network, trained first
+      (``pretrained_module``; UniSegDiff's "cfenet", the refiner's "prior"; ``methods/pretrain.py``);
+    - ``validate_at_start``: the Trainer validates before the first step (the untrained design is meaningful);
+    - ``cam_layers``: Grad-CAM's default target layers by name (``analysis/gradcam.py``);
+    - ``multiple``: what the input side must be a multiple of, the total stride (default: the U-Net body's).
     """
 
     prediction: str = "epsilon"
     predicts_both: bool = False
     takes_noise: bool = True  # False: the output ignores x_t (a plain segmenter), so every sample is the same
+    class_conditional: bool = False
+    has_prior_mask: bool = False
+    pretrained_part: str | None = None
+    validate_at_start: bool = False
+    cam_layers: dict[str, Any] = {}
+    _multiple: int = 0
+
+    @property
+    def multiple(self) -> int:
+        return self._multiple or self.body.multiple
+
+    @multiple.setter
+    def multiple(self, value: int) -> None:
+        self._multiple = int(value)
+
+    def pretrained_module(self) -> nn.Module:
+        """The frozen segmenter ``pretrained_part`` names, that pre-trained weights load into."""
+        raise NotImplementedError(f"{type(self).__name__} has no pre-trained part")
+
+    def start_mask(self, condition: Condition) -> torch.Tensor:
+        """A prior's mask [B,1,H,W] in {-1,+1} to start sampling from (``has_prior_mask`` designs)."""
+        raise NotImplementedError(f"{type(self).__name__} has no prior mask")
 
     def encode(self, image: torch.Tensor) -> Condition:
         """image [B,C,H,W] in [-1,1] -> condition reused across samples and steps."""

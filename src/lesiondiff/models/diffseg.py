@@ -21,7 +21,7 @@ How it maps onto the mask-denoiser contract (``models/base.py``):
 - ``encode(image)`` returns the clean image x_0 itself: the thing that is noised, not a condition;
 - ``noise_prediction(x_t, t, cls) -> eps [B,C,H,W]`` is the network; the objective and the sampler call it;
 - ``denoise`` (a noisy-mask step) raises a one-line error: the mask samplers (ddim, ...) cannot run this design.
-``mask_denoiser = False`` marks designs like this one for code that iterates over all architectures.
+``class_conditional`` (``Denoiser``) marks it: it denoises images under a class, not masks.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ HEALTHY, LESION = 0, 1  # class indices: c0 and c1 of the paper
 
 @MODELS.register("diffseg")
 class DiffSeg(Denoiser):
-    mask_denoiser = False
+    class_conditional = True
 
     def __init__(self, image_channels: int, prediction: str = "epsilon", base_channels: int = 32,
                  num_classes: int = 2, **body) -> None:

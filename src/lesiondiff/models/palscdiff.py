@@ -15,7 +15,7 @@ directly instead of deriving it from eps keeps BCE and the alignment loss finite
 
 The output is ``DenoiserOutput(eps, x0, aux)`` with both eps and x0 filled, so one trained model can be sampled
 through either: ``diffusion.prediction`` says which one the sampler steps with. ``aux`` holds each branch's
-``eps_branch{k}`` and ``x0_branch{k}`` [B,1,H,W] for the alignment loss (``diffusion/objectives.py``,
+``eps_branch{k}`` and ``x0_branch{k}`` [B,1,H,W] for the alignment loss (``methods/palscdiff.py``,
 ``eps_bce_align``).
 
 Options (``model.options``):

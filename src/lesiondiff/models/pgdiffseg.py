@@ -34,7 +34,7 @@ Data flow (``encode`` runs once per image, ``denoise`` at every sampling step):
   each with stride 2, down to the bottleneck's size and channels. A linear layer on its globally pooled output
   gives the "is there a tumour?" logit (Eq. 7, ``aux["prior_logit"]`` [B,1]); a 1x1 conv maps the penultimate
   unit to one channel (Eqs. 8-9, ``aux["prior_mask"]`` [B,1,H/8,W/8] logits). Both depend on the image only, so
-  ``encode`` computes them once per image. Their losses: ``diffusion/objectives.py``, ``eps_prior``.
+  ``encode`` computes them once per image. Their losses: ``methods/pgdiffseg.py``, ``eps_prior``.
 - Output head: two channels, the noise eps (the paper's Eq. 19 noise-prediction MSE) and clean-mask logits x0,
   like PalScDiff's heads, so one trained model can be sampled through either (``predicts_both``). At CPU
   budgets the x0 head is the usable one (README, PalScDiff results); the preset samples through it.

@@ -42,23 +42,21 @@ borders of every size. Evaluation and sampling use the prior's logits unchanged.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from ..config import Config
 from .backbone import UNetBody
 from .base import MODELS, Denoiser, DenoiserOutput
 from .blocks import TimeEmbedding, grad_safe
-from .unet import UNet, load_frozen, segmenter_pretrain_config
+from .unet import UNet
 
 
 @MODELS.register("refiner")
 class Refiner(Denoiser):
     prediction = "x0"
-    pretrain_name = "prior"  # engine.train.train_run: out/prior, model.options.prior_checkpoint
+    pretrained_part = "prior"  # engine.train.train_run: out/prior, model.options.prior_checkpoint
     validate_at_start = True
+    has_prior_mask = True
 
     def __init__(self, image_channels: int, prediction: str = "x0", base_channels: int = 32,
                  channel_mult: list[int] = (1, 2, 4, 4), num_res_blocks: int = 1,
@@ -142,13 +140,6 @@ class Refiner(Denoiser):
         """The prior's mask (logits >= 0) in diffusion space {-1,+1}, [B,1,H,W]."""
         return (condition["logits"] >= 0).to(condition["logits"].dtype) * 2 - 1
 
-    def load_pretrained(self, checkpoint: str | Path) -> None:
-        """Load the prior: the EMA weights of a feed-forward ``unet`` run with the model section's layout."""
-        load_frozen(self.prior, checkpoint)
-
-    @staticmethod
-    def pretrain_config(cfg: Config) -> Config:
-        """The prior's training run: the feed-forward U-Net with the model section's layout, Dice + BCE on the
-        same data, for ``prior_fraction`` of the steps and of the time budget."""
-        fraction = float((cfg.model.options or {}).get("prior_fraction", 0.6))
-        return segmenter_pretrain_config(cfg, fraction, cfg.model.base_channels, "prior")
+    def pretrained_module(self) -> nn.Module:
+        """The prior: a feed-forward ``unet`` run with the model section's layout loads into it (EMA weights)."""
+        return self.prior

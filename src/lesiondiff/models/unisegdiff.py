@@ -9,8 +9,8 @@ UniSegDiff, "Boosting Unified Lesion Segmentation via a Staged Diffusion Model" 
                                                                                      +--> x0 decoder
 
 - CFENet is the project's feed-forward U-Net (``models/unet.py``), trained first as a plain segmenter with Dice
-  + BCE on the same data and then frozen (``engine/pretrain.py``; ``lesiondiff train --preset unisegdiff`` runs
-  both phases, or ``model.options.cfenet_checkpoint`` names a trained one). The paper says its features "at
+  + BCE on the same data and then frozen (``methods/unisegdiff.py``; ``lesiondiff train --preset unisegdiff``
+  runs both phases, or ``model.options.cfenet_checkpoint`` names a trained one). The paper says its features "at
   five levels" condition DNet and that pre-training makes them "similar to the masks"; we take the decoder's
   features (nearest the mask), one per DNet merge point: the full-resolution decoder output for DNet's level 0,
   the decoder features at strides 2, 4, 8 for levels 1-3, and the bottleneck output for DNet's bottleneck.
@@ -34,16 +34,13 @@ Options (``model.options``): ``cfenet_channels`` (base width of CFENet; 0: the m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from ..config import Config
 from .backbone import UNetBody, build_decoder
 from .base import MODELS, Denoiser, DenoiserOutput
 from .blocks import DualCrossAttention, TimeEmbedding
-from .unet import UNet, load_frozen, segmenter_pretrain_config
+from .unet import UNet
 
 
 class FeatureFusion(nn.Module):
@@ -63,7 +60,7 @@ class FeatureFusion(nn.Module):
 @MODELS.register("unisegdiff")
 class UniSegDiff(Denoiser):
     predicts_both = True
-    pretrain_name = "cfenet"  # engine.train.train_run: out/cfenet, model.options.cfenet_checkpoint
+    pretrained_part = "cfenet"  # engine.train.train_run: out/cfenet, model.options.cfenet_checkpoint
 
     def __init__(self, image_channels: int, prediction: str = "epsilon", base_channels: int = 32,
                  channel_mult: list[int] = (1, 2, 4, 4), num_res_blocks: int = 1,
@@ -119,15 +116,6 @@ class UniSegDiff(Denoiser):
         x0 = self.body.decode(h, skips, temb, decoder=(d["up"], d["upsample"], d["out"]))
         return DenoiserOutput(eps=eps, x0=x0)
 
-    def load_pretrained(self, checkpoint: str | Path) -> None:
-        """Load a trained CFENet (the EMA weights of a feed-forward ``unet`` run with CFENet's layout)."""
-        load_frozen(self.cfenet, checkpoint)
-
-    @staticmethod
-    def pretrain_config(cfg: Config) -> Config:
-        """The config of the CFENet pre-training run: the feed-forward U-Net with CFENet's layout, Dice + BCE
-        on the same data, for ``cfenet_fraction`` of the steps and of the time budget."""
-        options = cfg.model.options or {}
-        fraction = float(options.get("cfenet_fraction", 0.3))
-        return segmenter_pretrain_config(cfg, fraction, int(options.get("cfenet_channels") or cfg.model.base_channels),
-                                         "cfenet")
+    def pretrained_module(self) -> nn.Module:
+        """CFENet: a feed-forward ``unet`` run with CFENet's layout loads into it (its EMA weights)."""
+        return self.cfenet

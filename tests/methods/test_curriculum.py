@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from lesiondiff.config import CurriculumConfig, load_preset
-from lesiondiff.data.curriculum import Curriculum, row_groups, training_progress
 from lesiondiff.data.difficulty import score_manifest
 from lesiondiff.data.layouts import index_folder
 from lesiondiff.data.manifest import Manifest, assign_splits
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.methods.palscdiff import Curriculum, row_groups, training_progress
 from tiny_settings import TINY_MODEL
 
 GROUPS = [0, 0, 0, 1, 2, 3, 0, 1, 2, 3, 3]

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from lesiondiff.build import build_objective
 from lesiondiff.config import DiffusionConfig
-from lesiondiff.diffusion.objectives import build_objective
-from lesiondiff.diffusion.staging import PROBABILISTIC, RAPID, REFINEMENT, Stages
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.methods.unisegdiff import PROBABILISTIC, RAPID, REFINEMENT, Stages
 from lesiondiff.models.base import Denoiser, DenoiserOutput
 
 

@@ -1,9 +1,18 @@
-"""PalScDiff's Progressive Augmentation Learning: the easy-to-hard stage schedule the Trainer follows.
+"""PalScDiff (shared paper 000): the method's own training pieces, the dual-head alignment loss and
+Progressive Augmentation Learning.
 
-Shared paper 000 (PalScDiff), "Progressive Augmentation Learning": the model is first trained on the easy
-samples; the hard pool is split into three groups of rising difficulty that join one after another, each
-stage at a lower learning rate, with the hard samples augmented (flips and scaling, noise injection, boundary
-erosion or blur) and the blur strength rising with the stage.
+Where the method lives:
+- the network (two IBPA branches, parameter-shared, eps and x0 heads): ``models/palscdiff.py``;
+- the loss (``eps_bce_align``) and the easy-to-hard curriculum: this file;
+- the difficulty scores that split the training images into the easy pool and the hard groups:
+  ``data/difficulty.py`` (``lesiondiff data difficulty``; scored when training starts if the manifest lacks them);
+- the majority-vote fusion: ``fusion.py`` (``fusion.method=majority``);
+- the settings: ``presets/palscdiff.yaml`` and its ablations, ``presets/ablations/palscdiff.yaml``.
+
+Progressive Augmentation Learning (``Curriculum``, whose stage schedule the Trainer follows): the model is
+first trained on the easy samples; the hard pool is split into three groups of rising difficulty that join one
+after another, each stage at a lower learning rate, with the hard samples augmented (flips and scaling, noise
+injection, boundary erosion or blur) and the blur strength rising with the stage.
 
 Difficulty groups come from the manifest column ``difficulty_group`` (0 = easy pool, 1..G = hard groups;
 ``lesiondiff data difficulty``, ``data/difficulty.py``). When the training rows lack it, they are scored when
@@ -29,10 +38,78 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import CurriculumConfig
+from ..data.difficulty import format_summary, score_manifest
+from ..data.manifest import Manifest
+from ..data.transforms import Augment
+from ..diffusion.objectives import OBJECTIVES, LossOutput, Objective
 from ..errors import LesiondiffError
-from .transforms import Augment
+from ..models.base import Denoiser, DenoiserOutput
+
+
+def symmetric_bernoulli_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel KL(p||q) + KL(q||p) of Bernoulli(p = sigmoid(a)) and Bernoulli(q = sigmoid(b)), from logits.
+
+    Closed form: (p - q) * (a - b), since log(p / (1-p)) = a. Non-negative, 0 exactly where a = b, and finite
+    for any logits (no log of a saturated probability).
+    """
+    return (torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)
+
+
+def distillation_bce(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel BCE of sigmoid(logits) against the detached soft target q = sigmoid(target_logits), minus the
+    target's own entropy H(q): that is KL(q || p). The gradient is BCE's (H(q) is a constant once q is
+    detached), and the value is 0 when the two agree (plain soft-target BCE would bottom out at H(q) > 0)."""
+    target_logits = target_logits.detach()
+    q = torch.sigmoid(target_logits)
+    return (F.binary_cross_entropy_with_logits(logits, q, reduction="none")
+            - F.binary_cross_entropy_with_logits(target_logits, q, reduction="none"))
+
+
+def branch_alignment(a: torch.Tensor, b: torch.Tensor, w_kl: float = 1.0, w_bce: float = 1.0) -> tuple[
+        torch.Tensor, dict[str, torch.Tensor]]:
+    """PalScDiff's alignment loss between two branches' mask logits a, b [B,1,H,W] (pixel means):
+    ``w_kl * symKL(a, b) + w_bce * (BCE(a | sg(b)) + BCE(b | sg(a))) / 2`` with the BCE terms as in
+    ``distillation_bce``. 0 for identical predictions, positive otherwise."""
+    kl = symmetric_bernoulli_kl(a, b).mean()
+    bce = (distillation_bce(a, b).mean() + distillation_bce(b, a).mean()) / 2
+    return w_kl * kl + w_bce * bce, {"align_kl": kl.detach(), "align_bce": bce.detach()}
+
+
+@OBJECTIVES.register("eps_bce_align")
+class EpsBCEAlign(Objective):
+    """PalScDiff: L = ||eps - eps_theta||^2 + w_bce BCE(x0 logits, mask) + alignment (``branch_alignment``)
+    between the two IBPA branches' x0 logits (``aux["x0_branch0"]``, ``aux["x0_branch1"]``).
+
+    The paper's equations were lost in extraction; its text says the diffusion loss holds the noise MSE and a
+    BCE on the predicted mask, and the alignment loss combines KL divergence and BCE between the branches. The
+    exact forms here are ours: the BCE is on the model's x0 logits (the mean of the branches; ``models/
+    palscdiff.py``), the KL is the symmetric Bernoulli KL per pixel, and each branch is pulled by BCE towards
+    the other's detached prediction. A one-branch model (the ablation baseline) gets no alignment term.
+    Weights (``diffusion.objective_options``, all 1 by default, not given in the paper): ``bce``, ``align_kl``,
+    ``align_bce``.
+    """
+
+    defaults = {"bce": 1.0, "align_kl": 1.0, "align_bce": 1.0}
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"])
+        if out.eps is None or out.x0 is None:
+            raise LesiondiffError("objective eps_bce_align needs a design that predicts both eps and x0 "
+                                  "(e.g. palscdiff)")
+        w = self.weights
+        mse = F.mse_loss(out.eps, noise)
+        bce = F.binary_cross_entropy_with_logits(out.x0, (batch["mask"] > 0).float())
+        total, parts = mse + w["bce"] * bce, {"mse": mse.detach(), "bce": bce.detach()}
+        if "x0_branch0" in out.aux and "x0_branch1" in out.aux:
+            align, align_parts = branch_alignment(out.aux["x0_branch0"], out.aux["x0_branch1"], w["align_kl"],
+                                                  w["align_bce"])
+            total = total + align
+            parts.update(align_parts)
+        return LossOutput(total, parts)
+
 
 GROUP_COLUMN = "difficulty_group"
 
@@ -112,9 +189,6 @@ def row_groups(rows: list[dict], cfg: CurriculumConfig, log: Callable[[str], Non
         except ValueError:
             bad = next(r for r in rows if not str(r[GROUP_COLUMN]).strip().lstrip("-").isdigit())
             raise LesiondiffError(f"{bad['image']}: difficulty_group {bad[GROUP_COLUMN]!r} is not an integer") from None
-    from .difficulty import format_summary, score_manifest
-    from .manifest import Manifest
-
     log("curriculum: the manifest has no difficulty columns for these rows; scoring them now "
         "(lesiondiff data difficulty writes them into the manifest once)")
     scored, summary = score_manifest(Manifest(rows), split=None, easy_fraction=cfg.easy_fraction,

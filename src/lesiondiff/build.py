@@ -1,0 +1,141 @@
+"""Config -> the parts of a run: model, objective, timestep sampler, sampler.
+
+Every part is built here, after ``methods`` has registered each paper's own loss, sampler and pre-training, so
+that the generic layers (``models``, ``diffusion``) never import a method. Design-specific options are checked
+against the part's constructor: an unknown key or a value of the wrong type is a one-line error naming the key.
+
+The feed-forward rule lives here once: a ``diffusion.mode: feedforward`` run (the Analysing study's E1) trains
+the x0 head with Dice + BCE from pure noise (objective ``feedforward``), predicts x0, and samples in one shot
+(``oneshot``), whatever its preset's diffusion objective, prediction and sampler say.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import methods  # noqa: F401  (registers each method's objectives, samplers and pre-training)
+from .config import Config, DiffusionConfig
+from .diffusion.objectives import OBJECTIVES, Objective
+from .diffusion.samplers import SAMPLERS, Sampler
+from .diffusion.timesteps import TIMESTEP_SAMPLERS, TimestepSampler
+from .errors import LesiondiffError
+from .models import MODELS, Denoiser
+
+FEEDFORWARD_SAMPLER = "oneshot"
+_OWN = ("self", "cfg", "max_batch", "image_channels", "prediction")  # set by the builders, not by options
+
+
+def prediction(cfg: Config) -> str:
+    """What the network's main head predicts: x0 for feed-forward runs, else ``diffusion.prediction``."""
+    return "x0" if cfg.diffusion.feedforward else cfg.diffusion.prediction
+
+
+def sampler_name(cfg: Config, name: str | None = None) -> str:
+    """The sampler a run uses: ``name`` (default ``sample.sampler``), or ``oneshot`` for feed-forward runs."""
+    return FEEDFORWARD_SAMPLER if cfg.diffusion.feedforward else (name or cfg.sample.sampler)
+
+
+def sampler_names() -> list[str]:
+    return SAMPLERS.names()
+
+
+def _coerce(value: Any, annotation: str, key: str) -> Any:
+    """``value`` as the constructor annotation ``annotation`` says (int, float, bool, str, lists as given)."""
+    kind = annotation.split("|")[0].strip()
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer(),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool) or v in (0, 1),
+          "str": lambda v: isinstance(v, str)}.get(kind)
+    if ok is None:
+        return value
+    if not ok(value):
+        raise LesiondiffError(f"{key}: expected {kind}, got {value!r}")
+    return {"int": int, "float": float, "bool": bool, "str": str}[kind](value)
+
+
+def _keywords(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The keyword arguments ``factory`` takes, following ``**kwargs`` up a class's bases (PalScDiff's to
+    MedSegDiff's), without those the builders set themselves."""
+    params: dict[str, inspect.Parameter] = {}
+    for owner in factory.__mro__ if isinstance(factory, type) else (factory,):
+        init = owner.__init__ if isinstance(factory, type) else owner
+        if isinstance(factory, type) and "__init__" not in vars(owner):
+            continue
+        signature = inspect.signature(init).parameters
+        params.update({n: p for n, p in signature.items() if n not in params and n not in _OWN
+                       and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)})
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
+            break
+    return params
+
+
+def checked_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str, part: str) -> dict:
+    """``options`` checked against ``factory``'s keyword arguments and coerced to their annotated types; an
+    unknown key or a wrong type is a one-line error naming ``where.<key>``."""
+    params = _keywords(factory)
+    out = {}
+    for key, value in (options or {}).items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise LesiondiffError(f"{where}.{key}: not an option of {part} (known: {known})")
+        annotation = params[key].annotation
+        out[key] = _coerce(value, annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""),
+                           f"{where}.{key}")
+    return out
+
+
+def build_model(cfg: Config, image_channels: int) -> Denoiser:
+    """The configured architecture for images with ``image_channels`` channels (``model.options`` checked)."""
+    m = cfg.model
+    factory = MODELS.get(m.name)
+    options = checked_options(factory, m.options, "model.options", f"model {m.name!r}")
+    kwargs = dict(image_channels=image_channels, base_channels=m.base_channels, channel_mult=list(m.channel_mult),
+                  num_res_blocks=m.num_res_blocks, attention_levels=list(m.attention_levels),
+                  num_groups=m.num_groups, dropout=m.dropout, prediction=prediction(cfg), **options)
+    try:
+        model = factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise LesiondiffError(f"model {m.name!r}: {exc}") from None
+    # channels_last makes oneDNN's (CPU) and cuDNN's convolutions faster: 1.3x for a training step at 128 px here.
+    return model.to(memory_format=torch.channels_last)
+
+
+def check_size(cfg: Config, image_channels: int = 1) -> None:
+    """``data.size`` against the configured network's total stride, before any data or weights load: the
+    network is built on the meta device (no memory, no initialisation cost)."""
+    with torch.device("meta"):
+        multiple = build_model(cfg, image_channels).multiple
+    if cfg.data.size % multiple:
+        raise LesiondiffError(f"data.size {cfg.data.size}: model {cfg.model.name!r} needs a multiple of {multiple} "
+                              f"(its total stride), e.g. {max(multiple, round(cfg.data.size / multiple) * multiple)}")
+
+
+def build_objective(cfg: DiffusionConfig) -> Objective:
+    """The training loss: ``diffusion.objective`` with its ``objective_options``, or ``feedforward``."""
+    return OBJECTIVES.build("feedforward" if cfg.feedforward else cfg.objective, cfg=cfg)
+
+
+def build_timestep_sampler(cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None) -> TimestepSampler:
+    """The training timestep sampler ``cfg.timestep_sampling`` names; ``slope`` [T] is needed by ``fingerprint``."""
+    return TIMESTEP_SAMPLERS.build(cfg.timestep_sampling, cfg=cfg, slope=slope)
+
+
+def build_sampler(cfg: Config, name: str | None = None, max_batch: int | None = None) -> Sampler:
+    """The sampler ``name`` (default ``sample.sampler``; ``oneshot`` for feed-forward runs) with at most
+    ``max_batch`` samples per network evaluation (default ``sample.max_batch``).
+
+    Its options: ``sample.options``, checked against the sampler's constructor, when ``name`` is the run's own
+    diffusion sampler (another one, e.g. a sweep's or training's validation sampler, gets none of them), and
+    ``sample.start`` / ``sample.start_t`` where the sampler takes them (the ``refine`` sampler)."""
+    name = sampler_name(cfg, name)
+    factory = SAMPLERS.get(name)
+    accepted = inspect.signature(factory).parameters
+    options = {k: v for k, v in (("start", cfg.sample.start), ("start_t", cfg.sample.start_t)) if k in accepted}
+    if not cfg.diffusion.feedforward and name == cfg.sample.sampler:
+        options.update(checked_options(factory, cfg.sample.options, "sample.options", f"sampler {name!r}"))
+    return factory(cfg=cfg.diffusion, max_batch=cfg.sample.max_batch if max_batch is None else max_batch, **options)
