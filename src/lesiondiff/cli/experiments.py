@@ -80,7 +80,7 @@ def settings_from(cls, args, **given):
 
 
 def cmd_compare(args) -> int:
-    from ..engine.compare import CompareSettings, compare
+    from ..experiments.compare import CompareSettings, compare
 
     settings = settings_from(CompareSettings, args, presets=names(args.presets), modes=names(args.modes))
     return run_experiment(compare, settings, f"wrote {Path(args.out) / 'compare.csv'}, compare.md and compare.png; "
