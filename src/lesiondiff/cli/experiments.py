@@ -88,7 +88,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from ..engine.ablate import AblateSettings, ablate
+    from ..experiments.ablate import AblateSettings, ablate
 
     settings = settings_from(AblateSettings, args, baselines=names(args.baselines),
                              arms=names(args.arms) if args.arms else None)
