@@ -97,7 +97,7 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    from ..engine.crossval import CVSettings, crossval
+    from ..experiments.crossval import CVSettings, crossval
 
     return run_experiment(crossval, settings_from(CVSettings, args),
                           f"wrote {Path(args.out) / 'cv.md'} and cv.json (per-fold figures, the aggregate and progress)")
