@@ -80,7 +80,7 @@ def settings_from(cls, args, **given):
 
 
 def cmd_compare(args) -> int:
-    from ..engine.compare import CompareSettings, compare
+    from ..experiments.compare import CompareSettings, compare
 
     settings = settings_from(CompareSettings, args, presets=names(args.presets), modes=names(args.modes))
     return run_experiment(compare, settings, f"wrote {Path(args.out) / 'compare.csv'}, compare.md and compare.png; "
@@ -88,7 +88,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from ..engine.ablate import AblateSettings, ablate
+    from ..experiments.ablate import AblateSettings, ablate
 
     settings = settings_from(AblateSettings, args, baselines=names(args.baselines),
                              arms=names(args.arms) if args.arms else None)
@@ -97,7 +97,7 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    from ..engine.crossval import CVSettings, crossval
+    from ..experiments.crossval import CVSettings, crossval
 
     return run_experiment(crossval, settings_from(CVSettings, args),
                           f"wrote {Path(args.out) / 'cv.md'} and cv.json (per-fold figures, the aggregate and progress)")

@@ -1,8 +1,7 @@
 """Train, predict and evaluate one run folder, resumably and without redoing finished work.
 
-Shared by the multi-run experiments (``lesiondiff compare``, ``lesiondiff ablate``, ``lesiondiff cv``), with the
-settings every run of one experiment shares (:func:`experiment_config`, :func:`sampling_settings`). A run
-folder holds
+The stages of every run of the multi-run experiments (``lesiondiff compare``, ``ablate``, ``cv``), run in turn by
+``experiments/runner.py``. A run folder holds
     train/         a run directory (config.yaml, checkpoints/, log.csv, summary.json)
     predictions/   ``lesiondiff predict`` output for the split
     evaluation/    metrics.csv, summary.json, reliability.png, rounds.md
@@ -19,81 +18,22 @@ Predictions use the ``best`` checkpoint (highest validation Dice; ``last`` when 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from ..config import Config, load_preset
-from ..errors import LesiondiffError
-from ..io_utils import atomic_write_text
+from ..config import Config
 from .checkpoint import run_checkpoint
 from .evaluate import evaluate
 from .outputs import read_predictions
 from .predict import Predictor
 from .train import train_in
 
-CLOCK_NAMES = {"wall": "wall clock", "process": "the run's CPU time (process time, all threads; train.clock)"}
 CHECKPOINT = "best"
-
-
-def experiment_config(preset: str, manifest: str, size: int, seed: int, budget_minutes: float, max_steps: int,
-                      overrides: Sequence[str] = (), recipe: str | None = None) -> Config:
-    """The preset with its training ``recipe`` (None: the default), then an experiment's shared settings
-    (manifest, network size, training seed, wall-clock budget per run, step cap), then ``overrides`` (which
-    therefore win)."""
-    return load_preset(preset, recipe).override([
-        f"data.manifest={Path(manifest).resolve()}", f"data.size={size}", f"train.seed={seed}",
-        f"train.max_minutes={budget_minutes}", f"train.steps={max_steps}", *overrides])
-
-
-def sampling_settings(defaults: Config, mode: str, seed: int, samples: int | None = None, sampler: str | None = None,
-                      steps: int | None = None) -> dict:
-    """How one run is sampled, in the keys ``predict.json`` records (for :func:`predict_stage`): ``samples``,
-    ``sampler`` and ``steps`` as given, else ``defaults``'s; feed-forward ``mode``: the one-shot sampler, one
-    step; ``fusion``: ``defaults``'s."""
-    if mode == "feedforward":
-        sampler, steps = "oneshot", 1
-    else:
-        sampler, steps = sampler or defaults.sample.sampler, steps or defaults.sample.steps
-    return {"samples": samples or defaults.sample.samples, "sampler": sampler, "steps": steps, "seed": seed,
-            "fusion": defaults.fusion.method}
-
-
-def check_budget(budget_minutes: float, samples: int | None) -> None:
-    """One-line errors for a training budget <= 0 and fewer than one sample per image."""
-    if budget_minutes <= 0:
-        raise LesiondiffError(f"--budget-minutes must be > 0, got {budget_minutes}")
-    if samples is not None and samples < 1:
-        raise LesiondiffError(f"--samples must be >= 1, got {samples}")
 
 
 def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
     """Train, resume or skip one run of an experiment (``run/train``); returns its summary plus ``action``."""
     return train_in(cfg, run / "train", device, log)
-
-
-TRAIN_KEYS = ("action", "status", "step", "elapsed_s", "best_val_dice", "best_step", "parameters")
-
-
-def train_recorded(cfg: Config, run: Path, device: str | None, entry: dict, tag: str,
-                   log: Callable[[str], None] = print) -> dict:
-    """``train_stage`` for one run of an experiment: its summary's ``TRAIN_KEYS`` go to ``entry["train"]``;
-    an interrupted run sets ``entry["status"]``, a finished one logs where it stopped. Returns the summary."""
-    summary = train_stage(cfg, run, device, log=lambda msg: log(f"{tag}: {msg}"))
-    entry["train"] = {key: summary.get(key) for key in TRAIN_KEYS}
-    if summary["status"] == "interrupted":
-        entry["status"] = "interrupted"
-    else:
-        log(f"{tag}: training: {summary['action']}; at step {summary['step']} ({summary['status']}, "
-            f"{summary['elapsed_s']} s of training in all)")
-    return summary
-
-
-def interrupted_result(runs: dict, name: str, step: int) -> dict:
-    """What an experiment returns when Ctrl-C stopped the training of run ``name`` at ``step``."""
-    return {"status": "interrupted", "runs": runs,
-            "text": f"interrupted while training {name} at step {step}; run the same command again to continue "
-                    "from its last checkpoint"}
 
 
 def predictions_current(pred_dir: Path, wanted: dict, ids: list[str], checkpoint: Path) -> bool:
@@ -126,6 +66,8 @@ def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device:
 
 
 def evaluate_stage(run: Path, manifest: str, split: str) -> tuple[dict, str]:
+    """Evaluate ``run/predictions`` on ``split`` into ``run/evaluation``, unless a current evaluation exists;
+    returns its summary and what was done."""
     pred_dir, eval_dir = run / "predictions", run / "evaluation"
     path = eval_dir / "summary.json"
     if path.is_file() and path.stat().st_mtime_ns >= (pred_dir / "predictions.csv").stat().st_mtime_ns:
@@ -135,8 +77,3 @@ def evaluate_stage(run: Path, manifest: str, split: str) -> tuple[dict, str]:
             return summary, "skipped (newer than its predictions)"
     return evaluate(pred_dir, manifest, split, out=eval_dir), "evaluated"
 
-
-def write_state(path: Path, state: dict) -> None:
-    """Write an experiment's progress file atomically, stamped with the time."""
-    state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_text(path, json.dumps(state, indent=2))

@@ -9,7 +9,7 @@ import pytest
 from lesiondiff.cli import main
 from lesiondiff.config import Config
 from lesiondiff.data.manifest import Manifest
-from lesiondiff.engine import crossval as cv
+from lesiondiff.experiments import crossval as cv
 from tiny_settings import TINY_MODEL
 
 TINY = [*TINY_MODEL,

@@ -5,8 +5,9 @@ UniSegDiff's "unified lesion segmentation" trains one model over several lesion 
 writes such a manifest: every row names its dataset, and the folds are stratified by dataset and label, so
 each fold holds every dataset's share. For each fold k this trains the preset with ``data.fold=k`` (train on
 the other folds' rows, validate on fold k: ``data.dataset.select_rows``), predicts fold k's rows and
-evaluates them as split ``fold:k`` (``Manifest.select``). Training, sampling and scoring are the usual run,
-prediction and evaluation folders (``engine/stages.py``), so each can be inspected or rerun alone.
+evaluates them as split ``fold:k`` (``Manifest.select``). This module holds the plan (one run per fold),
+the protocol line and the tables; the runs are trained, sampled and scored by ``experiments/runner.py`` into the
+usual run, prediction and evaluation folders (``engine/stages.py``), so each can be inspected or rerun alone.
 
 Layout of ``out/``:
     fold-<k>/      a run folder (train/, predictions/, evaluation/)
@@ -39,51 +40,28 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..config import Config
 from ..data.manifest import Manifest
+from ..engine.stages import CHECKPOINT
 from ..errors import LesiondiffError
-from ..io_utils import atomic_write_text
-from .predict import collect_inputs
-from .stages import (
-    CHECKPOINT,
-    CLOCK_NAMES,
-    check_budget,
-    evaluate_stage,
-    experiment_config,
-    interrupted_result,
-    predict_stage,
-    sampling_settings,
-    train_recorded,
-    write_state,
-)
+from . import runner
+from .runner import CLOCK_NAMES, ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables
 
 METRICS = ("dice", "iou")
 HEADERS = {"dice": "mDice %", "iou": "mIoU %"}
 
 
-@dataclass
-class CVSettings:
+@dataclass(kw_only=True)
+class CVSettings(ExperimentSettings):
     """What ``lesiondiff cv`` was asked to do; the same for every fold."""
 
     preset: str
-    manifest: str
-    budget_minutes: float
-    out: str
     folds: int | None = None  # run folds 0..folds-1 (None: every fold of the manifest)
-    size: int = 128
-    seed: int = 0
-    samples: int | None = None  # None: the preset's
-    sampler: str | None = None
-    steps: int | None = None
-    max_steps: int = 1_000_000
-    device: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    recipe: str | None = None  # the training recipe (config.DEFAULT_RECIPE when None; "paper": the papers' own)
 
 
 def fold_numbers(manifest: Manifest, wanted: int | None, path: str) -> list[int]:
@@ -118,13 +96,19 @@ def check_same_folds(out: Path, fingerprint: str, manifest: str) -> None:
 
 def run_config(s: CVSettings, k: int) -> Config:
     """The preset, the shared settings, the user's overrides, then ``data.fold=k``."""
-    return experiment_config(s.preset, s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
-                             [*s.overrides, f"data.fold={k}"], recipe=s.recipe)
+    return runner.run_config(s, s.preset, after=[f"data.fold={k}"])
 
 
-def sampling(s: CVSettings, cfg: Config) -> dict:
-    """Sampling settings of every fold (keys of ``predict.json``): the given ones, else the run config's."""
-    return sampling_settings(cfg, cfg.diffusion.mode, s.seed, s.samples, s.sampler, s.steps)
+def plan(s: CVSettings, folds: list[int]) -> list[RunSpec]:
+    """One run per fold: ``fold-<k>`` trains with ``data.fold=k`` and is predicted and evaluated on split
+    ``fold:k``, every fold sampled the same way (the given settings, else the run config's)."""
+    specs = []
+    for k in folds:
+        cfg = run_config(s, k)
+        specs.append(RunSpec(f"fold-{k}", cfg, sampling(s, cfg, cfg.diffusion.mode), Path(s.out) / f"fold-{k}",
+                             f"fold:{k}", {"fold": k, "status": "started"}, key=str(k),
+                             tag=f"[fold {k + 1}/{len(folds)}]"))
+    return specs
 
 
 def fold_figures(summary: dict) -> dict:
@@ -164,45 +148,37 @@ def crossval(s: CVSettings, log: Callable[[str], None] = print) -> dict:
     tables}``. On Ctrl-C during training the Trainer saves the last checkpoint and this returns
     ``interrupted``; calling again with the same settings continues from there.
     """
-    check_budget(s.budget_minutes, s.samples)
+    runner.check(s)
     manifest = Manifest.read(s.manifest)
     folds = fold_numbers(manifest, s.folds, s.manifest)
-    out = Path(s.out)
     fingerprint = folds_fingerprint(manifest)
-    check_same_folds(out, fingerprint, s.manifest)
-    out.mkdir(parents=True, exist_ok=True)
-    state: dict = {"settings": asdict(s), "folds_fingerprint": fingerprint, "folds": {}}
-    figures, wanted = {}, None
-    for k in folds:
-        tag, name = f"[fold {k + 1}/{len(folds)}]", f"fold-{k}"
-        entry: dict = {"fold": k, "status": "started"}
-        state["folds"][str(k)] = entry
-        cfg = run_config(s, k)
-        run = out / name
-        summary = train_recorded(cfg, run, s.device, entry, tag, log)
-        if summary["status"] == "interrupted":
-            write_state(out / "cv.json", state)
-            return {**interrupted_result(state["folds"], name, summary["step"]), "aggregate": None}
-        entry.update(status="trained", device=summary.get("device"), train_images=summary.get("train_images"))
-        write_state(out / "cv.json", state)
-        wanted = sampling(s, cfg)
-        split = f"fold:{k}"
-        entry["predictions"] = predict_stage(run, wanted, collect_inputs([], s.manifest, split), s.device)
-        log(f"{tag}: predictions of {split}: {entry['predictions']}")
-        ev, entry["evaluation"] = evaluate_stage(run, s.manifest, split)
-        log(f"{tag}: evaluation: {entry['evaluation']}")
-        figures[k] = entry["figures"] = fold_figures(ev)
-        entry.update(status="evaluated", threshold=ev["threshold"],
-                     evaluation_summary=f"{name}/evaluation/summary.json")
-        write_state(out / "cv.json", state)
-    state["aggregate"] = aggregate(figures)
-    state["protocol"] = protocol(s, manifest, folds, state["folds"], wanted)
-    text = format_cv(s.preset, state["protocol"], state["aggregate"], state["folds"])
-    atomic_write_text(out / "cv.md", text + "\n")
-    state["outputs"] = {"markdown": "cv.md"}
-    state["status"] = "done"
-    write_state(out / "cv.json", state)
-    return {"status": "done", "folds": state["folds"], "aggregate": state["aggregate"], "text": text}
+    check_same_folds(Path(s.out), fingerprint, s.manifest)
+    doc = {"settings": asdict(s), "folds_fingerprint": fingerprint, "folds": {}}
+    state = State(Path(s.out) / "cv.json", doc, table="folds")
+    specs = plan(s, folds)
+    outcome = run_plan(specs, state, s, log, record=_record)
+    if outcome.interrupted:
+        return {**outcome.interrupted, "aggregate": None}
+    return _finish(s, state, manifest, folds, specs[-1].sampling)
+
+
+def _record(entry: dict, trained: dict, ev: dict) -> None:
+    """What cv.json keeps of an evaluated fold: where and on how many images it trained, its figures."""
+    entry.update(device=trained.get("device"), train_images=trained.get("train_images"),
+                 figures=fold_figures(ev), threshold=ev["threshold"])
+
+
+def _finish(s: CVSettings, state: State, manifest: Manifest, folds: list[int], sampled: dict) -> dict:
+    """Aggregate the folds, write cv.md and the final cv.json; the command's result."""
+    entries, doc = state.runs, state.doc
+    doc["aggregate"] = aggregate({e["fold"]: e["figures"] for e in entries.values()})
+    doc["protocol"] = protocol(s, manifest, folds, entries, sampled)
+    text = format_cv(s.preset, doc["protocol"], doc["aggregate"], entries)
+    write_tables(Path(s.out), "cv", text)
+    doc["outputs"] = {"markdown": "cv.md"}
+    doc["status"] = "done"
+    state.save()
+    return {"status": "done", "folds": entries, "aggregate": doc["aggregate"], "text": text}
 
 
 def protocol(s: CVSettings, manifest: Manifest, folds: list[int], entries: dict, sampled: dict) -> str:

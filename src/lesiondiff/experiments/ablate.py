@@ -8,7 +8,8 @@ steps, number of samples S and fusion (feed-forward baselines: one network evalu
 of an arm is the preset, then those shared settings, then the arm's overrides, then the user's overrides.
 
 Layout of ``out/``:
-    <arm>/ and ref-<preset>/     run folders (train/, predictions/, evaluation/; ``engine/stages.py``)
+    <arm>/ and ref-<preset>/     run folders (train/, predictions/, evaluation/; ``engine/stages.py``), run
+                                 by ``experiments/runner.py``
     ablation.json                progress and settings, rewritten after every stage
     ablation.csv, ablation.md    the table (the paper's Table 2 form, plus the comparison with the first arm)
 
@@ -21,7 +22,6 @@ paired_difference``: bootstrap 95 % interval over images, Wilcoxon p); it does n
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,51 +31,29 @@ from pathlib import Path
 import yaml
 
 from ..config import Config, load_preset
+from ..engine.stages import CHECKPOINT
 from ..errors import LesiondiffError
-from ..io_utils import atomic_write_text
 from ..metrics import paired_difference
-from .predict import collect_inputs
-from .stages import (
-    CHECKPOINT,
-    CLOCK_NAMES,
-    check_budget,
-    evaluate_stage,
-    experiment_config,
-    interrupted_result,
-    predict_stage,
-    sampling_settings,
-    train_recorded,
-    write_state,
-)
+from . import runner
+from .runner import CLOCK_NAMES, ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables
 
 METRICS = ("accuracy", "precision", "recall", "dice", "iou")
 HEADERS = {"accuracy": "ACC %", "precision": "Precision %", "recall": "Recall %", "dice": "Dice %",
            "iou": "IoU (Jaccard) %"}
 
 
-@dataclass
-class AblateSettings:
+@dataclass(kw_only=True)
+class AblateSettings(ExperimentSettings):
     """What ``lesiondiff ablate`` was asked to do."""
 
     preset: str
-    manifest: str
-    budget_minutes: float
-    out: str
     baselines: list[str] = field(default_factory=list)
     arms: list[str] | None = None  # a subset of the definition's arms (None: all)
-    size: int = 128
-    seed: int = 0
-    samples: int | None = None  # None: the preset's
-    sampler: str | None = None
-    steps: int | None = None
     split: str = "test"
-    max_steps: int = 1_000_000
-    device: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    recipe: str | None = None  # the training recipe (config.DEFAULT_RECIPE when None; "paper": the papers' own)
 
 
 def ablation_names() -> list[str]:
+    """The presets that have an ablation definition (``presets/ablations/<preset>.yaml``)."""
     folder = resources.files("lesiondiff.presets") / "ablations"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
 
@@ -88,6 +66,16 @@ def load_ablation(preset: str) -> dict:
                               f"{', '.join(ablation_names()) or 'none'}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     arms = data.get("arms") or []
+    _check_definition(preset, data, arms)
+    return {"title": data.get("title", f"{preset} ablation"), "baseline": data["baseline"],
+            "baseline_sampling": data.get("baseline_sampling", "ablated"),
+            "arms": [{"name": a["name"], "label": a.get("label", a["name"]), "overrides": list(a.get("overrides") or []),
+                      "same_training_as": a.get("same_training_as")} for a in arms]}
+
+
+def _check_definition(preset: str, data: dict, arms: list[dict]) -> None:
+    """One-line errors for arms without unique names, a baseline that is not an arm, an arm reusing the training
+    of one not listed before it, and an unknown ``baseline_sampling``."""
     names = [a.get("name") for a in arms]
     if not arms or len(set(names)) != len(names) or data.get("baseline") not in names:
         raise LesiondiffError(f"ablation {preset}: needs arms with unique names and a baseline among them")
@@ -100,37 +88,41 @@ def load_ablation(preset: str) -> dict:
     if baseline_sampling not in ("ablated", "own"):
         raise LesiondiffError(f"ablation {preset}: baseline_sampling must be 'ablated' or 'own', "
                               f"got {baseline_sampling!r}")
-    return {"title": data.get("title", f"{preset} ablation"), "baseline": data["baseline"],
-            "baseline_sampling": baseline_sampling,
-            "arms": [{"name": a["name"], "label": a.get("label", a["name"]), "overrides": list(a.get("overrides") or []),
-                      "same_training_as": a.get("same_training_as")} for a in arms]}
 
 
 def plan(s: AblateSettings) -> list[dict]:
-    """The runs: ``{name, label, preset, overrides, mode}``; the definition's arms, then the baselines."""
+    """The runs: ``{name, label, preset, overrides, same_training_as, baseline, mode, sampling}``; the
+    definition's arms (or the ``--arms`` chosen), then the baselines. Baselines are sampled like the ablated
+    preset unless the definition says ``baseline_sampling: own``."""
     definition = load_ablation(s.preset)
-    arms = definition["arms"]
-    if s.arms is not None:
-        unknown = sorted(set(s.arms) - {a["name"] for a in arms})
-        if unknown:
-            raise LesiondiffError(f"unknown arm {unknown[0]!r}; arms of {s.preset}: "
-                                  f"{', '.join(a['name'] for a in arms)}")
-        arms = [a for a in arms if a["name"] in s.arms]
-        missing = sorted({a["same_training_as"] for a in arms if a["same_training_as"]} - set(s.arms))
-        if missing:
-            raise LesiondiffError(f"--arms: an arm chosen reuses the training of {missing[0]!r}; add it to --arms")
-    runs = [{**a, "preset": s.preset, "baseline": False} for a in arms]
+    runs = [{**a, "preset": s.preset, "baseline": False} for a in _chosen_arms(s, definition["arms"])]
     for b in s.baselines:
         runs.append({"name": f"ref-{b}", "label": f"{b} (reference preset)", "preset": b, "overrides": [],
                      "same_training_as": None, "baseline": True})
     for r in runs:
         cfg = run_config(r, s)
         r["mode"] = cfg.diffusion.mode
-        r["sampling"] = sampling(s, r["mode"], cfg if not r["baseline"] or definition["baseline_sampling"] == "own"
-                                 else None)
+        own = not r["baseline"] or definition["baseline_sampling"] == "own"
+        r["sampling"] = sampling(s, cfg if own else load_preset(s.preset), r["mode"])
         if r["same_training_as"]:
             _check_same_training(r, cfg, run_config(next(a for a in runs if a["name"] == r["same_training_as"]), s))
     return runs
+
+
+def _chosen_arms(s: AblateSettings, arms: list[dict]) -> list[dict]:
+    """The arms ``--arms`` names (all when not given), in the definition's order; an unknown arm, or one whose
+    training source is not chosen, is an error."""
+    if s.arms is None:
+        return arms
+    unknown = sorted(set(s.arms) - {a["name"] for a in arms})
+    if unknown:
+        raise LesiondiffError(f"unknown arm {unknown[0]!r}; arms of {s.preset}: "
+                              f"{', '.join(a['name'] for a in arms)}")
+    arms = [a for a in arms if a["name"] in s.arms]
+    missing = sorted({a["same_training_as"] for a in arms if a["same_training_as"]} - set(s.arms))
+    if missing:
+        raise LesiondiffError(f"--arms: an arm chosen reuses the training of {missing[0]!r}; add it to --arms")
+    return arms
 
 
 def _check_same_training(run: dict, cfg: Config, source: Config) -> None:
@@ -143,18 +135,21 @@ def _check_same_training(run: dict, cfg: Config, source: Config) -> None:
 
 
 def run_config(run: dict, s: AblateSettings) -> Config:
-    return experiment_config(run["preset"], s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
-                             [*run["overrides"], *s.overrides], recipe=s.recipe)
+    """The run's preset, the shared settings, the arm's overrides, then the user's (which therefore win)."""
+    return runner.run_config(s, run["preset"], before=run["overrides"])
 
 
-def sampling(s: AblateSettings, mode: str, cfg: Config | None = None) -> dict:
-    """A run's sampling settings (keys of ``predict.json``): ``--samples/--sampler/--steps`` when given, else
-    ``cfg``'s (the arm's own config, whose sampling an arm may override), else the ablated preset's."""
-    return sampling_settings(cfg or load_preset(s.preset), mode, s.seed, s.samples, s.sampler, s.steps)
+def _spec(run: dict, s: AblateSettings) -> RunSpec:
+    """The runner's view of one planned run; an arm that reuses another's training predicts with its model."""
+    out, source = Path(s.out), run["same_training_as"]
+    return RunSpec(run["name"], run_config(run, s), run["sampling"], out / run["name"], s.split,
+                   {key: run[key] for key in ("label", "preset", "mode", "overrides")},
+                   train_from=out / source if source else None)
 
 
 def _check(s: AblateSettings) -> None:
-    check_budget(s.budget_minutes, s.samples)
+    """One-line errors for a bad budget or S and an unknown baseline preset, before any training."""
+    runner.check(s)
     for b in s.baselines:
         load_preset(b)
 
@@ -166,42 +161,23 @@ def ablate(s: AblateSettings, log: Callable[[str], None] = print) -> dict:
     """
     _check(s)
     runs = plan(s)
-    definition = load_ablation(s.preset)
-    items = collect_inputs([], s.manifest, s.split)
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state: dict = {"settings": asdict(s), "title": definition["title"], "runs": {}}
-    summaries = {}
-    for k, run in enumerate(runs, 1):
-        tag = f"[{k}/{len(runs)}] {run['name']}"
-        entry = {key: run[key] for key in ("label", "preset", "mode", "overrides")}
-        state["runs"][run["name"]] = entry
-        folder = out / run["name"]
-        train_folder = out / (run["same_training_as"] or run["name"])
-        if run["same_training_as"]:
-            summary = json.loads((train_folder / "train" / "summary.json").read_text(encoding="utf-8"))
-            entry["train"] = f"reuses {run['same_training_as']}"
-        else:
-            summary = train_recorded(run_config(run, s), folder, s.device, entry, tag, log)
-        if summary["status"] == "interrupted":
-            write_state(out / "ablation.json", state)
-            return interrupted_result(state["runs"], run["name"], summary["step"])
-        run["steps"], run["train_minutes"] = summary["step"], summary["elapsed_s"] / 60
-        entry["predictions"] = predict_stage(folder, run["sampling"], items, s.device, train_folder / "train")
-        log(f"{tag}: predictions of {s.split}: {entry['predictions']}")
-        summaries[run["name"]], entry["evaluation"] = evaluate_stage(folder, s.manifest, s.split)
-        entry["status"] = "evaluated"
-        entry["evaluation_summary"] = f"{run['name']}/evaluation/summary.json"
-        write_state(out / "ablation.json", state)
-        log(f"{tag}: evaluation: {entry['evaluation']}")
+    definition, out = load_ablation(s.preset), Path(s.out)
+    state = State(out / "ablation.json", {"settings": asdict(s), "title": definition["title"], "runs": {}})
+    outcome = run_plan([_spec(r, s) for r in runs], state, s, log)
+    if outcome.interrupted:
+        return outcome.interrupted
+    for r in runs:
+        trained = outcome.trained[r["name"]]
+        r["steps"], r["train_minutes"] = trained["step"], trained["elapsed_s"] / 60
+    summaries = outcome.evaluated
     reference = definition["baseline"] if definition["baseline"] in summaries else runs[0]["name"]
     rows = table_rows(runs, summaries, out, reference)
-    text = format_ablation(definition["title"], protocol(s, runs, summaries, len(items), reference), rows, reference,
-                           dataset_table(runs, summaries))
-    write_tables(out, rows, text)
-    state["outputs"] = {"csv": "ablation.csv", "markdown": "ablation.md"}
-    write_state(out / "ablation.json", state)
-    return {"status": "done", "runs": state["runs"], "rows": rows, "text": text}
+    line = protocol(s, runs, summaries, len(outcome.inputs[s.split]), reference)
+    text = format_ablation(definition["title"], line, rows, reference, dataset_table(runs, summaries))
+    write_tables(out, "ablation", text, CSV_COLUMNS, rows)
+    state.doc["outputs"] = {"csv": "ablation.csv", "markdown": "ablation.md"}
+    state.save()
+    return {"status": "done", "runs": state.runs, "rows": rows, "text": text}
 
 
 PAIRED = ("dice", "iou")
@@ -254,6 +230,7 @@ def sampling_columns(predict_json: Path) -> dict:
 
 
 def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int, reference: str) -> str:
+    """How every number of the table was made, in one paragraph."""
     thresholds = sorted({summaries[r["name"]]["threshold"] for r in runs})
     same = {r["name"]: r["same_training_as"] for r in runs if r["same_training_as"]}
     reuse = "".join(f"; {a} reuses the trained model of {b}" for a, b in same.items())
@@ -273,6 +250,8 @@ def protocol(s: AblateSettings, runs: list[dict], summaries: dict, n_images: int
 
 def format_ablation(title: str, protocol_line: str, rows: list[dict], reference: str,
                     datasets: str = "") -> str:
+    """The title, the protocol line, the table (the paper's Table 2 form, plus speed and the paired difference
+    with ``reference``), its notes and the per-dataset table."""
     head = ["run", "steps", "min", "sampling", "img/s (masks/s)", *(HEADERS[m] for m in METRICS), "ΔDice (pp) [95 % CI]", "p",
             "ΔIoU (pp)", "Dice % (one round)"]
     lines = [f"{title}", "", protocol_line, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -328,11 +307,3 @@ CSV_COLUMNS = ("run", "label", "preset", "mode", "steps", "train_minutes", "samp
                "delta_dice_ci_high", "delta_dice_p", "delta_iou_pp", "delta_iou_ci_low", "delta_iou_ci_high",
                "delta_iou_p", "better", "worse")
 
-
-def write_tables(out: Path, rows: list[dict], text: str) -> None:
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "ablation.csv", buffer.getvalue())
-    atomic_write_text(out / "ablation.md", text + "\n")

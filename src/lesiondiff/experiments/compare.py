@@ -2,8 +2,8 @@
 
 The experiment of "Analysing Diffusion Segmentation" (shared paper 004): Table 1 (IoU and ECE per method in
 feed-forward and in diffusion mode, and their difference) and Fig. 1 (mean and standard deviation of several
-predictions per method and mode). This module only orchestrates: training is ``engine.train.Trainer``,
-sampling ``engine.predict.Predictor``, scoring ``engine.evaluate.evaluate``; each combination's folders are the
+predictions per method and mode). This module holds the plan (every preset x mode), the protocol line, the
+table and the figure; the runs are trained, predicted and evaluated by ``experiments/runner.py``, into the
 usual run, prediction and evaluation folders (``engine/stages.py``), so any of them can be inspected or rerun
 on its own.
 
@@ -34,11 +34,8 @@ Choices, stated once here and again in the protocol line printed above the table
   an interrupted one is resumed, predictions and evaluations are redone only when out of date, and a run
   trained with a different config (say another ``--size``) is refused, not mixed in.
 """
-
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 import math
 from collections.abc import Callable
@@ -52,21 +49,13 @@ from ..data.dataset import mask_paths
 from ..data.io import read_image, read_masks
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import resize_prob
+from ..engine.outputs import read_predictions
+from ..engine.stages import CHECKPOINT
 from ..errors import LesiondiffError
 from ..figures import pyplot
-from ..io_utils import atomic_path, atomic_write_text
-from .outputs import read_predictions
-from .predict import collect_inputs
-from .stages import (
-    CHECKPOINT,
-    check_budget,
-    evaluate_stage,
-    experiment_config,
-    interrupted_result,
-    predict_stage,
-    train_recorded,
-    write_state,
-)
+from ..io_utils import atomic_path
+from . import runner
+from .runner import ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables
 
 MODES = ("diffusion", "feedforward")
 
@@ -78,26 +67,15 @@ FIGURE_COLUMNS = ("image + ground truth", "diffusion: mean", "diffusion: std", "
                   "feed-forward: std")
 
 
-@dataclass
-class CompareSettings:
+@dataclass(kw_only=True)
+class CompareSettings(ExperimentSettings):
     """What ``lesiondiff compare`` was asked to do; the same for every combination."""
 
     presets: list[str]
-    manifest: str
-    budget_minutes: float
-    out: str
     modes: list[str] = field(default_factory=lambda: list(MODES))
-    size: int = 128
-    seed: int = 0
-    samples: int = 5
-    sampler: str | None = None  # diffusion runs: None means each preset's own
-    steps: int | None = None
+    samples: int = 5  # S in both modes
     split: str = "test"
-    max_steps: int = 1_000_000
     figure_images: int = 3
-    device: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    recipe: str | None = None  # the training recipe (config.DEFAULT_RECIPE when None; "paper": the papers' own)
 
 
 def skip_reason(preset: str, mode: str) -> str | None:
@@ -109,18 +87,25 @@ def skip_reason(preset: str, mode: str) -> str | None:
 
 
 def run_config(preset: str, mode: str, s: CompareSettings) -> Config:
-    """The preset, then the shared settings, then the user's overrides (which therefore win)."""
-    return experiment_config(preset, s.manifest, s.size, s.seed, s.budget_minutes, s.max_steps,
-                             [f"diffusion.mode={mode}", *s.overrides], recipe=s.recipe)
+    """The preset, then the shared settings and the mode, then the user's overrides (which therefore win)."""
+    return runner.run_config(s, preset, before=[f"diffusion.mode={mode}"])
 
 
-def sampling(cfg: Config, mode: str, s: CompareSettings) -> dict:
-    """Sampling settings of one combination, in the keys ``predict.json`` records them under."""
-    if mode == "feedforward":  # one network evaluation per sample; steps are meaningless, recorded as 1
-        sampler, steps = "oneshot", 1
-    else:
-        sampler, steps = s.sampler or cfg.sample.sampler, s.steps or cfg.sample.steps
-    return {"samples": s.samples, "sampler": sampler, "steps": steps, "seed": s.seed, "checkpoint": CHECKPOINT}
+def plan(s: CompareSettings) -> list[RunSpec]:
+    """Every preset x mode combination, presets first; a feed-forward preset's diffusion mode is listed as
+    skipped."""
+    return [_spec(s, preset, mode) for preset in s.presets for mode in s.modes]
+
+
+def _spec(s: CompareSettings, preset: str, mode: str) -> RunSpec:
+    """One combination: diffusion sampled with ``--sampler/--steps`` or the preset's own, feed-forward one-shot,
+    S times in both modes."""
+    name, reason = f"{preset}-{mode}", skip_reason(preset, mode)
+    entry, folder = {"preset": preset, "mode": mode}, Path(s.out) / name
+    if reason:
+        return RunSpec(name, None, None, folder, s.split, entry, skip=reason)
+    cfg = run_config(preset, mode, s)
+    return RunSpec(name, cfg, sampling(s, cfg, mode), folder, s.split, entry)
 
 
 # ---- orchestration ------------------------------------------------------------------------------------------
@@ -134,13 +119,14 @@ def _previous_runs(out: Path) -> dict:
     return {k: v for k, v in runs.items() if isinstance(v, dict) and "preset" in v and "mode" in v}
 
 
-def _check_settings(s: CompareSettings) -> None:
+def check_settings(s: CompareSettings) -> None:
+    """One-line errors for no preset, an unknown mode or preset, a bad budget or S, before any training."""
     if not s.presets:
         raise LesiondiffError("compare needs at least one preset (--presets a,b,c)")
     bad = [m for m in s.modes if m not in MODES]
     if bad or not s.modes:
         raise LesiondiffError(f"unknown mode {bad[0] if bad else ''!r}; known: {', '.join(MODES)}")
-    check_budget(s.budget_minutes, s.samples)
+    runner.check(s)
     for preset in s.presets:
         load_preset(preset)  # an unknown preset fails here, before any training
 
@@ -152,52 +138,36 @@ def compare(s: CompareSettings, log: Callable[[str], None] = print) -> dict:
     On Ctrl-C during training the Trainer saves the last checkpoint and this returns ``interrupted``; calling
     again with the same settings continues from there.
     """
-    _check_settings(s)
-    items = collect_inputs([], s.manifest, s.split)  # a bad manifest or an empty split fails before any work
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-    combos = [(p, m) for p in s.presets for m in s.modes]
-    state: dict = {"settings": asdict(s), "runs": _previous_runs(out)}
-    for k, (preset, mode) in enumerate(combos, 1):
-        name = f"{preset}-{mode}"
-        entry: dict = {"preset": preset, "mode": mode}
-        state["runs"][name] = entry
-        reason = skip_reason(preset, mode)
-        tag = f"[{k}/{len(combos)}] {name}"
-        if reason:
-            entry.update(status="skipped", reason=reason)
-            log(f"{tag}: skipped: {reason}")
-            write_state(out / "compare.json", state)
-            continue
-        run = out / name
-        cfg = run_config(preset, mode, s)
-        summary = train_recorded(cfg, run, s.device, entry, tag, log)
-        if summary["status"] == "interrupted":
-            write_state(out / "compare.json", state)
-            return interrupted_result(state["runs"], name, summary["step"])
-        entry["status"] = "trained"
-        write_state(out / "compare.json", state)
-        entry["predictions"] = predict_stage(run, sampling(cfg, mode, s), items, s.device)
-        entry["status"] = "predicted"
-        write_state(out / "compare.json", state)
-        log(f"{tag}: predictions of {s.split}: {entry['predictions']}")
-        ev, action = evaluate_stage(run, s.manifest, s.split)
-        entry.update(status="evaluated", evaluation=action)
-        write_state(out / "compare.json", state)
-        log(f"{tag}: evaluation: {action}")
-        entry["summary"] = ev  # in memory only: compare.json points to the file instead
-    results = {(e["preset"], e["mode"]): e for e in state["runs"].values() if (e["preset"], e["mode"]) in combos}
+    check_settings(s)
+    specs, out = plan(s), Path(s.out)
+    state = State(out / "compare.json", {"settings": asdict(s), "runs": _previous_runs(out)})
+    outcome = run_plan(specs, state, s, log)
+    if outcome.interrupted:
+        return outcome.interrupted
+    results = _results(state.runs, outcome.evaluated, {(x.entry["preset"], x.entry["mode"]) for x in specs})
     rows = table_rows(s.presets, results)
-    text = format_compare(protocol(s, results, len(items)), rows)
-    write_tables(out, rows, text)
+    text = format_compare(protocol(s, results, len(outcome.inputs[s.split])), rows)
+    write_tables(out, "compare", text, CSV_COLUMNS, rows)
     figure = compare_figure(out / "compare.png", s, results) if s.figure_images > 0 else None
-    for e in state["runs"].values():
+    _tidy(state.runs)
+    state.doc["outputs"] = {"csv": "compare.csv", "markdown": "compare.md", "figure": figure and figure.name}
+    state.save()
+    return {"status": "done", "runs": state.runs, "rows": rows, "text": text}
+
+
+def _results(runs: dict, evaluated: dict, combos: set) -> dict:
+    """``{(preset, mode): state entry + its evaluation "summary" when evaluated}`` of the requested combinations,
+    in the order of the state's runs."""
+    return {(e["preset"], e["mode"]): {**e, **({"summary": evaluated[k]} if k in evaluated else {})}
+            for k, e in runs.items() if (e["preset"], e["mode"]) in combos}
+
+
+def _tidy(runs: dict) -> None:
+    """Entries kept from an earlier compare.json point to their evaluation file instead of holding it."""
+    for e in runs.values():
         e.pop("summary", None)
         if e["status"] == "evaluated":
             e["evaluation_summary"] = f"{e['preset']}-{e['mode']}/evaluation/summary.json"
-    state["outputs"] = {"csv": "compare.csv", "markdown": "compare.md", "figure": figure and figure.name}
-    write_state(out / "compare.json", state)
-    return {"status": "done", "runs": state["runs"], "rows": rows, "text": text}
 
 
 # ---- the table ----------------------------------------------------------------------------------------------
@@ -287,15 +257,6 @@ def format_compare(protocol_line: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(out: Path, rows: list[dict], text: str) -> None:
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS))
-    writer.writeheader()
-    writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in rows])
-    atomic_write_text(out / "compare.csv", buffer.getvalue())
-    atomic_write_text(out / "compare.md", text + "\n")
-
-
 # ---- the figure ---------------------------------------------------------------------------------------------
 def figure_inches(n_rows: int) -> tuple[float, float]:
     """(width, height) of compare.png in inches for ``n_rows`` (image, preset) rows."""
@@ -322,63 +283,86 @@ def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None
     ids = figure_ids(list(rows_by_id), s.figure_images)
     if not presets or not ids:
         return None
+    cells = _figure_cells(s, results, presets, [rows_by_id[i] for i in ids])
+    std_max = max([float(m[1].max()) for *_, maps in cells for m in maps.values() if not isinstance(m, str)]
+                  + [1e-3])
+    vmax = math.ceil(std_max * 1000) / 1000
+    plt = pyplot()
+    width, height = figure_inches(len(cells))
+    fig = plt.figure(figsize=(width, height), dpi=FIGURE_DPI)
+    for r, cell in enumerate(cells):
+        _draw_row(fig, r, cell, vmax)
+    _colour_bars(fig, vmax)
+    fig.suptitle(_figure_title(s, results, presets, vmax), fontsize=8, y=1 - 0.1 / height)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def _figure_cells(s: CompareSettings, results: dict, presets: list[str], rows: list[dict]) -> list[tuple]:
+    """One (row label, image, ground truth, {mode: (mean, std) or why there is none}) per image and preset."""
     pred_dirs = {(p, m): Path(s.out) / f"{p}-{m}" / "predictions" for p in presets for m in MODES
                  if "summary" in results.get((p, m), {})}
     tables = {key: read_predictions(d)[0] for key, d in pred_dirs.items()}  # each predictions.csv read once
-    cells = []  # (row label, image, gt, {mode: (mean, std) or reason})
-    for id_ in ids:
-        row = rows_by_id[id_]
+    cells = []
+    for row in rows:
         image = read_image(row["image"])
         hw = image.shape[:2]
         paths = mask_paths(row)
         gt = read_masks(paths, shape=hw) if paths else np.zeros(hw, bool)
         for preset in presets:
-            maps = {}
-            for mode in MODES:
-                e = results.get((preset, mode))
-                if (preset, mode) in pred_dirs:
-                    maps[mode] = _maps(pred_dirs[preset, mode], tables[preset, mode], id_, hw)
-                else:
-                    maps[mode] = "skipped:\nno diffusion mode" if e is not None and e.get("reason") else "not run"
-            cells.append((f"{id_[:18]}\n{preset}", image, gt, maps))
-    std_max = max([float(m[1].max()) for *_, maps in cells for m in maps.values() if not isinstance(m, str)]
-                  + [1e-3])
-    vmax = math.ceil(std_max * 1000) / 1000
+            maps = {mode: _maps(pred_dirs[preset, mode], tables[preset, mode], row["id"], hw)
+                    if (preset, mode) in pred_dirs else _missing(results.get((preset, mode))) for mode in MODES}
+            cells.append((f"{row['id'][:18]}\n{preset}", image, gt, maps))
+    return cells
 
+
+def _missing(entry: dict | None) -> str:
+    """The text of a panel without predictions: a skipped combination, or one not run."""
+    return "skipped:\nno diffusion mode" if entry is not None and entry.get("reason") else "not run"
+
+
+def _draw_row(fig, r: int, cell: tuple, vmax: float) -> None:
+    """Row ``r`` of the figure: the image with its ground-truth contour, then each mode's mean and std."""
+    label, image, gt, maps = cell
+    width, height = fig.get_size_inches()
+    pad = 0.06
+    bottom = (height - TOP_IN - (r + 1) * PANEL_IN) / height
+    for c in range(len(FIGURE_COLUMNS)):
+        ax = fig.add_axes(((LEFT_IN + c * PANEL_IN + pad) / width, bottom + pad / height,
+                           (PANEL_IN - 2 * pad) / width, (PANEL_IN - 2 * pad) / height))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if r == 0:
+            ax.set_title(FIGURE_COLUMNS[c], fontsize=8)
+        if c == 0:
+            _draw_image(ax, image, gt, label)
+            continue
+        m = maps["diffusion" if c <= 2 else "feedforward"]
+        if isinstance(m, str):
+            ax.text(0.5, 0.5, m, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            continue
+        is_std = c % 2 == 0
+        ax.imshow(m[1] if is_std else m[0], cmap="magma" if is_std else "viridis", vmin=0, vmax=vmax if is_std else 1)
+
+
+def _draw_image(ax, image: np.ndarray, gt: np.ndarray, label: str) -> None:
+    """The image (grey or colour, 0..255) with the ground truth's contour in yellow."""
+    if image.shape[2] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(np.clip(image / 255.0, 0, 1))
+    if gt.any():
+        ax.contour(gt.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
+    ax.set_ylabel(label, fontsize=7)
+
+
+def _colour_bars(fig, vmax: float) -> None:
+    """The two colour bars on the right: mean 0..1, std 0..vmax."""
     from matplotlib import cm, colors
 
-
-    plt = pyplot()
-
-    width, height = figure_inches(len(cells))
-    fig = plt.figure(figsize=(width, height), dpi=FIGURE_DPI)
-    pad = 0.06
-    for r, (label, image, gt, maps) in enumerate(cells):
-        bottom = (height - TOP_IN - (r + 1) * PANEL_IN) / height
-        for c in range(len(FIGURE_COLUMNS)):
-            ax = fig.add_axes(((LEFT_IN + c * PANEL_IN + pad) / width, bottom + pad / height,
-                               (PANEL_IN - 2 * pad) / width, (PANEL_IN - 2 * pad) / height))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(FIGURE_COLUMNS[c], fontsize=8)
-            if c == 0:
-                if image.shape[2] == 1:
-                    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-                else:
-                    ax.imshow(np.clip(image / 255.0, 0, 1))
-                if gt.any():
-                    ax.contour(gt.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
-                ax.set_ylabel(label, fontsize=7)
-                continue
-            mode = "diffusion" if c <= 2 else "feedforward"
-            m = maps[mode]
-            if isinstance(m, str):
-                ax.text(0.5, 0.5, m, ha="center", va="center", fontsize=8, transform=ax.transAxes)
-                continue
-            is_std = c % 2 == 0
-            ax.imshow(m[1] if is_std else m[0], cmap="magma" if is_std else "viridis", vmin=0,
-                      vmax=vmax if is_std else 1)
+    width, height = fig.get_size_inches()
     bar_w = 0.15 / width
     for k, (cmap, top, label) in enumerate((
             ("viridis", 1.0, "mean of S samples"), ("magma", vmax, f"std of S samples, 0–{vmax:g}"))):
@@ -388,14 +372,13 @@ def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None
         bar = fig.colorbar(cm.ScalarMappable(colors.Normalize(0, top), cmap), cax=cax)
         bar.set_label(label, fontsize=7)
         bar.ax.tick_params(labelsize=7)
+
+
+def _figure_title(s: CompareSettings, results: dict, presets: list[str], vmax: float) -> str:
+    """What the figure shows: S, split, samplers, the colour scales."""
     diff = sorted({f"{v.get('sampler')} {v.get('steps')} steps" for p in presets
                    for v in [results.get((p, "diffusion"), {}).get("summary", {}).get("prediction_settings")] if v})
-    fig.suptitle(f"mean and std of S = {s.samples} predictions per image, split {s.split} (images evenly spaced "
-                 f"over the sorted ids)\ndiffusion: {', '.join(diff) or 'n/a'}; feed-forward: S random x_t inputs, "
-                 "one network evaluation each; yellow: ground-truth contour\nmean panels 0–1; every std panel "
-                 f"(population std, ddof 0) on one shared scale 0–{vmax:g} (the largest std shown)", fontsize=8,
-                 y=1 - 0.1 / height)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
-    plt.close(fig)
-    return path
+    return (f"mean and std of S = {s.samples} predictions per image, split {s.split} (images evenly spaced "
+            f"over the sorted ids)\ndiffusion: {', '.join(diff) or 'n/a'}; feed-forward: S random x_t inputs, "
+            "one network evaluation each; yellow: ground-truth contour\nmean panels 0–1; every std panel "
+            f"(population std, ddof 0) on one shared scale 0–{vmax:g} (the largest std shown)")

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from lesiondiff.cli import main
-from lesiondiff.engine import ablate as abl
+from lesiondiff.config import load_preset
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.experiments import ablate as abl
+from lesiondiff.experiments.runner import sampling
 from tiny_settings import TINY_MODEL
 
 TINY = [*TINY_MODEL,
@@ -39,10 +41,12 @@ def test_arms_differ_only_in_their_component(manifest, tmp_path):
     assert shared == {(32, 0, 3, 1.0, 8)}
     assert runs["ref-unet"]["mode"] == "feedforward" and runs["ibpa"]["mode"] == "diffusion"
     s = settings(manifest, tmp_path)
-    assert abl.sampling(s, "diffusion") == {"samples": 2, "sampler": "ddim", "steps": 2, "seed": 0,
-                                            "fusion": "majority"}
-    assert abl.sampling(s, "feedforward")["sampler"] == "oneshot"
-    assert abl.sampling(settings(manifest, tmp_path, samples=None), "diffusion")["samples"] == 5  # the preset's
+    ablated = load_preset("palscdiff")
+    assert sampling(s, ablated, "diffusion") == {"samples": 2, "sampler": "ddim", "steps": 2, "seed": 0,
+                                                 "fusion": "majority"}
+    assert sampling(s, ablated, "feedforward")["sampler"] == "oneshot"
+    assert sampling(settings(manifest, tmp_path, samples=None), ablated, "diffusion")["samples"] == 5  # the preset's
+    assert runs["ref-unet"]["sampling"] == sampling(s, ablated, "feedforward")  # baselines: the ablated preset's
 
 
 def test_pgdiffseg_arms_differ_only_in_their_component(manifest, tmp_path):

@@ -7,11 +7,12 @@ import pytest
 from PIL import Image
 
 from lesiondiff.cli import main
-from lesiondiff.engine import compare as cmp
 from lesiondiff.engine.checkpoint import Checkpoint
 from lesiondiff.engine.stages import train_stage
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.experiments import compare as cmp
+from lesiondiff.experiments.runner import sampling
 from tiny_settings import TINY_MODEL
 
 TINY = ["data.size=32", *TINY_MODEL,
@@ -39,9 +40,9 @@ def test_skip_reason_and_config_order(manifest, tmp_path):
     assert cmp.run_config("ensemdiff", "diffusion", settings(manifest, tmp_path, overrides=["data.size=48"])) \
         .data.size == 48
     # feed-forward is always sampled one-shot, S times; diffusion uses --sampler/--steps or the preset's own
-    assert cmp.sampling(cfg, "feedforward", s) == {"samples": 2, "sampler": "oneshot", "steps": 1, "seed": 3,
-                                                   "checkpoint": "best"}
-    assert cmp.sampling(cfg, "diffusion", s)["sampler"] == "ddim"
+    assert sampling(s, cfg, "feedforward") == {"samples": 2, "sampler": "oneshot", "steps": 1, "seed": 3,
+                                               "fusion": "mean"}
+    assert sampling(s, cfg, "diffusion")["sampler"] == "ddim"
 
 
 def test_figure_ids_evenly_spaced():
