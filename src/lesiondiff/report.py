@@ -30,9 +30,9 @@ from .engine.evaluate import (
     samples_are,
 )
 from .engine.outputs import read_predictions
-from .figures import pyplot, reliability_figure, reliability_title, save
 from .io_utils import atomic_write_text
 from .metrics import METRIC_NAMES, image_dice
+from .reporting.figures import pyplot, reliability_figure, reliability_title, save
 
 # green: visible on a white mask, a black background and a grey ultrasound image alike, and apart from the
 # overlays' colours (red: ambiguity, yellow: the fused mask's contour)

@@ -49,9 +49,9 @@ from ..diffusion.recoverability import (
 from ..diffusion.schedules import alphas_cumprod
 from ..engine.predict import load_run
 from ..errors import LesiondiffError
-from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..models import Denoiser, DenoiserOutput
+from ..reporting.figures import pyplot, save
 
 MODEL_CURVES = ("mask_error_conditioned", "mask_error_unconditioned", "loss_eps", "loss_x0", "grad_norm")
 DATASET_CURVES = ("recoverability", "recoverability_slope")

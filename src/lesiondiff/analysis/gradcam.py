@@ -52,9 +52,9 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.manifest import evenly_spaced
 from ..errors import LesiondiffError
-from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..models import Denoiser, DenoiserOutput
+from ..reporting.figures import pyplot, save
 
 DEFAULT_CAM_STEPS = 6
 _BLOCK_WORDS = re.compile(r"(^|\.)(down|up|mid|flow|encoder|decoder|level|unit|block|stage|layer)")

@@ -52,10 +52,10 @@ from ..data.transforms import preprocess_image, resize_prob
 from ..diffusion.samplers import SAMPLERS, SchedulerSampler, build_sampler
 from ..engine.predict import Predictor
 from ..errors import LesiondiffError
-from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..metrics import image_dice
 from ..models import Denoiser
+from ..reporting.figures import pyplot, save
 from .fingerprint import dataset_name, split_rows
 
 DEFAULT_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc")

@@ -1,0 +1,2 @@
+"""Figures and reports: the one home of matplotlib in the package. ``figures``: the Agg plumbing, atomic PNG
+writes and the reliability diagram."""
