@@ -13,11 +13,10 @@ from PIL import Image
 from lesiondiff.analysis import sampler_sweep
 from lesiondiff.analysis.sampler_sweep import count_evaluations, fewest_within, summarize_sweep
 from lesiondiff.cli import main
-from lesiondiff.data.manifest import Manifest
+from lesiondiff.data.manifest import Manifest, evenly_spaced
 from lesiondiff.diffusion.samplers import DDIMSampler
 from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.predict import Predictor, load_run
-from lesiondiff.report import evenly_spaced
 
 SAMPLERS, NFE, REFERENCE, REPEATS, IMAGES = ["ddim", "dpmsolver++", "ddpm"], [2, 3], 6, 2, 3
 SETTINGS = [(s, n) for s in SAMPLERS for n in NFE] + [("ddpm", REFERENCE)]

@@ -1,2 +1,3 @@
 """Figures and reports: the one home of matplotlib in the package. ``figures``: the Agg plumbing, atomic PNG
-writes and the reliability diagram."""
+writes and the reliability diagram; ``run_figures``: training curves, prediction examples and sampling rounds;
+``report``: the self-contained HTML report."""
