@@ -1,3 +1,4 @@
 """Figures and reports: the one home of matplotlib in the package. ``figures``: the Agg plumbing, atomic PNG
-writes and the reliability diagram; ``run_figures``: training curves, prediction examples and sampling rounds;
-``report``: the self-contained HTML report."""
+writes and the reliability diagram; ``maps``: the overlay and uncertainty-map pictures ``predict`` writes per
+image; ``run_figures``: training curves, prediction examples and sampling rounds; ``report``: the
+self-contained HTML report."""
