@@ -11,13 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from lesiondiff.analysis.gradcam import (
-    CamViews,
-    gradcam_analysis,
-    plot_grid,
-    resolve_views,
-    write_outputs,
-)
+from lesiondiff.analysis.gradcam.layers import CamViews, resolve_views
+from lesiondiff.analysis.gradcam.run import write_outputs
+from lesiondiff.analysis.gradcam.study import gradcam_analysis
 from lesiondiff.build import build_model
 from lesiondiff.cli import main
 from lesiondiff.config import Config, load_preset
@@ -27,6 +23,7 @@ from lesiondiff.data.transforms import preprocess_image
 from lesiondiff.engine.predict import Predictor, load_run
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import MODELS, Denoiser, DenoiserOutput
+from lesiondiff.reporting.gradcam_figures import plot_grid
 
 SIZE = 32
 

@@ -13,11 +13,10 @@ from PIL import Image
 from lesiondiff.analysis import sampler_sweep
 from lesiondiff.analysis.sampler_sweep import count_evaluations, fewest_within, summarize_sweep
 from lesiondiff.cli import main
-from lesiondiff.data.manifest import Manifest
+from lesiondiff.data.manifest import Manifest, evenly_spaced
 from lesiondiff.diffusion.samplers import DDIMSampler
 from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.predict import Predictor, load_run
-from lesiondiff.report import evenly_spaced
 
 SAMPLERS, NFE, REFERENCE, REPEATS, IMAGES = ["ddim", "dpmsolver++", "ddpm"], [2, 3], 6, 2, 3
 SETTINGS = [(s, n) for s in SAMPLERS for n in NFE] + [("ddpm", REFERENCE)]
@@ -193,7 +192,7 @@ def test_a_sampler_making_extra_evaluations_is_measured_and_warned(run_dir, phan
             model.denoise(x, torch.zeros(x.shape[0], dtype=torch.long), condition)
             return super().run(model, x, condition, steps, generator)
 
-    monkeypatch.setattr(sampler_sweep, "build_sampler", lambda name, cfg, max_batch=0: Extra(cfg, max_batch))
+    monkeypatch.setattr(sampler_sweep, "build_sampler", lambda cfg, name=None, max_batch=None: Extra(cfg.diffusion, max_batch or 0))
     with pytest.warns(UserWarning, match="ddim at NFE 2 made 3 network evaluations per sample"):
         summary = sampler_sweep.sweep_samplers(run_dir, tmp_path, phantom_manifest, samplers=["ddim"], nfe=[2],
                                                reference_nfe=0, repeats=2, max_images=2, device="cpu",

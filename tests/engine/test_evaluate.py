@@ -25,7 +25,8 @@ from lesiondiff.engine.predict import Prediction, Predictor
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.fusion import majority
 from lesiondiff.metrics import binary_metrics
-from lesiondiff.report import rounds_figure, write_report
+from lesiondiff.reporting.report import write_report
+from lesiondiff.reporting.run_figures import rounds_figure
 from lesiondiff.uncertainty import expected_calibration_error
 
 

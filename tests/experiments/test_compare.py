@@ -13,6 +13,7 @@ from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.experiments import compare as cmp
 from lesiondiff.experiments.runner import sampling
+from lesiondiff.reporting import compare_figure
 from tiny_settings import TINY_MODEL
 
 TINY = ["data.size=32", *TINY_MODEL,
@@ -135,9 +136,9 @@ def test_compare_end_to_end_resumes_and_is_idempotent(manifest, tmp_path, capsys
     assert f"| ensemdiff | {float(e['iou_pct_ff']):.2f} |" in md and f"{float(e['delta_ece']):+.4f}" in md
     assert "| preset | IoU % (FF) | ECE (FF) | IoU % (diffusion) | ECE (diffusion) | ΔIoU (pp) | ΔECE |" in printed
 
-    width, height = cmp.figure_inches(2 * 2)  # 2 images x 2 presets, 5 panels each
+    width, height = compare_figure.figure_inches(2 * 2)  # 2 images x 2 presets, 5 panels each
     size = Image.open(out / "compare.png").size
-    assert abs(size[0] - width * cmp.FIGURE_DPI) <= 1 and abs(size[1] - height * cmp.FIGURE_DPI) <= 1
+    assert abs(size[0] - width * compare_figure.FIGURE_DPI) <= 1 and abs(size[1] - height * compare_figure.FIGURE_DPI) <= 1
     assert (out / "ensemdiff-diffusion/evaluation/reliability.png").is_file()
 
     # 3. again, after losing one training summary: nothing is retrained, re-predicted or re-evaluated

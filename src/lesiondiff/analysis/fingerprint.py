@@ -49,9 +49,9 @@ from ..diffusion.recoverability import (
 from ..diffusion.schedules import alphas_cumprod
 from ..engine.predict import load_run
 from ..errors import LesiondiffError
-from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..models import Denoiser, DenoiserOutput
+from ..reporting.fingerprint_figures import dataset_fingerprint_figure, model_curves_figure
 
 MODEL_CURVES = ("mask_error_conditioned", "mask_error_unconditioned", "loss_eps", "loss_x0", "grad_norm")
 DATASET_CURVES = ("recoverability", "recoverability_slope")
@@ -315,65 +315,23 @@ def _write_outputs(out: Path, curves: list[Curves], runs: list[dict], datasets: 
     if model:
         n = ", ".join(f"{r['source']} n={r['n_images']}" for r in runs)
         raw = "no smoothing (one fixed noise per image for all t)"
-        files.append(_plot_model(out / "mask_error.png", model,
-                                 [("mask_error_conditioned", "mask_error_unconditioned")],
-                                 ["mask error MSE(clip(x0_hat), x0)"], f"mask prediction error per timestep\n"
-                                 f"{common}, {n} images, {raw}; dashed: image replaced by zeros"))
-        files.append(_plot_model(out / "loss_per_timestep.png", model, [("loss_eps",), ("loss_x0",)],
-                                 ["eps loss MSE(eps_hat, eps)", "x0 loss MSE(x0_hat, x0), unclipped"],
-                                 f"loss per timestep\n{common}, {n} images, {raw}", log=(False, True)))
+        files.append(model_curves_figure(
+            out / "mask_error.png", model, [("mask_error_conditioned", "mask_error_unconditioned")],
+            ["mask error MSE(clip(x0_hat), x0)"], f"mask prediction error per timestep\n"
+            f"{common}, {n} images, {raw}; dashed: image replaced by zeros"))
+        files.append(model_curves_figure(
+            out / "loss_per_timestep.png", model, [("loss_eps",), ("loss_x0",)],
+            ["eps loss MSE(eps_hat, eps)", "x0 loss MSE(x0_hat, x0), unclipped"],
+            f"loss per timestep\n{common}, {n} images, {raw}", log=(False, True)))
         grad = [c for c in model if "grad_norm" in c.values]
         if grad:
             g = ", ".join(f"{r['source']} ({r['objective']}) n={r['grad_images']}" for r in runs if r["grad_images"])
-            files.append(_plot_model(out / "grad_norm.png", grad, [("grad_norm",)],
-                                     ["||grad of training objective|| (L2, all parameters)"],
-                                     f"gradient norm of each run's own objective per timestep (eval mode)\n{common}, "
-                                     f"{g} images, {raw}"))
+            files.append(model_curves_figure(
+                out / "grad_norm.png", grad, [("grad_norm",)], ["||grad of training objective|| (L2, all parameters)"],
+                f"gradient norm of each run's own objective per timestep (eval mode)\n{common}, {g} images, {raw}"))
     if data:
-        files.append(_plot_dataset(out / "dataset_fingerprint.png", data, datasets, settings, schedule))
+        files.append(dataset_fingerprint_figure(out / "dataset_fingerprint.png", data, datasets, settings, schedule))
     return files
-
-
-def _plot_model(path: Path, curves: list[Curves], panels: list[tuple[str, ...]], ylabels: list[str], title: str,
-                log: tuple[bool, ...] = (False, False)) -> Path:
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4), squeeze=False)
-    for ax, names, ylabel, logy in zip(axes[0], panels, ylabels, log):
-        for i, c in enumerate(curves):
-            for name, style in zip(names, ("-", "--")):
-                label = c.source + (" (no image)" if name == "mask_error_unconditioned" else "")
-                ax.plot(c.timesteps, c.values[name], style, color=f"C{i}", label=label)
-        ax.set(xlabel="timestep t", ylabel=ylabel, yscale="log" if logy else "linear")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    save(fig, path)
-    return path
-
-
-def _plot_dataset(path: Path, curves: list[Curves], datasets: list[dict], s: dict, schedule: DiffusionConfig) -> Path:
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4))
-    for i, (c, d) in enumerate(zip(curves, datasets)):
-        label = f"{c.source} (n={d['n_images']})"
-        axes[0].plot(c.timesteps, c.values["recoverability"], color=f"C{i}", label=label)
-        axes[1].plot(c.timesteps, c.values["recoverability_slope"], color=f"C{i}", label=label)
-    axes[0].set(xlabel="timestep t", ylabel="Dice(Gaussian(x_t) > 0, mask)", ylim=(0, 1.02),
-                title="recoverability (mean per-image Dice)")
-    axes[1].set(xlabel="timestep t", ylabel="-d recoverability / dt",
-                title=f"slope, moving average over {s['window']:g} t")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"data-set fingerprint: {s['split']} split, {s['size']} px, Gaussian sigma {s['sigma']:g} px, "
-                 f"seed {s['seed']}, every {s['every']} t, {schedule.schedule} schedule T="
-                 f"{schedule.num_train_timesteps}, no model", fontsize=9)
-    fig.tight_layout()
-    save(fig, path)
-    return path
 
 
 def format_table(summary: dict) -> str:

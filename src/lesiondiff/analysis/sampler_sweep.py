@@ -53,10 +53,10 @@ from ..data.transforms import preprocess_image, resize_prob
 from ..diffusion.samplers import SAMPLERS, SchedulerSampler
 from ..engine.predict import Predictor
 from ..errors import LesiondiffError
-from ..figures import pyplot, save
 from ..io_utils import atomic_write_text
 from ..metrics import image_dice
 from ..models import Denoiser
+from ..reporting.sampler_figures import dice_vs_nfe_figure
 from .fingerprint import dataset_name, split_rows
 
 DEFAULT_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc")
@@ -397,7 +397,7 @@ def _write_all(out: Path, rows: list[dict], protocol: dict, requested: dict, fig
     return {**summary, "sampled_settings": sampled}
 
 
-# ---- text and figure --------------------------------------------------------------------------------------------
+# ---- text -------------------------------------------------------------------------------------------------------
 def _pct(row: dict) -> str:
     return f"{100 * row['dice_mean']:.2f} ± {100 * row['dice_std']:.2f}"
 
@@ -451,39 +451,3 @@ def format_table(summary: dict) -> str:
     lines += [f"threshold {p['threshold']} (prob >= threshold, original image size); {AVERAGING}; split "
               f"{p['split']}, {p['image_selection']}; R = {p['repeats']} repeats; seed {p['seed']}"]
     return "\n".join(lines)
-
-
-def dice_vs_nfe_figure(summary: dict, path: Path) -> Path:
-    """PGDiffSeg Figs. 10-11: mean Dice (%) against NFE (log axis), one line per sampler with a ±std band, the
-    reference as a horizontal line."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ref = summary["reference"]
-    samplers = list(dict.fromkeys(r["sampler"] for r in summary["results"]))
-    for i, name in enumerate(samplers):
-        rows = [r for r in summary["results"] if r["sampler"] == name and r != ref]
-        if not rows:
-            continue
-        x = np.array([r["nfe"] for r in rows])
-        mean = np.array([100 * r["dice_mean"] for r in rows])
-        std = np.array([100 * r["dice_std"] for r in rows])
-        ax.plot(x, mean, "o-", color=f"C{i}", label=name, markersize=4)
-        ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2, linewidth=0)
-    if ref is not None:
-        ax.axhline(100 * ref["dice_mean"], color="goldenrod", linestyle="--",
-                   label=f"{REFERENCE_SAMPLER} {ref['nfe']} steps ({_pct(ref)} %)")
-    ax.set_xscale("log")
-    nfes = sorted({r["nfe"] for r in summary["results"] if r != ref})
-    ax.set_xticks(nfes, [str(n) for n in nfes])
-    ax.minorticks_off()
-    ax.set(xlabel="number of function evaluations (NFE, log scale)", ylabel="Dice % (mean over images)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    p, s = summary["protocol"], summary["settings"]
-    ax.set_title(f"Dice vs NFE: {s['dataset']}, {p['split']} split, {p['images']} images"
-                 f"{'' if p['images'] == p['split_images'] else ' (evenly spaced of ' + str(p['split_images']) + ')'}"
-                 f", {p['repeats']} repeats\nline: mean over repeats, band: ± std; threshold {p['threshold']}, "
-                 f"seed {p['seed']}", fontsize=9)
-    fig.tight_layout()
-    save(fig, path)
-    return path

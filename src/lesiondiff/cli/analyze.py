@@ -110,8 +110,8 @@ def cmd_analyze(args) -> int:
     if args.analyze_command == "samplers":
         return _cmd_analyze_samplers(args)
     if args.analyze_command == "gradcam":
-        from ..analysis.gradcam import format_table as gradcam_table
-        from ..analysis.gradcam import write_gradcam
+        from ..analysis.gradcam.run import write_gradcam
+        from ..analysis.gradcam.summary import format_table as gradcam_table
 
         cam_timesteps = ints(args.cam_timesteps, "--cam-timesteps", "999,500,0") or None
         summary = write_gradcam(

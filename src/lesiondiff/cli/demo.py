@@ -29,7 +29,7 @@ def cmd_demo(args) -> int:
     from ..engine.evaluate import evaluate, format_table
     from ..engine.predict import Predictor, collect_inputs
     from ..engine.train import train_run
-    from ..report import write_report
+    from ..reporting.report import write_report
 
     out = Path(args.out)
     t0 = time.perf_counter()

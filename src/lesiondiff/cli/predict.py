@@ -151,7 +151,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..report import write_report
+    from ..reporting.report import write_report
 
     summary = None
     folder = Path(args.evaluation) if args.evaluation else Path(args.pred) if args.pred else None

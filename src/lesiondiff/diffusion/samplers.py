@@ -121,7 +121,7 @@ class SchedulerSampler(Sampler):
     def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator,
             on_step: Callable[[int, torch.Tensor, DenoiserOutput], None] | None = None) -> torch.Tensor:
         """``on_step(t, x_t, output)``, if given, sees every step before the update (e.g. to record a
-        trajectory, ``analysis/gradcam.py``)."""
+        trajectory, ``analysis/gradcam/trajectory.py``)."""
         scheduler = self.make_scheduler(model)
         scheduler.set_timesteps(steps, device=x.device)
         for t in scheduler.timesteps:

@@ -75,9 +75,9 @@ from ..data.io import read_mask, read_masks
 from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
-from ..figures import reliability_figure, reliability_title
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
+from ..reporting.figures import reliability_figure, reliability_title
 from ..uncertainty import ece_from_bins, ged, ged_diffseg, merge_bins, reliability_bins, reliability_table
 from .outputs import read_predictions
 

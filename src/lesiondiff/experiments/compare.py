@@ -37,7 +37,6 @@ Choices, stated once here and again in the protocol line printed above the table
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,19 +51,12 @@ from ..data.transforms import resize_prob
 from ..engine.outputs import read_predictions
 from ..engine.stages import CHECKPOINT
 from ..errors import LesiondiffError
-from ..figures import pyplot
-from ..io_utils import atomic_path
+from ..reporting.compare_figure import draw_compare_figure
 from . import runner
 from .runner import ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables
 
 MODES = ("diffusion", "feedforward")
 
-# compare.png layout, in inches at FIGURE_DPI: one PANEL_IN square per panel, a label margin on the left, the
-# two colour bars on the right and the title on top; saved without tight cropping, so its size is exactly
-# figure_inches(rows) * FIGURE_DPI.
-PANEL_IN, LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN, FIGURE_DPI = 1.8, 0.7, 1.3, 0.95, 0.15, 100
-FIGURE_COLUMNS = ("image + ground truth", "diffusion: mean", "diffusion: std", "feed-forward: mean",
-                  "feed-forward: std")
 
 
 @dataclass(kw_only=True)
@@ -258,11 +250,6 @@ def format_compare(protocol_line: str, rows: list[dict]) -> str:
 
 
 # ---- the figure ---------------------------------------------------------------------------------------------
-def figure_inches(n_rows: int) -> tuple[float, float]:
-    """(width, height) of compare.png in inches for ``n_rows`` (image, preset) rows."""
-    return (LEFT_IN + len(FIGURE_COLUMNS) * PANEL_IN + RIGHT_IN, TOP_IN + n_rows * PANEL_IN + BOTTOM_IN)
-
-
 def figure_ids(ids: list[str], k: int) -> list[str]:
     """``k`` ids evenly spaced over the sorted ids (first and last included), without repeats."""
     return evenly_spaced(sorted(ids), k) if k > 0 else []
@@ -276,28 +263,15 @@ def _maps(pred_dir: Path, rows: dict[str, dict], id_: str, hw: tuple[int, int]) 
 
 
 def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None:
-    """Fig. 1 form: one row per (image, preset), columns FIGURE_COLUMNS; all std panels share one colour scale
-    (0 to the largest std shown, rounded up to 3 decimals), all mean panels 0..1."""
+    """Fig. 1 form (``reporting.compare_figure``): one row per (image, preset) of the ``figure_images`` images
+    evenly spaced over the split, the diffusion and the feed-forward run's mean and std of the S samples."""
     presets = [p for p in s.presets if any("summary" in results.get((p, m), {}) for m in MODES)]
     rows_by_id = {r["id"]: r for r in Manifest.read(s.manifest).rows(split=s.split)}
     ids = figure_ids(list(rows_by_id), s.figure_images)
     if not presets or not ids:
         return None
     cells = _figure_cells(s, results, presets, [rows_by_id[i] for i in ids])
-    std_max = max([float(m[1].max()) for *_, maps in cells for m in maps.values() if not isinstance(m, str)]
-                  + [1e-3])
-    vmax = math.ceil(std_max * 1000) / 1000
-    plt = pyplot()
-    width, height = figure_inches(len(cells))
-    fig = plt.figure(figsize=(width, height), dpi=FIGURE_DPI)
-    for r, cell in enumerate(cells):
-        _draw_row(fig, r, cell, vmax)
-    _colour_bars(fig, vmax)
-    fig.suptitle(_figure_title(s, results, presets, vmax), fontsize=8, y=1 - 0.1 / height)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
-    plt.close(fig)
-    return path
+    return draw_compare_figure(path, cells, lambda vmax: _figure_title(s, results, presets, vmax))
 
 
 def _figure_cells(s: CompareSettings, results: dict, presets: list[str], rows: list[dict]) -> list[tuple]:
@@ -321,57 +295,6 @@ def _figure_cells(s: CompareSettings, results: dict, presets: list[str], rows: l
 def _missing(entry: dict | None) -> str:
     """The text of a panel without predictions: a skipped combination, or one not run."""
     return "skipped:\nno diffusion mode" if entry is not None and entry.get("reason") else "not run"
-
-
-def _draw_row(fig, r: int, cell: tuple, vmax: float) -> None:
-    """Row ``r`` of the figure: the image with its ground-truth contour, then each mode's mean and std."""
-    label, image, gt, maps = cell
-    width, height = fig.get_size_inches()
-    pad = 0.06
-    bottom = (height - TOP_IN - (r + 1) * PANEL_IN) / height
-    for c in range(len(FIGURE_COLUMNS)):
-        ax = fig.add_axes(((LEFT_IN + c * PANEL_IN + pad) / width, bottom + pad / height,
-                           (PANEL_IN - 2 * pad) / width, (PANEL_IN - 2 * pad) / height))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if r == 0:
-            ax.set_title(FIGURE_COLUMNS[c], fontsize=8)
-        if c == 0:
-            _draw_image(ax, image, gt, label)
-            continue
-        m = maps["diffusion" if c <= 2 else "feedforward"]
-        if isinstance(m, str):
-            ax.text(0.5, 0.5, m, ha="center", va="center", fontsize=8, transform=ax.transAxes)
-            continue
-        is_std = c % 2 == 0
-        ax.imshow(m[1] if is_std else m[0], cmap="magma" if is_std else "viridis", vmin=0, vmax=vmax if is_std else 1)
-
-
-def _draw_image(ax, image: np.ndarray, gt: np.ndarray, label: str) -> None:
-    """The image (grey or colour, 0..255) with the ground truth's contour in yellow."""
-    if image.shape[2] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(np.clip(image / 255.0, 0, 1))
-    if gt.any():
-        ax.contour(gt.astype(float), levels=[0.5], colors=["yellow"], linewidths=0.8)
-    ax.set_ylabel(label, fontsize=7)
-
-
-def _colour_bars(fig, vmax: float) -> None:
-    """The two colour bars on the right: mean 0..1, std 0..vmax."""
-    from matplotlib import cm, colors
-
-    width, height = fig.get_size_inches()
-    bar_w = 0.15 / width
-    for k, (cmap, top, label) in enumerate((
-            ("viridis", 1.0, "mean of S samples"), ("magma", vmax, f"std of S samples, 0–{vmax:g}"))):
-        span = (height - TOP_IN - BOTTOM_IN) / height
-        cax = fig.add_axes(((width - RIGHT_IN + 0.15) / width, BOTTOM_IN / height + span * (0.55 - 0.55 * k),
-                            bar_w, span * 0.4))
-        bar = fig.colorbar(cm.ScalarMappable(colors.Normalize(0, top), cmap), cax=cax)
-        bar.set_label(label, fontsize=7)
-        bar.ax.tick_params(labelsize=7)
 
 
 def _figure_title(s: CompareSettings, results: dict, presets: list[str], vmax: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io_utils import atomic_path
+from ..io_utils import atomic_path
 
 
 def pyplot():
