@@ -90,41 +90,13 @@ def cmd_data(args) -> int:
         out = generate(Path(args.out), n=args.n, size=args.size, seed=args.seed)
         print(f"wrote {args.n} phantom images ({args.size} px, seed {args.seed}) to {out} (generic layout)")
         return 0
-    from ..data.layouts import check_records, index_folder
-    from ..data.manifest import Manifest, assign_splits, merge_indexes, summarize
-    from ..data.volumes import is_slice_record, split_ratios
+    from ..data.index import index_datasets
 
-    output = Path(args.output)
-    slices_dir = Path(args.slices_dir) if args.slices_dir else output.with_name(f"{output.stem}_slices")
-    several = len(args.path) > 1
-    results = [index_folder(Path(path), args.layout, slices=args.slices,
-                            slices_dir=slices_dir / f"{k}-{Path(path).resolve().name}" if several else slices_dir,
-                            on_error="skip" if args.skip_bad else "raise", progress=True)
-               for k, path in enumerate(args.path)]
-    result = merge_indexes(results) if several else results[0]
-    names = list(dict.fromkeys(r.dataset for r in result.records))  # merged records keep the folders' order
-    if several:
-        for part, name in zip(results, names):
-            print(f"dataset {name}: {len(part.records)} records, layout {part.layout}, from {part.root}")
-    if not args.no_check:
-        good, bad = check_records(result.records, on_error="skip" if args.skip_bad else "raise")
-        result.records = good
-        result.skipped.extend(bad)
-    ratios = tuple(args.ratios) if args.ratios else split_ratios(result.records, (0.7, 0.15, 0.15))
-    rows = assign_splits(result.records, ratios=ratios, seed=args.seed, k_folds=args.folds,
-                         train_only_labels=args.train_only)
-    manifest = Manifest.from_records(rows) if not isinstance(rows, Manifest) else rows
-    manifest.write(output)
-    print(summarize(manifest if not result.skipped else result))
-    train_only = f"; label(s) {', '.join(args.train_only)} in train only" if args.train_only else ""
-    volumes = {r.extra["volume"] for r in result.records if is_slice_record(r)}
-    if volumes:
-        print(f"slices: {sum(map(is_slice_record, result.records))} from {len(volumes)} volumes in {slices_dir}")
-    strata = "dataset and label" if several else "label"
-    print(f"split: seed {args.seed}, ratios {'/'.join(str(r) for r in ratios)}, stratified by {strata}, "
-          f"grouped by case{f', {args.folds} folds' if args.folds else ''}{train_only}")
-    if several:
-        print(f"ids and cases: '<dataset>_<id>' for the {len(results)} datasets ({', '.join(names)})")
+    lines = index_datasets([Path(p) for p in args.path], Path(args.output), layout=args.layout, slices=args.slices,
+                           slices_dir=Path(args.slices_dir) if args.slices_dir else None, skip_bad=args.skip_bad,
+                           check=not args.no_check, ratios=tuple(args.ratios) if args.ratios else None,
+                           seed=args.seed, folds=args.folds, train_only=args.train_only)
+    print("\n".join(lines))
     print(f"wrote {args.output}")
     return 0
 
