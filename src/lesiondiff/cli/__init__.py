@@ -1,5 +1,5 @@
 """The ``lesiondiff`` command line: data, train, compare, ablate, cv, predict, postprocess, evaluate, report,
-analyze, demo, bench, presets. One module per command group registers its parsers and commands.
+models, serve, analyze, demo, bench, presets. One module per command group registers its parsers and commands.
 
 Errors meant for the user (bad files, unknown keys, missing checkpoints) print one line and exit with status 2.
 """
@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from ..errors import LesiondiffError
-from . import analyze, data, demo, experiments, predict, train
+from . import analyze, data, demo, experiments, models, predict, train
 from .common import check_args, show_defaults
 
-GROUPS = (data, train, experiments, predict, demo, analyze)
+GROUPS = (data, train, experiments, predict, models, demo, analyze)
 COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
 
 

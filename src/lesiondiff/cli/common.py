@@ -4,6 +4,7 @@ checks of numeric options, names and outputs, and the config a train-like comman
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import LesiondiffError
 
@@ -57,6 +58,21 @@ def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             for sub in action.choices.values():
                 show_defaults(sub)
     return parser
+
+
+def add_run_source(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--run DIR`` or ``--model NAME`` (a shipped model, ``lesiondiff models``): either names the run read."""
+    source = p.add_mutually_exclusive_group(required=required)
+    source.add_argument("--run", default=None, metavar="DIR", help="a trained run folder")
+    source.add_argument("--model", default=None, metavar="NAME",
+                        help="a model that ships with lesiondiff (lesiondiff models), instead of --run")
+
+
+def run_source(args) -> Path:
+    """The run folder ``--run`` or ``--model`` names."""
+    from ..shipped import run_folder
+
+    return run_folder(args.run, args.model)
 
 
 def config_from_args(args) -> Config:  # noqa: F821  (imported below)

@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 from ..errors import LesiondiffError
-from .common import add_overrides
+from .common import add_overrides, add_run_source, run_source
 
 
 def register(sub) -> None:
     """Add this module's commands to the ``lesiondiff`` sub-command parsers."""
     pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
-    pr.add_argument("--run", required=True)
+    add_run_source(pr)
     pr.add_argument("inputs", nargs="*", metavar="INPUT_OR_OVERRIDE",
                     help="image files or folders, and config overrides section.key=value as for train (e.g. "
                          "sample.steps=10 sample.start=prior)")
@@ -69,7 +69,7 @@ def register(sub) -> None:
     ev.add_argument("--out", default=None, help="where metrics.csv and summary.json go (default: --pred)")
 
     rp = sub.add_parser("report", help="write report.html from a run, its predictions and their evaluation")
-    rp.add_argument("--run", default=None)
+    add_run_source(rp, required=False)
     rp.add_argument("--pred", default=None)
     rp.add_argument("--evaluation", default=None,
                     help="folder with the evaluation's summary.json (default: --pred, where evaluate writes it)")
@@ -102,7 +102,7 @@ def cmd_predict(args) -> int:
     overrides += [*given, *args.set]
     if (args.manifest is None) != (args.split is None) and args.manifest is None:
         raise LesiondiffError("--split needs --manifest")
-    predictor = Predictor.from_run(args.run, args.checkpoint, args.device, overrides,
+    predictor = Predictor.from_run(run_source(args), args.checkpoint, args.device, overrides,
                                    postprocess=not args.no_postprocess)
     for note in predictor.notes({"--sampler": args.sampler, "--steps": args.steps, "--prediction": args.prediction,
                                  "--fusion": args.fusion}):
@@ -161,7 +161,8 @@ def cmd_report(args) -> int:
         raise LesiondiffError(f"{folder / 'summary.json'}: not found; run lesiondiff evaluate --pred "
                               f"{args.pred or 'PRED_DIR'} --manifest {args.manifest or 'MANIFEST'} --split {args.split} "
                               f"--out {folder} first")
-    path = write_report(args.out, run=args.run, pred_dir=args.pred, summary=summary, manifest=args.manifest,
+    run = run_source(args) if args.run or args.model else None
+    path = write_report(args.out, run=run, pred_dir=args.pred, summary=summary, manifest=args.manifest,
                         split=args.split)
     print(f"wrote {path}")
     return 0
