@@ -17,14 +17,14 @@ def cmd_models(args) -> int:
     if not names:
         print("no models ship with this installation")
         return 0
-    print(f"{'name':<10} {'data':<28} {'preset':<10} {'size':>5} {'MB':>5}  test: lesion-image Dice, overall Dice "
-          "(per image, threshold 0.5, original size)")
+    print(f"{'name':<8} {'data':<22} {'model':<14} {'px':>4} {'MB':>5}  test split: lesion-image Dice, overall Dice "
+          "(per image, original size, threshold 0.5)")
     for name in names:
         c = model_card(name)
         mb = sum(f.stat().st_size for f in model_dir(name).rglob("*") if f.is_file()) / 1e6
         t = c["test"]
-        print(f"{name:<10} {c['data']['name']:<28} {c['preset']:<10} {c['size']:>5} {mb:>5.1f}  "
-              f"{100 * t['lesion_dice']:.1f} %, {100 * t['dice']:.1f} % over {t['images']} test images")
+        print(f"{name:<8} {c['data']['folder']:<22} {c['candidate']:<14} {c['size']:>4} {mb:>5.1f}  "
+              f"{100 * t['lesion_dice']:.1f} %, {100 * t['dice']:.1f} % over {t['images']} images")
     print("card: <model folder>/MODEL_CARD.md; e.g. lesiondiff predict --model NAME IMAGES --out OUT")
     return 0
 
