@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import ints, names
+from .common import add_run_source, ints, names, run_source
 
 
 def register(sub) -> None:
@@ -43,7 +43,7 @@ def register(sub) -> None:
     fp.add_argument("--out", required=True)
     sw = an.add_parser("samplers", help="Dice against the number of network evaluations (NFE) per sampler, each "
                        "setting repeated with other noise (PGDiffSeg Figs. 10-11)")
-    sw.add_argument("--run", required=True, help="a trained run directory")
+    add_run_source(sw)
     sw.add_argument("--manifest", default=None, help="manifest to score on (default: the run's own)")
     sw.add_argument("--split", default="test")
     sw.add_argument("--samplers", default="ddpm,ddim,dpmsolver,dpmsolver++,unipc", help="comma-separated samplers")
@@ -61,7 +61,7 @@ def register(sub) -> None:
 
     gc = an.add_parser("gradcam", help="Grad-CAM of chosen layers at chosen steps of one sampling trajectory "
                        "(PGDiffSeg Figs. 6-8, 13)")
-    gc.add_argument("--run", required=True, help="a trained (diffusion) run directory")
+    add_run_source(gc)
     gc.add_argument("--image", default=None, help="the image file to explain")
     gc.add_argument("--manifest", default=None, help="or: a manifest, with --id")
     gc.add_argument("--id", default=None, help="the manifest row to explain")
@@ -97,7 +97,7 @@ def _cmd_analyze_samplers(args) -> int:
 
     nfe = ints(args.nfe, "--nfe", "5,10,20")
     summary = sweep_samplers(
-        args.run, args.out, manifest=args.manifest, split=args.split, samplers=names(args.samplers), nfe=nfe,
+        run_source(args), args.out, manifest=args.manifest, split=args.split, samplers=names(args.samplers), nfe=nfe,
         reference_nfe=args.reference_nfe, repeats=args.repeats, max_images=args.max_images,
         checkpoint=args.checkpoint, seed=args.seed, device=args.device, tolerance=args.tolerance)
     print(format_table(summary))
@@ -115,7 +115,7 @@ def cmd_analyze(args) -> int:
 
         cam_timesteps = ints(args.cam_timesteps, "--cam-timesteps", "999,500,0") or None
         summary = write_gradcam(
-            args.out, args.run, image=args.image, manifest=args.manifest, id_=args.id, layers=args.layers,
+            args.out, run_source(args), image=args.image, manifest=args.manifest, id_=args.id, layers=args.layers,
             psa_pairs=args.psa_pairs, prior_layer=args.prior_layer, prior_target=args.prior_target, steps=args.steps,
             cam_steps=args.cam_steps, cam_timesteps=cam_timesteps, sampler=args.sampler, seed=args.seed,
             threshold=args.threshold, checkpoint=args.checkpoint, device=args.device, list_layers=args.list_layers)
