@@ -3,6 +3,7 @@
 oversized and unsupported uploads are refused with a clear message and the server goes on; jobs keep apart."""
 
 import io
+import socket
 import threading
 import time
 from pathlib import Path
@@ -173,3 +174,10 @@ def test_serve_binds_to_this_machine_by_default_and_needs_a_model(monkeypatch, c
     monkeypatch.setattr("lesiondiff.shipped.model_names", lambda: [])
     assert main(["serve"]) == 2
     assert "nothing to serve" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_a_one_line_error(run, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(run), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
