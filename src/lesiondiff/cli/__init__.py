@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from ..errors import LesiondiffError
-from . import analyze, data, demo, experiments, models, predict, train
+from . import analyze, data, demo, experiments, models, predict, serve, train
 from .common import check_args, show_defaults
 
-GROUPS = (data, train, experiments, predict, models, demo, analyze)
+GROUPS = (data, train, experiments, predict, models, serve, demo, analyze)
 COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
 
 

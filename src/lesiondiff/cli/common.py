@@ -119,6 +119,8 @@ ARG_RANGES = {
     "figure_images": ("--figure-images", 0, None, False, False),
     "easy_fraction": ("--easy-fraction", 0, 1, True, True),
     "band": ("--band", 1, None, False, False),
+    "port": ("--port", 1, 65535, False, False),
+    "max_upload_mb": ("--max-upload-mb", 0, None, True, False),
 }
 
 

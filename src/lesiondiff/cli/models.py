@@ -1,4 +1,4 @@
-"""``lesiondiff models``: the models that ship with the package, and ``lesiondiff serve``: the local viewer."""
+"""``lesiondiff models``: the models that ship with the package."""
 
 from __future__ import annotations
 

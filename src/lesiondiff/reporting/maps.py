@@ -1,6 +1,7 @@
 """The pictures ``predict`` writes beside each mask: ``<id>_overlay.png`` (the image, the ambiguity map in red
 and the fused mask's contour in yellow) and ``<id>_maps.png`` (coherence, ambiguity and entropy side by side
-on fixed colour ranges, each titled and with its colour bar)."""
+on fixed colour ranges, each titled and with its colour bar); and the grid of every sample's mask that
+``lesiondiff serve`` shows."""
 
 from __future__ import annotations
 
@@ -56,3 +57,23 @@ def overlay(image: np.ndarray, mask: np.ndarray, amb: np.ndarray, max_side: int 
     rgb[edge] = (255, 220, 0)
     return rgb.clip(0, 255).astype(np.uint8)
 
+
+
+def sample_masks(samples: np.ndarray, threshold: float, cell: int = 128, columns: int = 8) -> np.ndarray:
+    """RGB uint8: each of the S samples ``[S,h,w]`` in [0,1] binarised at ``threshold`` (white lesion on black),
+    resized to ``cell`` px (nearest), titled "sample k", in rows of ``columns``; for viewing every mask at once."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    s = len(samples)
+    cols = max(1, min(columns, s))
+    rows = -(-s // cols)
+    step_w, step_h = cell + PANEL_GAP, TITLE_H + cell + PANEL_GAP
+    canvas = Image.new("RGB", (cols * step_w - PANEL_GAP, rows * step_h - PANEL_GAP), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, prob in enumerate(samples):
+        x, y = (k % cols) * step_w, (k // cols) * step_h
+        mask = Image.fromarray(np.where(np.asarray(prob, np.float32) >= threshold, 255, 0).astype(np.uint8))
+        canvas.paste(mask.resize((cell, cell), Image.NEAREST).convert("RGB"), (x, y + TITLE_H))
+        draw.text((x + 2, y + 1), f"sample {k + 1}", fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)

@@ -1,0 +1,186 @@
+"""The web app of ``lesiondiff serve``: one static page over a plain JSON API, made by :func:`create_app`.
+
+Why FastAPI and a static page: the page is three files of this package (``static/``) with no asset from outside
+the machine (no CDN, no web fonts), so it works offline and images never leave the machine; the JSON API is
+what the page, the browser test and scripts drive alike (``curl -F file=@case.png HOST/api/jobs``); and the
+dependencies are small (FastAPI, Starlette, uvicorn, python-multipart: a few MB). Gradio would fetch fonts and
+JavaScript from outside unless reconfigured, and weighs hundreds of MB. FastAPI's /docs and /redoc pages load
+Swagger and ReDoc from a CDN, so they are off; /openapi.json describes the API.
+
+Endpoints:
+    GET  /                              the page (static/index.html; /static/app.js, /static/style.css)
+    GET  /api/models                    the models offered, each with its run's sampling settings; the default
+    POST /api/jobs                      multipart: file, and optional model, samples, steps, seed -> 202 job
+    GET  /api/jobs/{id}                 status (queued, running, done, error), progress, error, file links
+    GET  /api/jobs/{id}/files/{kind}    mask, overlay, maps, samples (PNG) or probs (npz), byte for byte
+A refused upload answers 413 (too large), 415 (not an image type), 422 (a setting out of range) or 400 (corrupt,
+missing or another model), with ``{"detail": message}``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .catalog import Model
+from .jobs import OUTPUTS, Job, JobQueue
+from .uploads import MAX_UPLOAD, UploadError, check_image, save_upload, too_large, upload_name
+
+LIMITS = {"samples": (1, 64), "steps": (1, 1000), "seed": (0, 2**31 - 1)}  # what a job may ask for
+FORM_OVERHEAD = 64 * 2**10  # bytes of a multipart body beyond the file: boundaries and the other fields
+
+router = APIRouter()
+
+
+@dataclass
+class Server:
+    models: dict[str, Model]
+    default: str
+    jobs: JobQueue
+    max_upload: int  # bytes
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("lesiondiff.serve") / "static"))
+
+
+def create_app(models: dict[str, Model], default: str | None = None, device: str | None = None,
+               root: Path | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
+    """The app serving ``models`` (name -> Model; ``default`` preselected, else the first). Job folders go under
+    ``root``, by default a temporary folder the app owns and removes at shutdown."""
+    owned = root is None
+    root = Path(tempfile.mkdtemp(prefix="lesiondiff-serve-")) if owned else Path(root)
+    server = Server(models, default or next(iter(models)), JobQueue(root, device), max_upload)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        server.jobs.close()
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)
+
+    app = FastAPI(title="lesiondiff", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    return app
+
+
+def server_of(request: Request) -> Server:
+    return request.app.state.server
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    return FileResponse(static_dir() / "index.html")
+
+
+@router.get("/api/models")
+def list_models(request: Request) -> dict:
+    s = server_of(request)
+    return {"models": [m.describe() for m in s.models.values()], "default": s.default,
+            "max_upload_bytes": s.max_upload, "limits": LIMITS}
+
+
+@router.post("/api/jobs", status_code=202)
+async def create_job(request: Request) -> dict:
+    """Save and check the upload, queue its job and answer with the job's status."""
+    s = server_of(request)
+    try:
+        length = int(request.headers.get("content-length") or 0)
+        if length > s.max_upload + FORM_OVERHEAD:  # refused before the body is read
+            raise too_large(s.max_upload)
+        async with request.form(max_files=1, max_fields=8) as form:
+            job = await accept(s, form)
+    except UploadError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    s.jobs.submit(job)
+    return view(s, job)
+
+
+async def accept(s: Server, form) -> Job:
+    """The job of a submitted form: the model and settings checked, the file saved to a new job folder and
+    decoded; a refusal removes the folder."""
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise UploadError("choose an image file to upload (form field 'file')")
+    model = pick_model(s, form.get("model"))
+    settings = job_settings(form, model.defaults())
+    image_id, suffix = upload_name(upload.filename)
+    shown = upload.filename.replace("\\", "/").rsplit("/", 1)[-1]
+    job_id, folder = s.jobs.new_folder()
+    path = folder / "input" / f"{image_id}{suffix}"
+    try:
+        await save_upload(upload, path, s.max_upload)
+        await run_in_threadpool(check_image, path, shown)
+    except UploadError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Job(job_id, folder, path, image_id, shown, model, **settings)
+
+
+def pick_model(s: Server, name) -> Model:
+    name = name or s.default
+    if name not in s.models:
+        raise UploadError(f"unknown model {name!r}; this server offers: {', '.join(s.models)}")
+    return s.models[name]
+
+
+def job_settings(form, defaults: dict) -> dict[str, int]:
+    """samples, steps and seed from the form (whole numbers within :data:`LIMITS`), else the run's own."""
+    settings = {}
+    for key, (lo, hi) in LIMITS.items():
+        raw = form.get(key)
+        try:
+            value = defaults[key] if raw in (None, "") else int(raw)
+        except ValueError:
+            raise UploadError(f"{key} must be a whole number, got {raw!r}", 422) from None
+        if not lo <= value <= hi:
+            raise UploadError(f"{key} must be from {lo} to {hi}, got {value}", 422)
+        settings[key] = value
+    return settings
+
+
+def view(s: Server, job: Job) -> dict:
+    """What a client sees of its job."""
+    files = {kind: f"/api/jobs/{job.id}/files/{kind}" for kind in OUTPUTS} if job.status == "done" else {}
+    return {"id": job.id, "status": job.status, "stage": job.stage, "image": job.shown, "image_id": job.image_id,
+            "model": job.model.name, "samples": job.samples, "steps": job.steps, "seed": job.seed,
+            "progress": job.progress(), "ahead": s.jobs.ahead(job) if job.status == "queued" else 0,
+            "error": job.error, "files": files}
+
+
+def find_job(request: Request, job_id: str) -> Job:
+    jobs = server_of(request).jobs
+    job = jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no such job (the server keeps its newest {jobs.keep} finished jobs while it runs)")
+    return job
+
+
+@router.get("/api/jobs/{job_id}")
+def job_status(request: Request, job_id: str) -> dict:
+    return view(server_of(request), find_job(request, job_id))
+
+
+@router.get("/api/jobs/{job_id}/files/{kind}")
+def job_file(request: Request, job_id: str, kind: str) -> FileResponse:
+    """One output file of a done job, as predict wrote it (inline, named ``<id>_<kind>.<ext>``)."""
+    job = find_job(request, job_id)
+    if kind not in OUTPUTS:
+        raise HTTPException(404, f"no file {kind!r}; known: {', '.join(OUTPUTS)}")
+    path = job.file(kind)
+    if path is None:
+        raise HTTPException(409, f"the job is {job.status}; its files come when it is done")
+    media = "application/octet-stream" if path.suffix == ".npz" else "image/png"
+    return FileResponse(path, media_type=media, filename=path.name, content_disposition_type="inline")

@@ -1,0 +1,156 @@
+"""The jobs of ``lesiondiff serve``: each accepted upload is a job with an unguessable id and a folder of its own,
+run by ``Predictor.run``, the code path of ``lesiondiff predict``, so its files are the ones predict writes.
+
+Jobs run one at a time on one worker thread, in the order they came. One job touches a model at a time, so the
+wrapper that counts its network evaluations for the progress bar (``count_evaluations`` shadows
+``model.denoise``) never counts another job's; sampling is batched over S already and gains nothing from a
+second job beside it.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import shutil
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LesiondiffError
+from .catalog import Model
+
+# what a job's page shows and offers for download: kind -> the file name's ending after the image id
+OUTPUTS = {"mask": "_mask.png", "overlay": "_overlay.png", "maps": "_maps.png", "samples": "_samples.png",
+           "probs": "_probs.npz"}
+
+
+@dataclass(eq=False)  # a job is itself: compared by identity
+class Job:
+    id: str
+    folder: Path  # input/ holds the upload, out/ what predict writes
+    image: Path  # the saved upload
+    image_id: str  # the id predict would give it: the file's stem (uploads.upload_name)
+    shown: str  # the file name as uploaded, for messages
+    model: Model
+    samples: int
+    steps: int
+    seed: int
+    status: str = "queued"  # queued, running, done or error
+    stage: str = "queued"
+    error: str = ""
+    total: int = 0  # network evaluations the sampler will make: network_calls(steps, S)["evaluations"]
+    count: object = field(default=None, repr=False)  # the live EvaluationCount while sampling
+
+    @property
+    def out(self) -> Path:
+        return self.folder / "out"
+
+    def file(self, kind: str) -> Path | None:
+        """The output file of ``kind`` (:data:`OUTPUTS`) once the job is done; None otherwise."""
+        if self.status != "done" or kind not in OUTPUTS:
+            return None
+        return self.out / f"{self.image_id}{OUTPUTS[kind]}"
+
+    def progress(self) -> dict:
+        done = min(self.count.rows, self.total) if self.count is not None else 0
+        return {"done": self.total if self.status == "done" else done, "total": self.total}
+
+
+def predict(job: Job, device: str | None) -> None:
+    """Run ``job`` through the Predictor as ``lesiondiff predict --run RUN IMAGE --samples S --steps N --seed K``
+    does, counting network evaluations as it goes, then draw every sample's mask."""
+    from ..analysis.sampler_sweep import count_evaluations
+    from ..engine.predict import Predictor
+
+    job.stage = "loading the model"
+    overrides = [f"sample.samples={job.samples}", f"sample.steps={job.steps}", f"sample.seed={job.seed}"]
+    predictor = Predictor.from_run(job.model.run, "best", device, overrides)
+    job.total = predictor.sampler.network_calls(predictor.cfg.sample.steps, predictor.draws())["evaluations"]
+    job.stage = "sampling"
+    with count_evaluations(predictor.model) as count:
+        job.count = count
+        predictor.run([(job.image_id, str(job.image))], job.out, checkpoint="best", log=lambda *_: None)
+    job.stage = "drawing the sample masks"
+    draw_samples(job.out, job.image_id)
+
+
+def draw_samples(out: Path, image_id: str) -> None:
+    """``<id>_samples.png``: the S samples of ``<id>_probs.npz`` binarised at its threshold, the run's."""
+    from ..data.io import write_png
+    from ..reporting.maps import sample_masks
+
+    with np.load(out / f"{image_id}_probs.npz") as probs:
+        grid = sample_masks(probs["samples"].astype(np.float32), float(probs["threshold"]))
+    write_png(out / f"{image_id}{OUTPUTS['samples']}", grid)
+
+
+def run_job(job: Job, device: str | None) -> None:
+    """Run ``job``; any failure becomes its error message (the server goes on)."""
+    job.status = "running"
+    try:
+        predict(job, device)
+    except LesiondiffError as exc:
+        job.error = str(exc).replace(str(job.image), job.shown)
+    except Exception as exc:  # a bug or a resource failure: shown on the page, the traceback in the server log
+        traceback.print_exc()
+        job.error = f"the job failed: {type(exc).__name__}: {exc}"
+    job.status, job.stage = ("error", "failed") if job.error else ("done", "done")
+
+
+class JobQueue:
+    """Jobs by id, run one at a time on one worker thread (started with the first job) under ``root``; only the
+    newest ``keep`` finished jobs keep their folders."""
+
+    def __init__(self, root: Path, device: str | None = None, keep: int = 100) -> None:
+        self.root, self.device, self.keep = Path(root), device, keep
+        self.jobs: dict[str, Job] = {}
+        self.pending: queue.Queue[Job | None] = queue.Queue()
+        self.lock = threading.Lock()
+        self.worker = threading.Thread(target=self._work, name="lesiondiff-serve-jobs", daemon=True)
+
+    def new_folder(self) -> tuple[str, Path]:
+        """A fresh job id (128 random bits, unguessable) and its folder."""
+        job_id = secrets.token_hex(16)
+        folder = self.root / job_id
+        (folder / "input").mkdir(parents=True)
+        return job_id, folder
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            self.jobs[job.id] = job
+            if self.worker.ident is None:
+                self.worker.start()
+        self.pending.put(job)
+        self._prune()
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def ahead(self, job: Job) -> int:
+        """How many jobs run before ``job``: the one running and those queued earlier."""
+        with self.lock:
+            order = list(self.jobs.values())
+        earlier = order[:order.index(job)] if job in order else []
+        return sum(j.status in ("queued", "running") for j in earlier)
+
+    def close(self) -> None:
+        """Stop the worker after the job it is running (queued jobs are dropped)."""
+        while not self.pending.empty():
+            self.pending.get_nowait()
+        if self.worker.is_alive():
+            self.pending.put(None)
+            self.worker.join(timeout=5)
+
+    def _work(self) -> None:
+        while (job := self.pending.get()) is not None:
+            run_job(job, self.device)
+
+    def _prune(self) -> None:
+        with self.lock:
+            finished = [j for j in self.jobs.values() if j.status in ("done", "error")]
+            for job in finished[:max(0, len(finished) - self.keep)]:
+                del self.jobs[job.id]
+                shutil.rmtree(job.folder, ignore_errors=True)

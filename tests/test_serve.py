@@ -1,0 +1,183 @@
+"""``lesiondiff serve``'s JSON API through starlette's TestClient on a tiny trained run: a job's files are those
+``lesiondiff predict`` writes for the same image, settings and seed; progress counts network evaluations; bad,
+oversized and unsupported uploads are refused with a clear message and the server goes on; jobs keep apart."""
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lesiondiff.cli import build_parser, main
+from lesiondiff.reporting.maps import sample_masks
+from lesiondiff.serve import jobs as jobs_module
+from lesiondiff.serve.app import create_app
+from lesiondiff.serve.catalog import catalog
+
+SETTINGS = {"samples": "3", "steps": "2", "seed": "7"}
+LIMIT = 200_000  # bytes: the upload limit of the test app
+STATIC = Path(__file__).resolve().parents[1] / "src/lesiondiff/serve/static"
+
+
+@pytest.fixture(scope="module")
+def run(train_tiny_run, tmp_path_factory):
+    return train_tiny_run("ensemdiff", tmp_path_factory.mktemp("serve") / "run", 2, "sample.samples=2")
+
+
+@pytest.fixture(scope="module")
+def client(run, tmp_path_factory):
+    app = create_app(catalog({}, run), root=tmp_path_factory.mktemp("jobs"), max_upload=LIMIT)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def image(phantom_dir) -> Path:
+    return phantom_dir / "images" / "phantom_0003.png"
+
+
+def upload(client, path: Path, name: str | None = None, content: bytes | None = None, **fields):
+    data = path.read_bytes() if content is None else content
+    return client.post("/api/jobs", files={"file": (name or path.name, data, "image/png")},
+                       data={**SETTINGS, **fields})
+
+
+def wait(client, job_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("done", "error"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def predict_cli(run: Path, image: Path, out: Path) -> int:
+    return main(["predict", "--run", str(run), str(image), "--out", str(out), "--samples", SETTINGS["samples"],
+                 "--steps", SETTINGS["steps"], "--seed", SETTINGS["seed"]])
+
+
+def test_a_job_writes_what_predict_writes(client, run, image, tmp_path):
+    r = upload(client, image)
+    assert r.status_code == 202 and r.json()["status"] in ("queued", "running")
+    job = wait(client, r.json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["progress"] == {"done": 6, "total": 6}  # DDIM: steps x S network evaluations
+    assert predict_cli(run, image, tmp_path / "pred") == 0
+    for kind in ("mask", "overlay", "maps"):
+        got = client.get(job["files"][kind])
+        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        assert got.content == (tmp_path / "pred" / f"phantom_0003_{kind}.png").read_bytes(), kind
+    served = np.load(io.BytesIO(client.get(job["files"]["probs"]).content))
+    written = np.load(tmp_path / "pred" / "phantom_0003_probs.npz")
+    assert all(np.array_equal(served[k], written[k]) for k in written.files)
+    grid = client.get(job["files"]["samples"])
+    assert grid.status_code == 200 and Image.open(io.BytesIO(grid.content)).size[0] > 3 * 128
+
+
+def test_progress_counts_the_evaluations_done(client, image):
+    job = wait(client, upload(client, image, samples="2", steps="3").json()["id"])
+    assert job["progress"] == {"done": 6, "total": 6} and (job["samples"], job["steps"]) == (2, 3)
+
+
+def test_a_corrupt_or_unsupported_file_is_refused_and_the_server_goes_on(client, image):
+    r = upload(client, image, name="broken.png", content=b"this is not a PNG")
+    assert r.status_code == 400
+    assert r.json()["detail"] == "broken.png: unsupported or unrecognised image format"
+    r = upload(client, image, name="notes.txt", content=b"hello")
+    assert r.status_code == 415 and r.json()["detail"].startswith("notes.txt: unsupported file type")
+    r = upload(client, image, content=image.read_bytes()[:200])  # truncated
+    assert r.status_code == 400 and r.json()["detail"].startswith("phantom_0003.png: ")
+    assert wait(client, upload(client, image).json()["id"])["status"] == "done"
+
+
+@pytest.mark.parametrize("size", [LIMIT + 30_000, 5 * LIMIT])  # counted while saved; refused by Content-Length
+def test_an_oversized_upload_is_refused(client, image, size):
+    r = upload(client, image, content=b"\0" * size)
+    assert r.status_code == 413 and r.json()["detail"] == "the file is too large: uploads are limited to 0.191 MB"
+
+
+def test_settings_and_models_are_checked(client, image):
+    r = upload(client, image, samples="0")
+    assert r.status_code == 422 and r.json()["detail"] == "samples must be from 1 to 64, got 0"
+    assert upload(client, image, steps="many").json()["detail"] == "steps must be a whole number, got 'many'"
+    r = upload(client, image, model="nope")
+    assert r.status_code == 400 and r.json()["detail"].startswith("unknown model 'nope'; this server offers: run")
+    assert client.post("/api/jobs", data=SETTINGS).status_code == 400  # no file
+
+
+def test_two_jobs_have_their_own_ids_and_files(client, phantom_dir):
+    a, b = (upload(client, phantom_dir / "images" / name).json() for name in ("phantom_0001.png", "phantom_0002.png"))
+    assert a["id"] != b["id"] and all(len(j["id"]) == 32 for j in (a, b))
+    a, b = wait(client, a["id"]), wait(client, b["id"])
+    assert all(f"/api/jobs/{j['id']}/" in url for j in (a, b) for url in j["files"].values())
+    jobs = client.app.state.server.jobs
+    folders = [jobs.get(j["id"]).out for j in (a, b)]
+    assert folders[0] != folders[1]
+    assert {p.name.split("_")[1] for p in folders[0].glob("phantom_*")} == {"0001"}
+    assert client.get(a["files"]["overlay"]).content != client.get(b["files"]["overlay"]).content
+    assert client.get(f"/api/jobs/{'0' * 32}").status_code == 404
+    assert client.get(f"/api/jobs/{a['id']}/files/config").status_code == 404
+
+
+def test_a_queued_job_says_so_and_an_error_inside_a_job_is_shown(run, image, tmp_path, monkeypatch):
+    """One worker: while a job runs the next is queued behind it; a job that fails reports why."""
+    release = threading.Event()
+
+    def blocked(job, device):
+        release.wait(30)
+        raise jobs_module.LesiondiffError(f"{job.image}: the checkpoint is unreadable")
+
+    monkeypatch.setattr(jobs_module, "predict", blocked)
+    with TestClient(create_app(catalog({}, run), root=tmp_path)) as c:
+        first, second = upload(c, image).json(), upload(c, image).json()
+        assert (second["status"], second["ahead"]) == ("queued", 1)
+        release.set()
+        failed = wait(c, first["id"])
+    assert failed["status"] == "error" and failed["error"] == "phantom_0003.png: the checkpoint is unreadable"
+
+
+def test_the_models_list_the_run_and_every_shipped_model(run):
+    models = catalog({"busi": run, "run": run}, run)
+    assert list(models) == ["run (run)", "busi", "run"] and models["run (run)"].source == "run"
+    with TestClient(create_app(models, default="busi")) as c:
+        listed = c.get("/api/models").json()
+        root = c.app.state.server.jobs.root
+        assert root.is_dir()
+    assert listed["default"] == "busi" and listed["models"][0]["defaults"]["samples"] == 2
+    assert not root.exists()  # the app's own job folder goes at shutdown
+
+
+def test_the_page_loads_nothing_from_outside(client):
+    assert "<title>lesiondiff</title>" in client.get("/").text
+    for name in ("index.html", "app.js", "style.css"):
+        text = client.get(f"/static/{name}").text
+        assert text and "http:" not in text and "https:" not in text and "//cdn" not in text, name
+    assert client.get("/docs").status_code == 404  # FastAPI's docs page loads Swagger from a CDN
+
+
+def test_sample_masks_draws_each_sample_at_the_threshold():
+    samples = np.stack([np.full((4, 4), 0.7), np.full((4, 4), 0.3)])
+    grid = sample_masks(samples, threshold=0.5, cell=8)
+    assert grid.shape == (14 + 8, 8 + 4 + 8, 3)
+    assert (grid[14:, :8] == 255).all() and (grid[14:, 12:] == 0).all()
+
+
+def test_serve_binds_to_this_machine_by_default_and_needs_a_model(monkeypatch, capsys):
+    args = build_parser().parse_args(["serve", "--run", "somewhere"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    monkeypatch.setattr("lesiondiff.shipped.model_names", lambda: [])
+    assert main(["serve"]) == 2
+    assert "nothing to serve" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_a_one_line_error(run, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(run), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -1,0 +1,146 @@
+"""``lesiondiff serve`` in a real browser: headless Chromium through Selenium drives the page of a server started
+as ``lesiondiff serve --run RUN --port PORT``: it uploads a phantom through the file input, runs it, sees the
+overlay, mask, maps and sample masks load, downloads the mask (byte for byte what ``lesiondiff predict`` writes
+for the same image, settings and seed), and reads the message a corrupt file gets. Screenshots go to
+$LESIONDIFF_SCREENSHOTS (default: the test's tmp_path). The browser and driver are found on PATH, or named by
+$LESIONDIFF_CHROMIUM and $LESIONDIFF_CHROMEDRIVER."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import lesiondiff
+from lesiondiff.cli import main
+
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:
+    pytest.skip("selenium is not installed (pip install -e '.[dev]')", allow_module_level=True)
+
+CHROMIUM = os.environ.get("LESIONDIFF_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = os.environ.get("LESIONDIFF_CHROMEDRIVER") or shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip("no chromium or chromedriver found (Debian: apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+SETTINGS = {"samples": "3", "steps": "2", "seed": "5"}
+IMAGES = ("overlay", "mask", "maps", "sample-masks")
+
+
+@pytest.fixture(scope="module")
+def run(train_tiny_run, tmp_path_factory):
+    return train_tiny_run("ensemdiff", tmp_path_factory.mktemp("browser") / "run", 2, "sample.samples=2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"lesiondiff serve exited: {process.communicate()[1]}")
+        try:
+            urllib.request.urlopen(f"{url}/api/models", timeout=5).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"lesiondiff serve did not answer at {url} in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    port = free_port()
+    source = str(Path(lesiondiff.__file__).resolve().parents[1])  # the package under test, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)}
+    process = subprocess.Popen([sys.executable, "-m", "lesiondiff.cli", "serve", "--run", str(run), "--port",
+                                str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("LESIONDIFF_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_page(browser, url: str) -> None:
+    browser.get(url)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.getElementById('model').value"))
+    for key, value in SETTINGS.items():
+        field = browser.find_element(By.ID, key)
+        field.clear()
+        field.send_keys(value)
+
+
+def submit(browser, path: Path) -> None:
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    browser.find_element(By.ID, "run").click()
+
+
+def images_loaded(browser) -> bool:
+    return browser.execute_script("return arguments[0].every(id => { const i = document.getElementById(id); "
+                                  "return i.complete && i.naturalWidth > 0; })", list(IMAGES))
+
+
+def test_the_page_shows_what_predict_writes(browser, server, run, phantom_dir, tmp_path, shots):
+    image = phantom_dir / "images" / "phantom_0004.png"
+    open_page(browser, server)
+    submit(browser, image)
+    WebDriverWait(browser, 300).until(lambda d: d.find_element(By.ID, "results").is_displayed())
+    WebDriverWait(browser, 30).until(images_loaded)
+    progress = browser.find_element(By.ID, "progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == "6"  # S x steps evaluations
+    browser.save_screenshot(str(shots / "serve_result.png"))
+    assert main(["predict", "--run", str(run), str(image), "--out", str(tmp_path / "pred"),
+                 *(f"--{k}={v}" for k, v in SETTINGS.items())]) == 0
+    href = browser.find_element(By.ID, "download-mask").get_attribute("href")
+    assert href.startswith(server)
+    assert urllib.request.urlopen(href).read() == (tmp_path / "pred" / "phantom_0004_mask.png").read_bytes()
+
+
+def test_a_corrupt_file_gets_a_clear_message(browser, server, phantom_dir, tmp_path, shots):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not an image")
+    open_page(browser, server)
+    submit(browser, broken)
+    message = browser.find_element(By.ID, "message")
+    WebDriverWait(browser, 60).until(lambda d: message.is_displayed())
+    assert message.text == "broken.png: unsupported or unrecognised image format"
+    assert not browser.find_element(By.ID, "results").is_displayed()
+    browser.save_screenshot(str(shots / "serve_corrupt.png"))
+    submit(browser, phantom_dir / "images" / "phantom_0005.png")  # the server goes on
+    WebDriverWait(browser, 300).until(lambda d: d.find_element(By.ID, "results").is_displayed())
+    assert not message.is_displayed()
