@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -59,7 +60,7 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"lesiondiff serve exited: {process.communicate()[1]}")
+            raise AssertionError(f"lesiondiff serve exited with status {process.returncode}")
         try:
             urllib.request.urlopen(f"{url}/api/models", timeout=5).read()
             return
@@ -70,19 +71,26 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120) -> 
 
 @contextlib.contextmanager
 def serving(*source: str):
-    """``lesiondiff serve SOURCE --port FREE`` in a subprocess; yields its URL."""
+    """``lesiondiff serve SOURCE --port FREE`` in a subprocess, its output in a log file (a pipe nobody reads
+    could fill and stall it); yields its URL, and on failure the log's end is in the error."""
     port = free_port()
     package = str(Path(lesiondiff.__file__).resolve().parents[1])  # the package under test, installed or not
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)}
-    process = subprocess.Popen([sys.executable, "-m", "lesiondiff.cli", "serve", *source, "--port", str(port)],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8",
+           "PYTHONPATH": os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([sys.executable, "-m", "lesiondiff.cli", "serve", *source, "--port", str(port)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(url, process)
+            yield url
+        except BaseException:
+            log.seek(0)
+            print(log.read().decode("utf-8", "replace")[-4000:])  # shown by pytest with the failure
+            raise
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
