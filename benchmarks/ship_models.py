@@ -102,6 +102,7 @@ def ship(a, ds: str, reuse: dict) -> dict:
                                  "splits": {k: len(Manifest.read(manifest).rows(split=k))
                                             for k in ("train", "val", "test")}},
             "candidate": chosen, "validation_dice": val, "run": str(runs[chosen]),
+            "command": "python benchmarks/ship_models.py " + " ".join(sys.argv[1:]),
             "training": json.loads((runs[chosen] / "summary.json").read_text()),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "torch": torch.__version__, "python": platform.python_version()},
