@@ -126,8 +126,8 @@ def card_markdown(c: dict) -> str:
         + ", ".join(f"{k} {100 * v:.2f} %" for k, v in c["validation_dice"].items()) + "; the test split was "
         "not used to choose.",
         f"- Machine: {c['machine']['platform']}, {c['machine']['cpus']} CPU cores, torch {c['machine']['torch']}.",
-        f"- Made by `{c['command']}` (benchmarks/ship_models.py's docstring says what it does); trained run: "
-        f"`{Path(c['run']).name}` under the work folder, or the run `--reuse` named.", "",
+        f"- Made by `{c['command']}` (benchmarks/ship_models.py's docstring says what each step does; a "
+        "`--reuse` run was trained by the same protocol, `bench_runs.train`).", "",
         "## Test metrics",
         f"Protocol: {t['protocol']}; test split, {t['images']} images, seed {s['seed']}.", "",
         "| lesion-image Dice | lesion-image IoU | overall Dice | lesion-free predicted empty | detection "
