@@ -1,6 +1,6 @@
 """A trained run -> a small run folder to ship: the EMA weights (the ones predict uses) of its best checkpoint,
-floating tensors stored as float16 (half the bytes; predict loads them into float32), with its config.yaml and
-its postprocess.json when it has one. No optimizer state, no RNG: it predicts, it does not resume."""
+floating tensors stored as float16 (half the bytes; predict loads them into float32), with its config.yaml (the
+training manifest by file name only) and its postprocess.json when it has one. No optimizer state, no RNG: it predicts, it does not resume."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def export_run(run: str | Path, out: str | Path, dtype: torch.dtype = torch.floa
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "checkpoints" / "best.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"exported_from": str(ckpt.path), "dtype": str(dtype)})
-    Config.load(run / "config.yaml").save(out / "config.yaml")
+    cfg = Config.load(run / "config.yaml")
+    cfg.data.manifest = Path(cfg.data.manifest).name  # a record of the training data; its folder is the maker's
+    cfg.save(out / "config.yaml")
     if (run / POSTPROCESS_FILE).is_file():
         shutil.copyfile(run / POSTPROCESS_FILE, out / POSTPROCESS_FILE)
     return out
