@@ -5,12 +5,13 @@ evaluate a split, and read per-image Dice and one table row back from the output
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from lesiondiff.engine.evaluate import fused_metrics
 
 LESIONDIFF = [sys.executable, "-m", "lesiondiff.cli"]
 
@@ -72,14 +73,12 @@ def predict_eval(run: Path, a, split: str, out: Path, extra: list[str], log: Pat
 
 def per_image_dice(pred_dir: Path) -> dict[str, float]:
     """Fused per-image Dice by image id, from an evaluated prediction folder's metrics.csv."""
-    with (pred_dir / "metrics.csv").open(encoding="utf-8") as f:
-        return {r["id"]: float(r["dice"]) for r in csv.DictReader(f) if r["which"] == "fused"}
+    return {r["id"]: float(r["dice"]) for r in fused_metrics(pred_dir)}
 
 
 def lesion_ids(pred_dir: Path) -> list[str]:
     """Ids of the images whose label is not ``normal`` (images with a lesion), from metrics.csv."""
-    with (pred_dir / "metrics.csv").open(encoding="utf-8") as f:
-        return sorted({r["id"] for r in csv.DictReader(f) if r["which"] == "fused" and r["label"] != "normal"})
+    return sorted({r["id"] for r in fused_metrics(pred_dir) if r["label"] != "normal"})
 
 
 def row(name: str, s: dict) -> dict:

@@ -98,9 +98,9 @@ def ship(a, ds: str, reuse: dict) -> dict:
     chosen = max(val, key=val.get)
     out = export_run(runs[chosen], Path(a.out) / ds)
     summary = predict_eval(out, a, "test", work / "shipped_test", [], log)
+    rows = Manifest.read(manifest)
     card = {"name": ds, "data": {"name": what, "folder": folder, "manifest": manifest.name,
-                                 "splits": {k: len(Manifest.read(manifest).rows(split=k))
-                                            for k in ("train", "val", "test")}},
+                                 "splits": {k: len(rows.rows(split=k)) for k in ("train", "val", "test")}},
             "candidate": chosen, "validation_dice": val, "run": str(runs[chosen]),
             "command": "python benchmarks/ship_models.py " + " ".join(sys.argv[1:]),
             "training": json.loads((runs[chosen] / "summary.json").read_text()),

@@ -14,7 +14,7 @@ import pytest
 from lesiondiff.cli import main
 from lesiondiff.data.manifest import Manifest
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.shipped import model_card, model_dir, model_names, run_folder
+from lesiondiff.shipped import model_bytes, model_card, model_dir, model_names, run_folder
 
 TOLERANCE = 0.01
 NAMES = model_names()
@@ -27,7 +27,7 @@ def test_models_ship_and_are_listed(capsys):
     for name in NAMES:
         card = model_card(name)
         assert name in listed and f"{100 * card['test']['lesion_dice']:.1f} %" in listed
-        size = sum(f.stat().st_size for f in model_dir(name).rglob("*") if f.is_file())
+        size = model_bytes(name)
         assert size < 10e6, f"{name}: {size / 1e6:.1f} MB"
         text = (model_dir(name) / "MODEL_CARD.md").read_text(encoding="utf-8")
         assert "not a medical device" in text and "## Known failure modes" in text

@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def cmd_models(args) -> int:
-    from ..shipped import model_card, model_dir, model_names
+    from ..shipped import model_bytes, model_card, model_names
 
     names = model_names()
     if not names:
@@ -26,7 +26,7 @@ def cmd_models(args) -> int:
           "(per image, original size, threshold 0.5)")
     for name in names:
         c = model_card(name)
-        mb = sum(f.stat().st_size for f in model_dir(name).rglob("*") if f.is_file()) / 1e6
+        mb = model_bytes(name) / 1e6
         t = c["test"]
         print(f"{name:<8} {c['data']['folder']:<22} {c['candidate']:<14} {c['size']:>4} {mb:>5.1f}  "
               f"{100 * t['lesion_dice']:.1f} %, {100 * t['dice']:.1f} % over {t['images']} images")

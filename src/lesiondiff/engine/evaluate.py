@@ -176,6 +176,12 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     return summary
 
 
+def fused_metrics(folder: str | Path) -> list[dict]:
+    """The fused mask's rows of an evaluation's ``metrics.csv`` in ``folder`` (one per image; values as text)."""
+    with (Path(folder) / "metrics.csv").open(encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if r["which"] == "fused"]
+
+
 def image_level_lines(summary: dict) -> list[str]:
     """The printed lines of the lesion-image figures and the image-level decision (summaries that have them)."""
     if "image_level" not in summary:

@@ -21,7 +21,6 @@ paired_difference``: bootstrap 95 % interval over images, Wilcoxon p); it does n
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from ..config import Config, load_preset
+from ..engine.evaluate import fused_metrics
 from ..engine.stages import CHECKPOINT
 from ..errors import LesiondiffError
 from ..metrics import paired_difference
@@ -186,8 +186,7 @@ PAIRED = ("dice", "iou")
 def _per_image(folder: Path) -> dict[str, dict[str, float]]:
     """The fused masks' per-image ``PAIRED`` metrics of a run, ``{metric: {id: value}}``, from one read of its
     evaluation/metrics.csv."""
-    with (folder / "evaluation" / "metrics.csv").open(encoding="utf-8") as f:
-        fused = [r for r in csv.DictReader(f) if r["which"] == "fused"]
+    fused = fused_metrics(folder / "evaluation")
     return {m: {r["id"]: float(r[m]) for r in fused} for m in PAIRED}
 
 

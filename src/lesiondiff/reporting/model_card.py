@@ -7,7 +7,6 @@ images."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -16,15 +15,11 @@ import numpy as np
 from ..data.dataset import mask_paths
 from ..data.io import read_masks
 from ..data.manifest import Manifest
+from ..engine.evaluate import fused_metrics
 from ..io_utils import atomic_write_text
 
 PROTOCOL = ("per image at the original size, fused mask thresholded at 0.5, mean over the test images; lesion "
             "images: ground truth non-empty; ECE per image (10 bins) averaged")
-
-
-def _fused_rows(pred_dir: Path) -> list[dict]:
-    with (pred_dir / "metrics.csv").open(encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if r["which"] == "fused"]
 
 
 def lesion_areas(manifest: str, split: str) -> dict[str, float]:
@@ -41,7 +36,7 @@ def lesion_areas(manifest: str, split: str) -> dict[str, float]:
 
 def failure_modes(pred_dir: Path) -> list[str]:
     """Plain sentences on where the model fails, from an evaluated prediction folder of a manifest split."""
-    rows = _fused_rows(pred_dir)
+    rows = fused_metrics(pred_dir)
     summary = json.loads((pred_dir / "summary.json").read_text(encoding="utf-8"))
     areas = lesion_areas(summary["manifest"], summary["split"])
     lesion = [r for r in rows if r["id"] in areas]
@@ -82,7 +77,7 @@ def test_figures(summary: dict) -> dict:
 
 
 def per_image_dice(pred_dir: Path) -> dict[str, float]:
-    return {r["id"]: float(r["dice"]) for r in _fused_rows(pred_dir)}
+    return {r["id"]: float(r["dice"]) for r in fused_metrics(pred_dir)}
 
 
 def write_card(out: Path, card: dict, summary: dict, pred_dir: Path, a) -> dict:

@@ -32,6 +32,11 @@ def model_dir(name: str) -> Path:
     return path
 
 
+def model_bytes(name: str) -> int:
+    """The shipped model's size on disk: every file of its folder."""
+    return sum(f.stat().st_size for f in model_dir(name).rglob("*") if f.is_file())
+
+
 def model_card(name: str) -> dict:
     return json.loads((model_dir(name) / CARD).read_text(encoding="utf-8"))
 
