@@ -1,10 +1,10 @@
 """A trained run -> a small run folder to ship: the EMA weights (the ones predict uses) of its best checkpoint,
-floating tensors stored as float16 (half the bytes; predict loads them into float32), with its config.yaml (the
-training manifest by file name only) and its postprocess.json when it has one. No optimizer state, no RNG: it predicts, it does not resume."""
+floating tensors stored as float16 (half the bytes; predict loads them into float32), with its config.yaml and its
+postprocess.json when it has one, both naming the training manifest by file name only (its folder is the
+maker's). No optimizer state, no RNG: it predicts, it does not resume."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from ..config import Config
 from ..errors import LesiondiffError
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, atomic_write_text
 from ..postprocess import FILE as POSTPROCESS_FILE
 from .checkpoint import Checkpoint, run_checkpoint
 
@@ -30,8 +30,9 @@ def export_run(run: str | Path, out: str | Path, dtype: torch.dtype = torch.floa
     with atomic_path(out / "checkpoints" / "best.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"exported_from": str(ckpt.path), "dtype": str(dtype)})
     cfg = Config.load(run / "config.yaml")
-    cfg.data.manifest = Path(cfg.data.manifest).name  # a record of the training data; its folder is the maker's
+    manifest, cfg.data.manifest = cfg.data.manifest, Path(cfg.data.manifest).name  # its folder is the maker's
     cfg.save(out / "config.yaml")
-    if (run / POSTPROCESS_FILE).is_file():
-        shutil.copyfile(run / POSTPROCESS_FILE, out / POSTPROCESS_FILE)
+    if (run / POSTPROCESS_FILE).is_file():  # its record names the manifest it was chosen on: by name, too
+        text = (run / POSTPROCESS_FILE).read_text(encoding="utf-8")
+        atomic_write_text(out / POSTPROCESS_FILE, text.replace(manifest, cfg.data.manifest) if manifest else text)
     return out
