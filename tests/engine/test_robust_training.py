@@ -53,6 +53,16 @@ def test_two_process_ddp_training_on_cpu_gives_a_normal_run(phantom_manifest, tm
     assert json.loads((tmp_path / "timed" / "summary.json").read_text())["status"] == "time budget reached"
 
 
+def wait_for_a_save(proc: subprocess.Popen, path: Path, timeout: float = 300) -> None:
+    """Until ``proc`` has written ``path`` (its modification time moves) or has ended."""
+    before = path.stat().st_mtime_ns if path.is_file() else None
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if path.is_file() and path.stat().st_mtime_ns != before:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_always_resumes_from_an_intact_checkpoint(phantom_manifest, tmp_path):
     run, steps = tmp_path / "run", 400
@@ -68,7 +78,10 @@ def test_sigkill_at_random_moments_always_resumes_from_an_intact_checkpoint(phan
         proc = subprocess.Popen([*cmd[:4], *resume, *cmd[4:]], env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         if attempt < 4:
-            time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; then some steps and saves
+            # a random moment after this process has saved once (start-up takes seconds, and a fixed delay let
+            # an idle machine finish all steps before the second kill), while it trains and saves on
+            wait_for_a_save(proc, run / "checkpoints" / "last.safetensors")
+            time.sleep(rng.uniform(0.0, 1.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
