@@ -27,6 +27,7 @@ from diffusers import (
 )
 
 from ..config import DiffusionConfig
+from ..errors import LesiondiffError
 from ..models.base import Denoiser, DenoiserOutput
 from ..registry import Registry
 from .schedules import alphas_cumprod, scheduler_config
@@ -91,6 +92,18 @@ class Sampler:
 
     def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def max_steps(self) -> int | None:
+        """The most ``steps`` this sampler can take: the trained timesteps T (a scheduler strides over them), or
+        None for a sampler that ignores ``steps``."""
+        return self.cfg.num_train_timesteps
+
+    def check_steps(self, steps: int, option: str = "--steps") -> None:
+        """A one-line error when ``steps`` is more than :meth:`max_steps` (before any weights load)."""
+        most = self.max_steps()
+        if most is not None and steps > most:
+            raise LesiondiffError(f"{option} {steps}: the run was trained with {most} timesteps "
+                                  f"(diffusion.num_train_timesteps), so it can take at most {most} sampling steps")
 
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
         """What sampling one image costs: ``passes``, the network steps one after another (the latency; a batch
@@ -200,6 +213,9 @@ class OneShotSampler(Sampler):
         abar = self.abar_last.to(x.device)
         x0 = ((x - (1 - abar).sqrt() * out.eps) / abar.sqrt()).clamp(-1, 1)
         return (x0 + 1) / 2
+
+    def max_steps(self) -> None:
+        return None  # steps are ignored
 
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
         return {"passes": 1, "evaluations": num_samples}

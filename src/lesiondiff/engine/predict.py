@@ -78,6 +78,16 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | None = Non
     return cfg, model.to(make_accelerator(device).device).eval()
 
 
+def check_sampling(run: Path, overrides: list[str]) -> Config:
+    """The run's config with ``overrides``, its sampling settings checked (``sample.steps`` within what its sampler
+    can take), without loading any weights."""
+    if not (run / "config.yaml").is_file():
+        raise LesiondiffError(f"{run}: not a run folder (no config.yaml)")
+    cfg = Config.load(run / "config.yaml").override(overrides)
+    build_sampler(cfg).check_steps(cfg.sample.steps)
+    return cfg
+
+
 def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | None = None) -> list[tuple[str, str]]:
     """(id, image path) pairs from files, folders (recursively, image suffixes only) or a manifest's rows of
     ``split`` (train, val, test or fold:K, :meth:`Manifest.select`; None: every row)."""
@@ -122,6 +132,7 @@ class Predictor:
         self.declared_empty = 0  # images the post-processing emptied, in the last ``run``
         self.device = next(model.parameters()).device
         self.sampler = build_sampler(cfg)
+        self.sampler.check_steps(cfg.sample.steps)
         if cfg.sample.maps not in MAPS_FROM:
             raise LesiondiffError(f"sample.maps must be one of {', '.join(MAPS_FROM)}, got {cfg.sample.maps!r}")
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
@@ -130,7 +141,9 @@ class Predictor:
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | None = None,
                  overrides: list[str] | None = None, postprocess: bool = True) -> Predictor:
-        """``postprocess``: apply the run's ``postprocess.json`` when it has one."""
+        """``postprocess``: apply the run's ``postprocess.json`` when it has one. The settings are checked (e.g.
+        ``sample.steps`` against the run's timesteps) before the weights load."""
+        check_sampling(Path(run), overrides or [])
         cfg, model = load_run(run, checkpoint, device)
         rule, record = None, None
         if postprocess and (Path(run) / POSTPROCESS_FILE).is_file():

@@ -144,6 +144,9 @@ class ClassDifferenceSampler(Sampler):
                                   f"the schedule's T = {self.cfg.num_train_timesteps}")
         return ts
 
+    def max_steps(self) -> None:
+        return None  # ``steps`` is ignored: the schedule fixes the calls
+
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
         return {"passes": 1, "evaluations": 2 * num_samples}
 

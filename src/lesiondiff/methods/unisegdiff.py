@@ -167,6 +167,9 @@ class StagedSampler(Sampler):
         """The DDIM timesteps of stage 2: high-1, high-1-stride, ... while above low-1."""
         return list(range(self.stages.high - 1, self.stages.low - 1, -self.stride))
 
+    def max_steps(self) -> None:
+        return None  # ``steps`` is ignored: the schedule fixes the calls
+
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
         branches = 1 if num_samples == 1 else 2
         middle = len(self.middle_timesteps())
