@@ -223,3 +223,69 @@ def reliability_table(bins: dict[str, np.ndarray]) -> list[dict[str, float | int
                      "mean_prob": float(bins["conf_sum"][m] / n) if n else None,
                      "frac_fg": float(bins["target_sum"][m] / n) if n else None})
     return rows
+
+
+# --- per-image quality scores ---------------------------------------------------------------------------------
+# One number per image that says how far to trust its mask, from its S members (diffusion draws, TTA members,
+# MC-dropout passes, ensemble members). Failure detection ranks images by these (``selective.py``).
+
+BAND = (0.05, 0.95)
+"""The uncertain band of a fused probability p: the pixels with BAND[0] <= p <= BAND[1] (the lesion's soft
+margin and any doubtful region; configurable through ``image_scores(band=...)``)."""
+
+
+def pairwise_dice(masks: np.ndarray) -> float:
+    """Mean Dice over the S(S-1)/2 pairs of the S binary masks ``[S,H,W]`` (two empty masks agree: 1). In [0,1];
+    1 when every member draws the same mask. Needs S >= 2. Zenk et al. (Medical Image Analysis 2025) found this
+    pairwise agreement the best image-level failure detector among ensemble members."""
+    m = _masks(masks, "masks").reshape(len(masks), -1)
+    if m.shape[0] < 2:
+        raise LesiondiffError("pairwise_dice needs at least two masks")
+    sizes = np.array([np.count_nonzero(x) for x in m], dtype=np.float64)
+    dices = []
+    for i in range(len(m)):
+        for j in range(i + 1, len(m)):
+            denom = sizes[i] + sizes[j]
+            dices.append(1.0 if denom == 0 else 2.0 * np.count_nonzero(m[i] & m[j]) / denom)
+    return float(np.mean(dices))
+
+
+def lesion_fraction(masks: np.ndarray) -> float:
+    """The fraction of the S binary masks ``[S,H,W]`` that find any lesion (any foreground pixel), in [0,1]."""
+    m = _masks(masks, "masks")
+    return float(np.mean([bool(x.any()) for x in m]))
+
+
+def mean_entropy(fused: np.ndarray, band: tuple[float, float] | None = None) -> float:
+    """Mean binary entropy, in bits, of the fused probability ``[H,W]`` over all pixels, or (``band`` (lo, hi))
+    over the pixels with lo <= p <= hi only: ``mean_i -p_i log2 p_i - (1-p_i) log2 (1-p_i)``, in [0,1]. An
+    empty band (every pixel certain) gives 0."""
+    h = entropy(np.asarray(fused, dtype=np.float64)[None])
+    if band is None:
+        return float(h.mean())
+    p = np.asarray(fused)
+    inside = (p >= band[0]) & (p <= band[1])
+    return float(h[inside].mean()) if inside.any() else 0.0
+
+
+SCORES = {
+    "agreement": "mean pairwise Dice among the S binary masks (S >= 2; higher = more trustworthy)",
+    "lesion_fraction": "fraction of the S masks that find any lesion (S >= 2; a flag, not a ranking)",
+    "entropy": "mean binary entropy of the fused probability over all pixels, bits (lower = more trustworthy)",
+    "band_entropy": "mean binary entropy of the fused probability over its uncertain band "
+                    f"{BAND[0]:g} <= p <= {BAND[1]:g}, bits (lower = more trustworthy)",
+}
+"""The per-image scores predict writes, by name (predictions.csv columns)."""
+
+
+def image_scores(probs: np.ndarray, fused: np.ndarray, threshold: float = 0.5, members: int | None = None,
+                 band: tuple[float, float] = BAND) -> dict[str, float]:
+    """The per-image scores of :data:`SCORES` from the S members' probabilities ``[S,H,W]`` and the fused
+    probability ``[H,W]``: the member masks are ``probs >= threshold``. ``members``: how many of the S are
+    distinct draws (a network without noise input gives S copies of one prediction: 1); with fewer than two,
+    only the entropy scores (``agreement`` and ``lesion_fraction`` need S >= 2)."""
+    scores = {"entropy": mean_entropy(fused), "band_entropy": mean_entropy(fused, band)}
+    if (members if members is not None else len(probs)) >= 2:
+        masks = np.asarray(probs) >= threshold
+        scores = {"agreement": pairwise_dice(masks), "lesion_fraction": lesion_fraction(masks), **scores}
+    return scores
