@@ -7,9 +7,11 @@ the temporary file 0600, and its mode would otherwise survive the rename.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,3 +87,150 @@ def check_output_file(path: str | Path, option: str, overwrite: bool | None = No
     if overwrite is False and path.exists():
         raise LesiondiffError(f"{option} {path}: exists; add --overwrite to replace it")
     _check_writable_parent(path, option)
+
+
+# --- output containment and ownership (DESIGN.md, "Output safety") ----------------------------------------
+
+UNSAFE_NAME = "a plain file name: no '/', '\\', NUL, '..' or absolute path"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a file name inside an output folder (None when it can): it would name another
+    folder ('/', '\\', an absolute path, '.' or '..') or cannot be created (NUL, empty)."""
+    if not name:
+        return "it is empty"
+    if "\0" in name:
+        return "it holds a NUL character"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator"
+    if name in (".", ".."):
+        return f"it is {name!r}"
+    return None
+
+
+def inside(folder: str | Path, relative: str) -> Path:
+    """``folder / relative`` where each '/'-separated part of ``relative`` is a plain name (:func:`name_problem`)
+    and the result, resolved (symbolic links followed), lies inside ``folder`` resolved; else a one-line
+    error. Every output path a command writes is built with this."""
+    parts = relative.split("/")
+    for part in parts:
+        problem = name_problem(part)
+        if problem:
+            raise LesiondiffError(f"{relative!r}: not a safe output name ({problem}; {UNSAFE_NAME})")
+    folder = Path(folder)
+    path = folder.joinpath(*parts)
+    root = folder.resolve()
+    parent = path.parent.resolve()
+    if not (parent == root or parent.is_relative_to(root)):
+        raise LesiondiffError(f"{path}: lies outside the output folder {folder} (a symbolic link?); refused")
+    return path
+
+
+OWNED = ".lesiondiff-files.jsonl"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OwnedFolder:
+    """An output folder and the list of the files lesiondiff wrote in it (``.lesiondiff-files.jsonl``: one line
+    per write, ``{"name", "bytes", "sha256"}``, the last line of a name wins).
+
+    A file lesiondiff would write is replaced only when the list says lesiondiff wrote it (:meth:`owns`; a file
+    damaged since, e.g. cut short by a full disk, is still lesiondiff's and may be written again); a file of the
+    same name that the user put there is never replaced: :meth:`claim` refuses it in one line. :meth:`intact`
+    tells whether a file is still as written. Every name is checked with :func:`inside`.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.list_path = self.folder / OWNED
+        self.files: dict[str, dict] = {}
+        if self.list_path.is_file():
+            for line in self.list_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.files[str(entry["name"])] = entry
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a kill: that file counts as not written by lesiondiff
+
+    def path(self, name: str) -> Path:
+        return inside(self.folder, name)
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` exists and lesiondiff wrote it (it is listed), even if it was damaged since."""
+        return name in self.files and (self.folder / name).is_file()
+
+    def intact(self, name: str, verify: bool = False) -> bool:
+        """Whether ``name`` exists as lesiondiff wrote it: listed, the same size (``verify``: and sha256)."""
+        entry = self.files.get(name)
+        path = self.folder / name
+        if entry is None or not path.is_file() or path.stat().st_size != entry.get("bytes"):
+            return False
+        return not verify or entry.get("sha256") in (None, file_sha256(path))
+
+    def foreign(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that exist but that lesiondiff did not write."""
+        return [n for n in names if (self.folder / n).exists() and not self.owns(n)]
+
+    def claim(self, names: Iterable[str], hint: str = "choose another --out") -> None:
+        """Refuse, in one line, when any of ``names`` would replace a file lesiondiff did not write."""
+        names = list(names)
+        for name in names:
+            self.path(name)
+        taken = self.foreign(names)
+        if taken:
+            listing = ", ".join(taken[:3]) + (f", ... ({len(taken)} in all)" if len(taken) > 3 else "")
+            raise LesiondiffError(f"{self.folder}: would replace {listing}, which lesiondiff did not write; "
+                                  f"nothing was written; {hint}")
+
+    @contextmanager
+    def writing(self, names: Iterable[str], hint: str = "choose another --out"):
+        """``with folder.writing(names) as paths:`` claims ``names`` (:meth:`claim`), yields name -> path for
+        writers that take a path (figures), and lists each file written once the block ends."""
+        names = list(names)
+        self.claim(names, hint)
+        paths = {n: self.path(n) for n in names}
+        try:
+            yield paths
+        finally:  # what was claimed is lesiondiff's, also when the block stopped half-way
+            for name, path in paths.items():
+                if path.is_file():
+                    self.record(name)
+
+    def write(self, name: str, writer: Callable[[Path], None], sha: bool = True) -> Path:
+        """Write ``name`` atomically with ``writer(tmp_path)`` after :meth:`claim`, and list it."""
+        self.claim([name])
+        path = self.path(name)
+        atomic_write(path, writer)
+        self.record(name, sha)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write(name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return self.write(name, lambda tmp: tmp.write_bytes(data))
+
+    def record(self, name: str, sha: bool = True) -> None:
+        """List ``name`` (already written) as lesiondiff's, with its size and, with ``sha``, its sha256."""
+        path = self.folder / name
+        entry = {"name": name, "bytes": path.stat().st_size, **({"sha256": file_sha256(path)} if sha else {})}
+        self.files[name] = entry
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.list_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Delete those of ``names`` that lesiondiff wrote; others stay."""
+        gone = [n for n in names if self.owns(n)]
+        for name in gone:
+            (self.folder / name).unlink(missing_ok=True)
+            self.files.pop(name, None)
+        if gone:
+            atomic_write_text(self.list_path, "".join(json.dumps(e) + "\n" for e in self.files.values()))

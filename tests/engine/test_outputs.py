@@ -42,11 +42,11 @@ def test_a_second_predict_with_other_settings_is_refused_unless_overwrite(run, i
     first = (out / "predictions.csv").read_text()
     code, _, err = predict(capsys, run, out, "--threshold", "0.3", inputs=[images])
     assert code == 2 and err.count("\n") == 1
-    assert "holds predictions of another run or other settings" in err and "sample.threshold 0.5 -> 0.3" in err
+    assert "holds predictions made with other settings (sample.threshold 0.5 -> 0.3)" in err
     assert (out / "predictions.csv").read_text() == first  # nothing touched
     assert json.loads((out / "predict.json").read_text())["threshold"] == 0.5
     code, out_text, _ = predict(capsys, run, out, "--threshold", "0.3", "--overwrite", inputs=[images])
-    assert code == 0 and "removed the predictions made with other settings" in out_text
+    assert code == 0 and "removed the predictions made with other settings (sample.threshold" in out_text
     assert json.loads((out / "predict.json").read_text())["threshold"] == 0.3
     assert json.loads((out / RECORD).read_text())["settings"]["sample.threshold"] == 0.3
 

@@ -38,6 +38,8 @@ def register(sub) -> None:
                          "a folder is refused; one made with the same settings is resumed)")
     pr.add_argument("--no-postprocess", action="store_true",
                     help="ignore the run's postprocess.json (the lesion / no-lesion rule)")
+    pr.add_argument("--verify", action="store_true",
+                    help="when resuming, check the finished images' files by their sha256, not only by their size")
 
     pp = sub.add_parser("postprocess", help="choose the run's lesion / no-lesion post-processing on the validation "
                                             "split (largest component, minimum area or probability)",
@@ -109,8 +111,9 @@ def cmd_predict(args) -> int:
         print(note)
     items = collect_inputs(args.inputs, args.manifest, args.split)
     rows = predictor.run(items, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
-                         split=args.split if args.manifest else None)
-    print(f"wrote {len(rows)} predictions to {args.out} (masks, probabilities, uncertainty maps, overlays)")
+                         split=args.split if args.manifest else None, verify=args.verify)
+    more = f" ({len(rows)} in all, with those predicted there before)" if len(rows) > len(items) else ""
+    print(f"wrote {len(items)} predictions to {args.out}{more} (masks, probabilities, uncertainty maps, overlays)")
     return 0
 
 

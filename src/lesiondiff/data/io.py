@@ -12,6 +12,7 @@ Whole volumes (a volume file, or a folder holding one DICOM series) are read by 
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -369,22 +370,34 @@ def read_volume(path: str | Path):
         raise FileError(path, f"corrupt or unreadable file ({_sitk_reason(e)})") from None
 
 
-def write_png(path: str | Path, array: np.ndarray) -> None:
-    """Write uint8 ``[H,W]`` (grey) or ``[H,W,3]`` (RGB) as PNG, atomically."""
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 ``[H,W]`` (grey) or ``[H,W,3]`` (RGB) as the bytes of a PNG file."""
     array = np.asarray(array)
     if array.dtype != np.uint8:
-        raise ValueError(f"write_png expects uint8, got {array.dtype}")
+        raise ValueError(f"encode_png expects uint8, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        raise ValueError(f"write_png expects [H,W] or [H,W,3], got {list(array.shape)}")
-    img = Image.fromarray(np.ascontiguousarray(array))
-    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+        raise ValueError(f"encode_png expects [H,W] or [H,W,3], got {list(array.shape)}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_image(mask: np.ndarray) -> np.ndarray:
+    """A bool ``[H,W]`` mask as 8-bit grey with values 0 and 255 (how masks are written)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_image expects [H,W], got {list(mask.shape)}")
+    return np.where(mask.astype(bool), 255, 0).astype(np.uint8)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write uint8 ``[H,W]`` (grey) or ``[H,W,3]`` (RGB) as PNG, atomically."""
+    data = encode_png(array)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
     """Write a bool ``[H,W]`` mask as an 8-bit grey PNG with values 0 and 255, atomically."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"write_mask_png expects [H,W], got {list(mask.shape)}")
-    write_png(path, np.where(mask.astype(bool), 255, 0).astype(np.uint8))
+    write_png(path, mask_image(mask))

@@ -14,6 +14,7 @@ given, sets labels (and patient/case groups) for any layout.
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -556,3 +557,37 @@ def check_records(
 
 def _extra_files(values: Iterable[str]) -> list[str]:
     return [v for v in values if os.path.isabs(v) and is_image_file(v)]
+
+
+_PAIRED_MASK = re.compile(r"^(?P<stem>.+?)_(?:mask(?:_\d+)?|segmentation)$", re.IGNORECASE)
+
+
+def known_masks(root: str | Path) -> dict[Path, str]:
+    """The mask files in a folder of images (resolved path -> why it is a mask), so that ``predict FOLDER``
+    predicts every image and skips only what is a known mask of a known layout:
+    - the masks (and image-file extras such as DRIVE's field of view) of every layout found at or below ``root``
+      (:data:`DETECTION_ORDER`; the same search as indexing), and the files a layout took for masks of a
+      missing image;
+    - in any folder, ``<stem>_mask.*``, ``<stem>_mask_<n>.*`` and ``<stem>_segmentation.*`` beside an image
+      ``<stem>.*`` (the BUSI and ISIC naming), so a class folder of BUSI given alone is read right.
+    Any other file is an image, whatever its name (``scan_mask.png`` with no ``scan.png`` beside it)."""
+    root = Path(root).resolve()
+    found: dict[Path, str] = {}
+    for name in DETECTION_ORDER:
+        layout = LAYOUTS.build(name)
+        for folder in layout.find(root):
+            try:
+                records, skipped = layout.collect(folder)
+            except LesiondiffError:
+                continue
+            paths = [m for r in records for m in (*r.masks, *_extra_files(r.extra.values()))]
+            paths += [p for p, reason in skipped if reason == "no image"]
+            for p in paths:
+                found.setdefault(Path(p).resolve(), f"{name} masks")
+    for path in root.rglob("*"):
+        m = _PAIRED_MASK.match(split_name(path.name)[0])
+        if m and path.is_file() and is_image_file(path) and path.resolve() not in found and any(
+                split_name(sibling.name)[0] == m["stem"] and is_image_file(sibling)
+                for sibling in path.parent.glob(glob.escape(m["stem"]) + ".*")):
+            found[path.resolve()] = "masks beside their image (<stem>_mask, _mask_N, _segmentation)"
+    return found

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LesiondiffError
-from ..io_utils import atomic_write_text
+from ..io_utils import UNSAFE_NAME, atomic_write_text, name_problem
 from .io import FileError, image_size
 from .layouts import IndexResult
 from .records import Record
@@ -184,6 +184,10 @@ def _parse_row(path: Path, line: int, raw: dict, n_columns: int) -> Row:
         raise LesiondiffError(f"{where}: {n} fields, but the header has {n_columns}")
     if not raw["id"] or not raw["image"]:
         raise LesiondiffError(f"{where}: id and image may not be empty")
+    problem = name_problem(raw["id"])
+    if problem:  # ids become output file names (<id>_mask.png): one that names a path would write elsewhere
+        raise LesiondiffError(f"{where}: id {raw['id']!r} cannot be a file name ({problem}); ids are file names "
+                              f"of predictions, so each must be {UNSAFE_NAME}")
     if raw["split"] not in ("", *SPLITS):
         raise LesiondiffError(f"{where}: split must be one of {', '.join(SPLITS)} or empty, got {raw['split']!r}")
     try:

@@ -79,8 +79,9 @@ from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
 from ..reporting.figures import reliability_figure, reliability_title
 from ..uncertainty import ece_from_bins, ged, ged_diffseg, merge_bins, reliability_bins, reliability_table
-from .outputs import read_predictions
+from .outputs import owned_folder, read_predictions
 
+EVALUATION_FILES = ("metrics.csv", "summary.json", "rounds.md", "reliability.png")
 N_BINS = 10
 PROBABILITY = "mean of the S samples"
 LOWER_IS_BETTER = ("hd95",)
@@ -163,16 +164,17 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     datasets = sorted({r["dataset"] for r in per_image if r["dataset"]})
     if datasets:
         summary["datasets"] = {name: dataset_summary(per_image, per_sample, name) for name in datasets}
-    out.mkdir(parents=True, exist_ok=True)
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["id", "label", "dataset", "which", *METRIC_NAMES])
     writer.writeheader()
     writer.writerows(per_image + per_sample)
-    atomic_write_text(out / "metrics.csv", buffer.getvalue())
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     outputs = format_outputs_markdown(summary)
-    atomic_write_text(out / "rounds.md", format_rounds_markdown(summary) + "\n" + (f"\n{outputs}\n" if outputs else ""))
-    reliability_figure(summary["calibration"], out / "reliability.png", title=reliability_title(summary))
+    with owned_folder(out).writing(EVALUATION_FILES) as paths:
+        atomic_write_text(paths["metrics.csv"], buffer.getvalue())
+        atomic_write_text(paths["summary.json"], json.dumps(summary, indent=2))
+        atomic_write_text(paths["rounds.md"],
+                          format_rounds_markdown(summary) + "\n" + (f"\n{outputs}\n" if outputs else ""))
+        reliability_figure(summary["calibration"], paths["reliability.png"], title=reliability_title(summary))
     return summary
 
 

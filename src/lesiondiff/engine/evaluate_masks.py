@@ -34,6 +34,7 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
 from .evaluate import image_level
+from .outputs import owned_folder
 
 SUFFIXES = ("_mask", "_pred", "_segmentation", "_seg")
 MISSING = ("error", "empty")
@@ -134,11 +135,11 @@ def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "tes
         "image_level": image_level(presence),
         "postprocess": "none (masks from another tool)",
     }
-    out.mkdir(parents=True, exist_ok=True)
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["id", "label", "dataset", "which", "file", *METRIC_NAMES])
     writer.writeheader()
     writer.writerows(per_image)
-    atomic_write_text(out / "metrics.csv", buffer.getvalue())
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    with owned_folder(out).writing(("metrics.csv", "summary.json")) as paths:
+        atomic_write_text(paths["metrics.csv"], buffer.getvalue())
+        atomic_write_text(paths["summary.json"], json.dumps(summary, indent=2))
     return summary

@@ -38,12 +38,12 @@ from tqdm.auto import tqdm
 
 from ..build import build_model, build_sampler
 from ..config import Config
-from ..data.io import is_image_file, read_image, split_name, write_mask_png, write_png
+from ..data.io import encode_png, is_image_file, mask_image, read_image, split_name
+from ..data.layouts import known_masks
 from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
 from ..errors import LesiondiffError
 from ..fusion import IMAGE_FUSERS, crf_kernels, fuse
-from ..io_utils import atomic_write, atomic_write_text
 from ..models import Denoiser
 from ..postprocess import FILE as POSTPROCESS_FILE
 from ..postprocess import PostProcess
@@ -52,7 +52,7 @@ from ..reporting.maps import overlay, uncertainty_panel
 from ..uncertainty import ambiguity, coherence, entropy
 from .checkpoint import Checkpoint, run_checkpoint
 from .device import make_accelerator
-from .outputs import OutputLock, PredictionFolder, is_own_output
+from .outputs import OutputLock, PredictionFolder, image_outputs, is_own_output
 
 MAPS_FROM = ("probabilities", "masks")  # sample.maps
 
@@ -88,9 +88,14 @@ def check_sampling(run: Path, overrides: list[str]) -> Config:
     return cfg
 
 
-def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | None = None) -> list[tuple[str, str]]:
+def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | None = None,
+                   log=print) -> list[tuple[str, str]]:
     """(id, image path) pairs from files, folders (recursively, image suffixes only) or a manifest's rows of
-    ``split`` (train, val, test or fold:K, :meth:`Manifest.select`; None: every row)."""
+    ``split`` (train, val, test or fold:K, :meth:`Manifest.select`; None: every row).
+
+    In a folder every image file is an input except the known masks of a known layout
+    (:func:`~lesiondiff.data.layouts.known_masks`) and predict's own outputs; each skipped file is counted, by
+    why, in one line (``log``). An id is the file's stem; ids that repeat get ``__1``, ``__2``, ..."""
     items: list[tuple[str, str]] = []
     if manifest:
         rows = Manifest.read(manifest).select(split)
@@ -100,10 +105,21 @@ def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | 
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                           and "_mask" not in split_name(f.name)[0] and not is_own_output(f))
+            masks = known_masks(p)
+            files, skipped = [], {}
+            for f in sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)):
+                why = "outputs of lesiondiff predict" if is_own_output(f) else masks.get(f.resolve())
+                if why:
+                    skipped.setdefault(why, []).append(f.name)
+                else:
+                    files.append(f)
+            if skipped:
+                log(f"{p}: {len(files)} images; skipped " + "; ".join(
+                    f"{len(names)} {why} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
+                    for why, names in skipped.items()))
             if not files:
-                raise LesiondiffError(f"{p}: empty folder (no images found)")
+                raise LesiondiffError(f"{p}: no images found" + (" (only masks and predictions)" if skipped else
+                                                                   " (empty folder)"))
             items += [(split_name(f.name)[0], str(f)) for f in files]
         elif p.is_file():
             items.append((split_name(p.name)[0], str(p)))
@@ -240,7 +256,7 @@ class Predictor:
                 "images_per_s": per_s(n_images), "masks_per_s": per_s(n_images * self.cfg.sample.samples),
                 "threads": torch.get_num_threads()}
 
-    def write(self, pred: Prediction, out: Path) -> dict:
+    def write(self, pred: Prediction, folder: PredictionFolder) -> dict:
         thr = self.cfg.sample.threshold
         fused_full = resize_prob(pred.fused, pred.original_size)
         mask = fused_full >= thr
@@ -248,7 +264,8 @@ class Predictor:
             kept = self.postprocess.apply(mask, fused_full)
             self.declared_empty += bool(mask.any() and not kept.any())
             mask = kept
-        write_mask_png(out / f"{pred.id}_mask.png", mask)
+        names = dict(zip(("mask", "probs", "overlay", "maps"), image_outputs(pred.id)))
+        folder.write(names["mask"], encode_png(mask_image(mask)))
         source = (pred.probs >= thr).astype(np.float32) if self.cfg.sample.maps == "masks" else pred.probs
         arrays = {
             "samples": pred.probs.astype(np.float16), "fused": pred.fused,
@@ -257,12 +274,11 @@ class Predictor:
         }
         buffer = _io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        atomic_write(out / f"{pred.id}_probs.npz", lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        folder.write(names["probs"], buffer.getvalue())
         over = overlay(pred.image, mask, resize_prob(arrays["ambiguity"], pred.original_size))
-        write_png(out / f"{pred.id}_overlay.png", over)
-        write_png(out / f"{pred.id}_maps.png", uncertainty_panel(arrays, over.shape[:2]))
-        return {"id": pred.id, "mask": f"{pred.id}_mask.png", "probs": f"{pred.id}_probs.npz",
-                "overlay": f"{pred.id}_overlay.png", "maps": f"{pred.id}_maps.png"}
+        folder.write(names["overlay"], encode_png(over))
+        folder.write(names["maps"], encode_png(uncertainty_panel(arrays, over.shape[:2])))
+        return {"id": pred.id, **names}
 
     def settings(self, checkpoint: str = "") -> dict:
         """Everything that decides the output files, flat (``sample.steps``, ...): the weights' source, the
@@ -273,16 +289,19 @@ class Predictor:
                 "postprocess": self.postprocess_record.get("rule"), **flat}
 
     def run(self, items: list[tuple[str, str]], out: str | Path, checkpoint: str = "", overwrite: bool = False,
-            log=print, split: str | None = None) -> list[dict]:
-        """Predict ``items`` into ``out`` (see the module docstring): refused when ``out`` holds predictions made
-        otherwise (``overwrite``: replace them), resumed when it holds some of these. ``split``: the manifest
-        split the items are (recorded in predict.json; ``evaluate`` scores that split by default)."""
+            log=print, split: str | None = None, verify: bool = False) -> list[dict]:
+        """Predict ``items`` into ``out`` (see the module docstring and ``engine/outputs.py``): refused when ``out``
+        holds predictions made otherwise (``overwrite``: replace them) or files lesiondiff did not write where
+        its files would go; added to the predictions made there with the same settings, and resumed (``verify``:
+        check finished images' files by sha256, not only by size). ``split``: the manifest split the items are
+        (recorded in predict.json; ``evaluate`` scores the last split given by default). Returns the rows of
+        every image the folder holds."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         s = self.cfg.sample
         self.sampling_seconds, self.declared_empty = 0.0, 0
         with OutputLock(out, "predict", log):
-            folder = PredictionFolder(out, self.settings(checkpoint), items, overwrite, log)
+            folder = PredictionFolder(out, self.settings(checkpoint), items, overwrite, log, verify, split)
             todo = [(id_, path) for id_, path in items if id_ not in folder.done]
             if len(todo) < len(items):
                 log(f"resuming: {len(items) - len(todo)} of {len(items)} images were predicted with these settings "
@@ -291,10 +310,10 @@ class Predictor:
             for id_, path in tqdm(todo, desc=f"predict ({s.sampler}, {calls['passes']} passes, S={s.samples})",
                                   unit="img"):
                 seconds, emptied = self.sampling_seconds, self.declared_empty
-                row = self.write(self.predict(id_, path), out)
+                row = self.write(self.predict(id_, path), folder)
                 folder.mark_done({**row, "image": path, "declared_empty": self.declared_empty - emptied,
                                   "sampling_s": self.sampling_seconds - seconds})
-            rows = [folder.done[id_] for id_, _ in items]
+            rows = folder.rows()
             self.sampling_seconds = sum(r["sampling_s"] for r in rows)
             self.declared_empty = sum(r["declared_empty"] for r in rows)
             meta = {"sampler": s.sampler, "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method,
@@ -303,12 +322,14 @@ class Predictor:
                     "prediction": self.model.prediction,
                     "network_calls": calls,
                     "samples_are": self.samples_are(), "speed": self.speed(len(rows)),
-                    "postprocess": self.postprocess_summary(), "split": split}
+                    "postprocess": self.postprocess_summary(),
+                    "split": split if split else (folder.splits[-1] if folder.splits else None),
+                    "splits": folder.splits}
             buffer = _io.StringIO()
             fields = ["id", "image", "mask", "probs", "overlay", "maps"]
             writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-            atomic_write_text(out / "predictions.csv", buffer.getvalue())
-            atomic_write_text(out / "predict.json", json.dumps(meta, indent=2))
+            folder.files.write_text("predictions.csv", buffer.getvalue())
+            folder.files.write_text("predict.json", json.dumps(meta, indent=2))
         return [{k: r[k] for k in fields} for r in rows]

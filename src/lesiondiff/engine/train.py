@@ -26,9 +26,11 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -48,6 +50,7 @@ from ..models import MODELS, count_parameters
 from .checkpoint import Checkpoint, load_frozen, run_checkpoint, save_checkpoint
 from .device import make_accelerator
 from .lr_schedule import LRSchedule
+from .outputs import OutputLock
 
 # What train.max_minutes and elapsed_s count: wall-clock time, or this process's CPU time (all its threads), which
 # other work on the machine does not eat into, so budgets stay comparable on a shared machine.
@@ -436,7 +439,8 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
     frozen, when the design has one (``Denoiser.pretrained_part``; its method registers the part's training config in
     ``methods.pretrain.PRETRAINING``: UniSegDiff's CFENet, the refiner's prior).
 
-    The part is trained as its own run in ``out_dir/<name>`` (``pretrained_part``; resumed or skipped like any
+    The run folder is locked while it trains (``engine/outputs.OutputLock``, as predict's): a second ``train``
+    into it gets a one-line error. The part is trained as its own run in ``out_dir/<name>`` (``pretrained_part``; resumed or skipped like any
     run), unless ``model.options.<name>_checkpoint`` names a trained one (a run folder: its best checkpoint, else
     its last; or a checkpoint file). Its best checkpoint (last when there
     is no validation) is loaded into the model before the main phase starts, and the main phase's budget
@@ -444,6 +448,14 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
     """
     check_size(cfg)  # before any data or weights load
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # one writer per run folder; the other processes of one launch (DDP ranks) write nothing of their own
+    holder = OutputLock(out, "train", log) if int(os.environ.get("RANK", "0")) == 0 else nullcontext()
+    with holder:
+        return _train_run(cfg, out, device, resume, log)
+
+
+def _train_run(cfg: Config, out: Path, device: str | None, resume: bool, log) -> dict:
     resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
     name = MODELS.get(cfg.model.name).pretrained_part
     pretrain_config = PRETRAINING.get(cfg.model.name) if name else None

@@ -22,7 +22,7 @@ from ..engine.evaluate import (
     rounds_table,
     samples_are,
 )
-from ..io_utils import atomic_write_text
+from ..io_utils import OwnedFolder, atomic_write_text
 from ..metrics import METRIC_NAMES
 from .figures import reliability_figure, reliability_title
 from .run_figures import examples_figure, rounds_figure, training_figure
@@ -89,8 +89,20 @@ def _calibration_html(summary: dict, figs: Path) -> str:
 def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str | Path | None = None,
                  summary: dict | None = None, manifest: str | Path | None = None, split: str = "test",
                  title: str = "lesiondiff report") -> Path:
+    """Write ``out/report.html`` and its ``figures/``; a file of those names that lesiondiff did not write is
+    never replaced (``io_utils.OwnedFolder``: refused in one line before anything is written)."""
     out = Path(out)
-    figs = out / "figures"
+    with OwnedFolder(out).writing(REPORT_FILES) as paths:
+        page = _page(paths, run, pred_dir, summary, manifest, split, title)
+        atomic_write_text(paths["report.html"], page)
+    return paths["report.html"]
+
+
+REPORT_FILES = ("report.html", *(f"figures/{name}.png" for name in ("training", "reliability", "examples", "rounds")))
+
+
+def _page(paths: dict[str, Path], run, pred_dir, summary, manifest, split, title) -> str:
+    figs = paths["figures/training.png"].parent
     figs.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if run is not None:
@@ -146,7 +158,5 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
              "th{background:#f4f4f4;text-align:left}img{max-width:100%}.protocol{color:#444}pre{background:#f8f8f8;"
              "padding:1em;font-size:12px}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    atomic_write_text(out / "report.html", page)
-    return out / "report.html"
