@@ -299,3 +299,25 @@ def test_maps_png_has_titles_and_colour_bars():
     bar = panel[TITLE_H + 40 + 3, :120].astype(int)
     ramp = (colormaps["viridis"](np.linspace(0, 1, 120))[:, :3] * 255).astype(int)
     assert np.abs(bar - ramp).max() <= 1  # the colour bar is the map's colour scale, low to high
+
+
+def test_a_large_seed_reaches_the_config_exactly(tmp_path, capsys, monkeypatch):
+    """--seed 9007199254740993 (2**53 + 1) used to become ...992 on its way through a float."""
+    from lesiondiff.config import Config
+    from lesiondiff.engine.predict import Predictor
+    from lesiondiff.errors import LesiondiffError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    Config().save(run_dir / "config.yaml")
+    seen = {}
+
+    def fake_from_run(cls, run, checkpoint="best", device=None, overrides=None, postprocess=True):
+        seen["seed"] = Config.load(run / "config.yaml").override(overrides).sample.seed
+        raise LesiondiffError("stop before loading weights")
+
+    monkeypatch.setattr(Predictor, "from_run", classmethod(fake_from_run))
+    code, _, err = run(capsys, "predict", "--run", run_dir, "--out", tmp_path / "o", "--seed", "9007199254740993",
+                       tmp_path)
+    assert code == 2 and "stop before loading weights" in err
+    assert seen["seed"] == 9007199254740993

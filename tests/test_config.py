@@ -127,3 +127,25 @@ def test_moved_sampler_keys_are_read_from_the_old_place_with_one_notice(capsys):
                    "now sample.options (read from the old place)"]
     again = Config.from_dict(cfg.to_dict())  # saved in the new place: no notice
     assert again == cfg and capsys.readouterr().err == ""
+
+
+BIG = 9007199254740993  # 2**53 + 1: the first int a float cannot hold (float(BIG) == BIG - 1)
+
+
+def test_large_integers_stay_exact():
+    cfg = Config().override([f"train.seed={BIG}", f"sample.seed={BIG}", f"fusion.crf_seed={BIG}"])
+    assert (cfg.train.seed, cfg.sample.seed, cfg.fusion.crf_seed) == (BIG, BIG, BIG)
+    assert Config.from_dict({"train": {"seed": str(BIG)}}).train.seed == BIG  # a quoted YAML value too
+    assert Config().override(["train.steps=1e3"]).train.steps == 1000  # whole floats are still ints
+    for bad in ("train.seed=.inf", "train.seed=.nan", "train.seed=2.5", "train.seed=true"):
+        with pytest.raises(LesiondiffError, match="config key 'train.seed' must be int"):
+            Config().override([bad])
+
+
+def test_build_options_keep_large_integers_exact():
+    from lesiondiff.build import checked_options
+
+    def factory(seed: int = 0):
+        return seed
+
+    assert checked_options(factory, {"seed": BIG}, "model.options", "test") == {"seed": BIG}

@@ -363,9 +363,7 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
                 return value
             raise ValueError
         if base is int:
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
+            return _as_int(value)
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -376,6 +374,25 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
         name = getattr(base, "__name__", str(base))
         raise LesiondiffError(f"{source}: config key {key!r} must be {name}, got {value!r}") from None
     return value
+
+
+def _as_int(value: Any) -> int:
+    """``value`` as an exact int: ints as they are (never through float, which rounds above 2**53, so a seed of
+    9007199254740993 would become ...992), whole floats (``1e3``, ``2.0``) and numeric strings; ValueError for
+    anything else (a bool, a fraction, inf, nan)."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return _as_int(float(text))
 
 
 def preset_names() -> list[str]:
