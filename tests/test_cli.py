@@ -321,3 +321,28 @@ def test_a_large_seed_reaches_the_config_exactly(tmp_path, capsys, monkeypatch):
                        tmp_path)
     assert code == 2 and "stop before loading weights" in err
     assert seen["seed"] == 9007199254740993
+
+
+def test_overrides_after_an_option_are_kept_and_unknown_options_still_refused(tmp_path, capsys):
+    from lesiondiff.cli import build_parser, parse
+
+    args = parse(build_parser(), ["train", "--preset", "unet", "--manifest", "m.csv", "data.size=32", "--out",
+                                  "runs/x", "train.steps=5"])
+    assert args.overrides == ["data.size=32", "train.steps=5"] and args.out == "runs/x"
+    args = parse(build_parser(), ["compare", "--presets", "unet", "train.lr=1e-3", "--manifest", "m", "--out", "o", "--budget-minutes", "1",
+                                  "train.steps=5", "data.size=64"])
+    assert args.overrides == ["train.lr=1e-3", "train.steps=5", "data.size=64"]
+    args = parse(build_parser(), ["predict", "--run", "r", "a.png", "--out", "o", "b.png", "sample.steps=3"])
+    assert args.inputs == ["a.png", "b.png", "sample.steps=3"]
+    # the trailing override is applied: its bad value is the config's one-line error
+    code, _, err = run(capsys, "train", "--preset", "unet", "--manifest", "m.csv", "train.steps=5", "--out",
+                       tmp_path / "run", "data.size=7")
+    assert_one_line_error(code, err, "data.size must be")
+    for argv in (["train", "--preset", "unet", "--out", "o", "train.steps=5", "--bogus"],
+                 ["train", "--preset", "unet", "train.steps=5", "--out", "o", "stray"],
+                 ["evaluate", "--pred", "p", "--manifest", "m", "train.steps=5"],
+                 ["predict", "--run", "r", "a.png", "--out", "o", "--bogus"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "unrecognized arguments: " in capsys.readouterr().err
