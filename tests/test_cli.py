@@ -202,8 +202,12 @@ def test_index_several_folders_into_one_manifest(phantom_dir, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["predict", "--run", "r", "--out", "o", "--steps", "-3"], "error: --steps must be >= 1, got -3"),
     (["predict", "--run", "r", "--out", "o", "--steps", "0"], "error: --steps must be >= 1, got 0"),
-    (["predict", "--run", "r", "--out", "o", "--samples", "0"], "error: --samples must be >= 1, got 0"),
-    (["predict", "--run", "r", "--out", "o", "--samples", "-2"], "error: --samples must be >= 1, got -2"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "0"], "error: --samples must be in [1, 1024], got 0"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "-2"], "error: --samples must be in [1, 1024], got -2"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "100000"],
+     "error: --samples must be in [1, 1024], got 100000"),
+    (["compare", "--presets", "unet", "--manifest", "m", "--budget-minutes", "1", "--out", "o", "--size", "16384"],
+     "error: --size must be in [8, 2048], got 16384"),
     (["predict", "--run", "r", "--out", "o", "--threshold", "7"], "error: --threshold must be in (0, 1), got 7"),
     (["predict", "--run", "r", "--out", "o", "--fusion", "foo"], "error: --fusion 'foo': unknown; known: "),
     (["predict", "--run", "r", "--out", "o", "--sampler", "foo"], "error: --sampler 'foo': unknown; known: "),
@@ -225,7 +229,8 @@ def test_bad_numbers_and_names_are_refused_before_anything_loads(argv, message, 
 def test_train_with_bad_values_or_size_writes_nothing(phantom_manifest, tmp_path, capsys):
     for override, message in (("train.steps=-5", "train.steps must be >= 1, got -5"),
                               ("train.steps=0", "train.steps must be >= 1, got 0"),
-                              ("data.size=7", "data.size must be >= 8"),
+                              ("data.size=7", "data.size must be in [8, 2048], got 7"),
+                              ("data.size=16384", "data.size must be in [8, 2048], got 16384"),
                               ("data.size=36", "data.size 36: model 'unet' needs a multiple of 8")):
         assert main(["train", "--preset", "unet", "--manifest", str(phantom_manifest), "--out",
                      str(tmp_path / "run"), override]) == 2

@@ -89,6 +89,7 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_predict(args) -> int:
+    from ..engine.memory import check_run_memory
     from ..engine.predict import Predictor, collect_inputs
 
     overrides = [f"{k}={v}" for k, v in (("sample.samples", args.samples), ("sample.sampler", args.sampler),
@@ -102,6 +103,7 @@ def cmd_predict(args) -> int:
     overrides += [*given, *args.set]
     if (args.manifest is None) != (args.split is None) and args.manifest is None:
         raise LesiondiffError("--split needs --manifest")
+    check_run_memory(run_source(args), overrides)  # before any weights load
     predictor = Predictor.from_run(run_source(args), args.checkpoint, args.device, overrides,
                                    postprocess=not args.no_postprocess)
     for note in predictor.notes({"--sampler": args.sampler, "--steps": args.steps, "--prediction": args.prediction,
