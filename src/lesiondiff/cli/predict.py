@@ -58,8 +58,9 @@ def register(sub) -> None:
                         help="a folder of mask files from any tool, matched to the manifest's ids by file name "
                              "(case1.png, case1_mask.png, case1_seg.nii.gz, ...)")
     ev.add_argument("--threshold", type=float, default=None,
-                    help="--masks: read grey values as probabilities (value / maximum >= threshold) instead of "
-                         "as labels (> 0, 8-bit grey > 127)")
+                    help="--masks: read grey values as probabilities (value / maximum >= threshold). Without it "
+                         "a mask must be binary (0/1, 0/255) or a label map (whole numbers 0..31), foreground > 0; "
+                         "other grey values are refused")
     ev.add_argument("--missing", choices=["error", "empty"], default="error",
                     help="--masks: split images without a mask file stop the evaluation (error) or count as "
                          "empty predictions (empty)")
