@@ -7,7 +7,8 @@ SimpleITK. Every failure (missing file, truncated or corrupt data, unsupported f
 slice index) raises :class:`LesiondiffError` with one line that starts with the file's path.
 
 Whole volumes (a volume file, or a folder holding one DICOM series) are read by :func:`read_volume`;
-``data/volumes.py`` cuts them into 2D slice PNGs at index time.
+``data/volumes.py`` cuts them into 2D slice PNGs at index time. Predict's probability files (``.npz``) are read
+by :func:`read_npz`, with the same one-line errors.
 """
 
 from __future__ import annotations
@@ -383,6 +384,47 @@ def read_volume(path: str | Path):
         return reader.Execute()
     except Exception as e:
         raise FileError(path, f"corrupt or unreadable file ({_sitk_reason(e)})") from None
+
+
+def read_npz(path: str | Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` file (predict's ``<id>_probs.npz``), read in full while the file is open.
+
+    A missing, empty, truncated or corrupt file, a plain ``.npy`` array, or a file without one of ``keys``
+    raises :class:`FileError` ``"PATH: not a readable probability file (REASON); predict it again"``: numpy and
+    zipfile raise EOFError, BadZipFile, KeyError, zlib and pickle errors for these, which were tracebacks.
+    """
+    path = Path(path)
+
+    def refused(reason: str) -> FileError:
+        return FileError(path, f"not a readable probability file ({reason}); predict it again")
+
+    if not path.is_file():
+        raise refused("no such file" if not path.exists() else "not a file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise refused(e.strerror or type(e).__name__) from None
+    if not head:
+        raise refused("empty file, 0 bytes")
+    if head.startswith(b"\x93NUMPY"):
+        raise refused("a single .npy array, not an .npz archive of arrays")
+    if not head.startswith(b"PK"):  # np.load would guess a pickle and say so
+        raise refused("not a zip archive, as an .npz is")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy and zipfile raise many types for a bad file; none may escape
+        raise refused(f"{type(e).__name__}: {_one_line(str(e))}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise refused("not an .npz archive of arrays")
+    with npz:
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise refused(f"no {', '.join(repr(k) for k in missing)} array; it has {', '.join(npz.files) or 'none'}")
+        try:
+            return {k: npz[k] for k in keys}
+        except Exception as e:  # a corrupt member: CRC, zlib, a bad array header, truncated data
+            raise refused(f"{type(e).__name__}: {_one_line(str(e))}") from None
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
