@@ -159,7 +159,8 @@ def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "tes
                 pred = read_given_mask(files[row["id"]], threshold)
                 if pred.shape != gt.shape:
                     resized += 1
-                    pred = np.asarray(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST), dtype=bool)
+                    # np.array: a writable copy (np.asarray of a Pillow image is read-only)
+                    pred = np.array(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST), dtype=bool)
             else:
                 pred = np.zeros(gt.shape, bool)
             tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
