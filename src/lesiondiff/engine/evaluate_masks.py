@@ -18,11 +18,12 @@ of R, G and B) are accepted when they are
   are compression noise: foreground > 127, as for ground truth).
 
 Any other values (a soft output saved as 8-bit grey, a uniform 128, float probabilities in a NIfTI file) are
-refused with one line naming the file and the values found: read silently, they were thresholded by a rule
-meant for labels (Dice anywhere from 0.05 to 0.75, and a uniform grey mask read as empty on one image and as
-foreground on the next). With ``threshold`` T the grey value is read as a probability instead (value / the type's
-maximum >= T, e.g. a soft output saved as an 8-bit PNG). A mask at another size than its image is resized to the
-image's size (nearest neighbour) and counted in the summary.
+refused with one line naming the file and the values found: read silently, they went through a rule meant for
+labels, > 0 when the file's brightest pixel is below 128 and > 127 otherwise, so the cut depended on each file's
+brightest pixel (a uniform grey became all foreground) and the score meant nothing. With ``threshold`` T the grey
+value is read as a probability instead (value / the type's maximum >= T, e.g. a soft output saved as an 8-bit
+PNG). A mask at another size than its image is resized to the image's size (nearest neighbour) and counted in the
+summary.
 
 There are no samples or probabilities, so the summary has the fused view (the given masks), lesion-image
 figures, the image-level decision and pooled Dice, and no sampling rounds, uncertainty or calibration.
