@@ -202,8 +202,12 @@ def test_index_several_folders_into_one_manifest(phantom_dir, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["predict", "--run", "r", "--out", "o", "--steps", "-3"], "error: --steps must be >= 1, got -3"),
     (["predict", "--run", "r", "--out", "o", "--steps", "0"], "error: --steps must be >= 1, got 0"),
-    (["predict", "--run", "r", "--out", "o", "--samples", "0"], "error: --samples must be >= 1, got 0"),
-    (["predict", "--run", "r", "--out", "o", "--samples", "-2"], "error: --samples must be >= 1, got -2"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "0"], "error: --samples must be in [1, 1024], got 0"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "-2"], "error: --samples must be in [1, 1024], got -2"),
+    (["predict", "--run", "r", "--out", "o", "--samples", "100000"],
+     "error: --samples must be in [1, 1024], got 100000"),
+    (["compare", "--presets", "unet", "--manifest", "m", "--budget-minutes", "1", "--out", "o", "--size", "16384"],
+     "error: --size must be in [8, 2048], got 16384"),
     (["predict", "--run", "r", "--out", "o", "--threshold", "7"], "error: --threshold must be in (0, 1), got 7"),
     (["predict", "--run", "r", "--out", "o", "--fusion", "foo"], "error: --fusion 'foo': unknown; known: "),
     (["predict", "--run", "r", "--out", "o", "--sampler", "foo"], "error: --sampler 'foo': unknown; known: "),
@@ -225,7 +229,8 @@ def test_bad_numbers_and_names_are_refused_before_anything_loads(argv, message, 
 def test_train_with_bad_values_or_size_writes_nothing(phantom_manifest, tmp_path, capsys):
     for override, message in (("train.steps=-5", "train.steps must be >= 1, got -5"),
                               ("train.steps=0", "train.steps must be >= 1, got 0"),
-                              ("data.size=7", "data.size must be >= 8"),
+                              ("data.size=7", "data.size must be in [8, 2048], got 7"),
+                              ("data.size=16384", "data.size must be in [8, 2048], got 16384"),
                               ("data.size=36", "data.size 36: model 'unet' needs a multiple of 8")):
         assert main(["train", "--preset", "unet", "--manifest", str(phantom_manifest), "--out",
                      str(tmp_path / "run"), override]) == 2
@@ -299,3 +304,50 @@ def test_maps_png_has_titles_and_colour_bars():
     bar = panel[TITLE_H + 40 + 3, :120].astype(int)
     ramp = (colormaps["viridis"](np.linspace(0, 1, 120))[:, :3] * 255).astype(int)
     assert np.abs(bar - ramp).max() <= 1  # the colour bar is the map's colour scale, low to high
+
+
+def test_a_large_seed_reaches_the_config_exactly(tmp_path, capsys, monkeypatch):
+    """--seed 9007199254740993 (2**53 + 1) used to become ...992 on its way through a float."""
+    from lesiondiff.config import Config
+    from lesiondiff.engine.predict import Predictor
+    from lesiondiff.errors import LesiondiffError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    Config().save(run_dir / "config.yaml")
+    seen = {}
+
+    def fake_from_run(cls, run, checkpoint="best", device=None, overrides=None, postprocess=True):
+        seen["seed"] = Config.load(run / "config.yaml").override(overrides).sample.seed
+        raise LesiondiffError("stop before loading weights")
+
+    monkeypatch.setattr(Predictor, "from_run", classmethod(fake_from_run))
+    code, _, err = run(capsys, "predict", "--run", run_dir, "--out", tmp_path / "o", "--seed", "9007199254740993",
+                       tmp_path)
+    assert code == 2 and "stop before loading weights" in err
+    assert seen["seed"] == 9007199254740993
+
+
+def test_overrides_after_an_option_are_kept_and_unknown_options_still_refused(tmp_path, capsys):
+    from lesiondiff.cli import build_parser, parse
+
+    args = parse(build_parser(), ["train", "--preset", "unet", "--manifest", "m.csv", "data.size=32", "--out",
+                                  "runs/x", "train.steps=5"])
+    assert args.overrides == ["data.size=32", "train.steps=5"] and args.out == "runs/x"
+    args = parse(build_parser(), ["compare", "--presets", "unet", "train.lr=1e-3", "--manifest", "m", "--out", "o", "--budget-minutes", "1",
+                                  "train.steps=5", "data.size=64"])
+    assert args.overrides == ["train.lr=1e-3", "train.steps=5", "data.size=64"]
+    args = parse(build_parser(), ["predict", "--run", "r", "a.png", "--out", "o", "b.png", "sample.steps=3"])
+    assert args.inputs == ["a.png", "b.png", "sample.steps=3"]
+    # the trailing override is applied: its bad value is the config's one-line error
+    code, _, err = run(capsys, "train", "--preset", "unet", "--manifest", "m.csv", "train.steps=5", "--out",
+                       tmp_path / "run", "data.size=7")
+    assert_one_line_error(code, err, "data.size must be")
+    for argv in (["train", "--preset", "unet", "--out", "o", "train.steps=5", "--bogus"],
+                 ["train", "--preset", "unet", "train.steps=5", "--out", "o", "stray"],
+                 ["evaluate", "--pred", "p", "--manifest", "m", "train.steps=5"],
+                 ["predict", "--run", "r", "a.png", "--out", "o", "--bogus"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "unrecognized arguments: " in capsys.readouterr().err

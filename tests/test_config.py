@@ -75,9 +75,12 @@ def test_values_are_checked_against_field_types():
     ("train.batch_size=0", "train.batch_size must be >= 1"),
     ("train.lr=-1", "train.lr must be > 0"),
     ("sample.threshold=7", r"sample.threshold must be in \(0, 1\), got 7"),
-    ("sample.samples=0", "sample.samples must be >= 1"),
+    ("sample.samples=0", r"sample.samples must be in \[1, 1024\], got 0"),
+    ("sample.samples=100000", r"sample.samples must be in \[1, 1024\], got 100000"),
+    ("train.val_samples=5000", r"train.val_samples must be in \[1, 1024\]"),
     ("sample.steps=-3", "sample.steps must be >= 1"),
-    ("data.size=7", "data.size must be >= 8"),
+    ("data.size=7", r"data.size must be in \[8, 2048\], got 7"),
+    ("data.size=16384", r"data.size must be in \[8, 2048\], got 16384"),
     ("train.ema_decay=1", r"train.ema_decay must be in \[0, 1\)"),
     ("sample.start_t=1000", "sample.start_t must be below diffusion.num_train_timesteps"),
     ("model.channel_mult=[]", "model.channel_mult must be a non-empty list"),
@@ -127,3 +130,25 @@ def test_moved_sampler_keys_are_read_from_the_old_place_with_one_notice(capsys):
                    "now sample.options (read from the old place)"]
     again = Config.from_dict(cfg.to_dict())  # saved in the new place: no notice
     assert again == cfg and capsys.readouterr().err == ""
+
+
+BIG = 9007199254740993  # 2**53 + 1: the first int a float cannot hold (float(BIG) == BIG - 1)
+
+
+def test_large_integers_stay_exact():
+    cfg = Config().override([f"train.seed={BIG}", f"sample.seed={BIG}", f"fusion.crf_seed={BIG}"])
+    assert (cfg.train.seed, cfg.sample.seed, cfg.fusion.crf_seed) == (BIG, BIG, BIG)
+    assert Config.from_dict({"train": {"seed": str(BIG)}}).train.seed == BIG  # a quoted YAML value too
+    assert Config().override(["train.steps=1e3"]).train.steps == 1000  # whole floats are still ints
+    for bad in ("train.seed=.inf", "train.seed=.nan", "train.seed=2.5", "train.seed=true"):
+        with pytest.raises(LesiondiffError, match="config key 'train.seed' must be int"):
+            Config().override([bad])
+
+
+def test_build_options_keep_large_integers_exact():
+    from lesiondiff.build import checked_options
+
+    def factory(seed: int = 0):
+        return seed
+
+    assert checked_options(factory, {"seed": BIG}, "model.options", "test") == {"seed": BIG}

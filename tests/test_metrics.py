@@ -198,3 +198,50 @@ def test_paired_difference_known_values():
     assert paired_difference(a, b, seed=3)["ci_low"] == paired_difference(a, b, seed=3)["ci_low"]
     with pytest.raises(LesiondiffError, match="equal-length"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_hd95_hands_monai_writable_arrays(monkeypatch):
+    """torch.as_tensor (inside MONAI) warns "The given NumPy array is not writable" once per process for a
+    read-only array, such as np.asarray of a Pillow image; hd95 copies those first."""
+    import monai.metrics
+
+    real = monai.metrics.compute_hausdorff_distance
+    seen = []
+
+    def spy(y_pred, y, **kw):
+        seen.append((y_pred.flags.writeable, y.flags.writeable))
+        return real(y_pred, y, **kw)
+
+    monkeypatch.setattr(monai.metrics, "compute_hausdorff_distance", spy)
+    a = np.zeros((8, 8), bool)
+    a[2:5, 2:5] = True
+    b = np.roll(a, 1, axis=1)
+    a.flags.writeable = b.flags.writeable = False
+    assert hd95(a, b) == pytest.approx(1.0)
+    assert seen == [(True, True)]
+
+
+def test_evaluate_masks_raises_no_warning_about_read_only_arrays(tmp_path):
+    """End to end in a fresh process (torch shows that warning once per process): masks at another size than
+    their image are resized, which made a read-only array."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    gt = np.zeros((32, 32), np.uint8)
+    gt[8:20, 8:20] = 255
+    (tmp_path / "tool").mkdir()
+    rows = ["id,image,masks,label,case,dataset,split,fold"]
+    for i in range(2):
+        Image.fromarray(gt // 2).save(tmp_path / f"img{i}.png")
+        Image.fromarray(gt).save(tmp_path / f"gt{i}.png")
+        Image.fromarray(gt).resize((16, 16), Image.NEAREST).save(tmp_path / "tool" / f"case{i}.png")
+        rows.append(f"case{i},{tmp_path}/img{i}.png,{tmp_path}/gt{i}.png,benign,case{i},toy,test,-1")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    done = subprocess.run([sys.executable, "-W", "error:The given NumPy array is not writable:UserWarning", "-c",
+                           "import sys; from lesiondiff.cli import main; sys.exit(main(sys.argv[1:]))",
+                           "evaluate", "--masks", str(tmp_path / "tool"), "--manifest", str(tmp_path / "m.csv")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "not writable" not in done.stderr

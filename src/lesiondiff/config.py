@@ -250,11 +250,20 @@ def _stderr(line: str) -> None:
     print(f"lesiondiff: {line}", file=sys.stderr)
 
 
+MAX_SIZE = 2048
+"""The largest ``data.size`` (and ``--size``); the presets use 128 px at most. Every array of an image is
+size x size, S of them at predict time (``engine/memory.py``): 16384 px ended in an allocator traceback instead
+of a one-line error."""
+MAX_SAMPLES = 1024
+"""The largest ``sample.samples`` and ``train.val_samples`` (and ``--samples``); the presets draw 20 at most. An
+image's S x size x size probabilities are held at once: 100000 samples at 128 px are 6.1 GiB for one image.
+What fits this machine within the bound is checked by ``engine.memory.check_run_memory``."""
+
 # Value ranges of the numeric keys, checked whenever a Config is built (preset, file, overrides), so that a
 # count, size or probability out of range is a one-line error naming the key before anything loads.
 # key -> (lowest, highest, lowest excluded, highest excluded); None: unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "data.size": (8, None, False, False),
+    "data.size": (8, MAX_SIZE, False, False),
     "data.channels": (0, 3, False, False),
     "data.val_max_images": (0, None, False, False),  # 0: no validation (best = last)
     "model.base_channels": (1, None, False, False),
@@ -276,14 +285,14 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.grad_clip": (0, None, False, False),
     "train.val_every": (1, None, False, False),
     "train.val_steps": (1, None, False, False),
-    "train.val_samples": (1, None, False, False),
+    "train.val_samples": (1, MAX_SAMPLES, False, False),
     "train.log_every": (1, None, False, False),
     "train.max_minutes": (0, None, False, False),
     "curriculum.lr_factor": (0, None, True, False),
     "curriculum.hard_augment_p": (0, 1, False, False),
     "curriculum.easy_fraction": (0, 1, True, True),
     "sample.steps": (1, None, False, False),
-    "sample.samples": (1, None, False, False),
+    "sample.samples": (1, MAX_SAMPLES, False, False),
     "sample.threshold": (0, 1, True, True),
     "sample.max_batch": (0, None, False, False),
     "sample.start_t": (0, None, False, False),
@@ -363,9 +372,7 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
                 return value
             raise ValueError
         if base is int:
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
+            return _as_int(value)
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -376,6 +383,25 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
         name = getattr(base, "__name__", str(base))
         raise LesiondiffError(f"{source}: config key {key!r} must be {name}, got {value!r}") from None
     return value
+
+
+def _as_int(value: Any) -> int:
+    """``value`` as an exact int: ints as they are (never through float, which rounds above 2**53, so a seed of
+    9007199254740993 would become ...992), whole floats (``1e3``, ``2.0``) and numeric strings; ValueError for
+    anything else (a bool, a fraction, inf, nan)."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return _as_int(float(text))
 
 
 def preset_names() -> list[str]:

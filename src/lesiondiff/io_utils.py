@@ -20,17 +20,28 @@ from .errors import LesiondiffError
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    An OSError while the temporary file is made, written or renamed (a full disk, a quota, an I/O error) names
+    ``path``: a failed ``write`` carries no file name at all and the others name the hidden temporary file, so
+    the user would read "No space left on device" without knowing where.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        hidden = str(path.parent / f".{path.name}.")  # how the temporary file's name starts
+        if exc.filename is None or str(exc.filename).startswith(hidden):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -57,12 +68,22 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _refusal(folder: Path) -> str:
+    """Why ``folder`` cannot be written: "read-only file system" when it is mounted read-only (``os.access``
+    says no there whatever the permissions), else "permission denied"."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows) or the folder vanished: the permissions decide
+        read_only = False
+    return "read-only file system" if read_only else "permission denied"
+
+
 def _check_writable_parent(path: Path, option: str) -> None:
     above = _nearest_existing(path.parent)
     if not above.is_dir():
         raise LesiondiffError(f"{option} {path}: {above} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise LesiondiffError(f"{option} {path}: cannot write in {above} (permission denied)")
+        raise LesiondiffError(f"{option} {path}: cannot write in {above} ({_refusal(above)})")
 
 
 def check_output_dir(path: str | Path, option: str) -> None:
@@ -73,7 +94,7 @@ def check_output_dir(path: str | Path, option: str) -> None:
         raise LesiondiffError(f"{option} {path}: exists and is a file, not a folder")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
-            raise LesiondiffError(f"{option} {path}: cannot write in this folder (permission denied)")
+            raise LesiondiffError(f"{option} {path}: cannot write in this folder ({_refusal(path)})")
         return
     _check_writable_parent(path, option)
 

@@ -108,8 +108,11 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Spacing = None) -> float:
     with warnings.catch_warnings():
         # MONAI 1.5+ warns about a deprecated argument of its own internal get_mask_edges call, per image.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+        # MONAI wraps the arrays with torch.as_tensor, which warns on a read-only array (e.g. np.asarray of a
+        # Pillow image): copy those, so the warning has no cause (writable arrays are not copied).
         value = compute_hausdorff_distance(
-            p[None, None], g[None, None], include_background=True, percentile=95, spacing=sp
+            np.require(p[None, None], requirements="W"), np.require(g[None, None], requirements="W"),
+            include_background=True, percentile=95, spacing=sp,
         )
     return float(value.reshape(-1)[0])
 

@@ -84,3 +84,27 @@ def test_feedforward_mode_forces_one_shot_and_seeds_repeat():
     cfg = DiffusionConfig(mode="feedforward")
     assert type(build_sampler(Config(diffusion=cfg), "ddim")).__name__ == "OneShotSampler"
     assert set(SAMPLERS.names()) >= {"ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc", "oneshot"}
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "dpmsolver", "dpmsolver++", "unipc"])
+def test_sampling_shows_no_deprecation_warning(name):
+    """diffusers deprecates algorithm_type="dpmsolver"; the sampler of that name ignores that one warning where
+    it builds the scheduler (pyproject's filterwarnings hides FutureWarning in pytest: "always" shows it here)."""
+    import warnings
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    cfg = DiffusionConfig()
+    sampler = build_sampler(Config(diffusion=cfg), name)
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probs = sampler(Oracle(square_mask(), "epsilon", cfg), torch.zeros(1, 1, 16, 16), num_samples=2, steps=4,
+                        generator=torch.Generator().manual_seed(0))
+        assert probs.shape == (1, 2, 1, 16, 16)
+        # FutureWarning is shown to users by default (DeprecationWarning is not, outside __main__)
+        assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+        # the warning is still there when the scheduler is built without the sampler: the filter is the sampler's
+        DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="sigma_min")
+        assert any("algorithm_type dpmsolver is deprecated" in str(w.message) for w in caught)
+    assert warnings.filters == filters

@@ -3,6 +3,7 @@ prediction folders (no training involved)."""
 
 import csv
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -377,3 +378,73 @@ def test_mean_of_samples_view_and_diffseg_ged(tmp_path):
     old["uncertainty"] = {k: v for k, v in u.items() if k != "ged_diffseg"}
     old_table = format_table(old).splitlines()[1:]  # after the protocol line, which names the tmp folder
     assert not any("mean_of_samples" in x or "DiffSeg GED" in x for x in old_table)
+
+
+def _corrupt(path, kind: str) -> None:
+    """Spoil a ``_probs.npz`` the ways a disk, a copy or an older writer can."""
+    data = path.read_bytes()
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8).tobytes())
+    elif kind == "flipped byte":  # inside the compressed samples: the zip's CRC check fails
+        spoilt = bytearray(data)
+        spoilt[100] ^= 0xFF
+        path.write_bytes(bytes(spoilt))
+    elif kind == "no samples":
+        np.savez(path.with_suffix(""), fused=np.zeros((8, 8), np.float32))  # np.savez adds the .npz
+    elif kind == "npy":
+        with path.open("wb") as f:
+            np.save(f, np.zeros((3, 8, 8), np.float32))
+
+
+CORRUPTIONS = {"empty": "empty file, 0 bytes", "truncated": "BadZipFile", "random bytes": "not a zip archive",
+               "flipped byte": "BadZipFile: Bad CRC-32", "no samples": "no 'samples' array; it has fused",
+               "npy": "a single .npy array"}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_a_spoilt_probability_file_is_one_error_line_naming_it(kind, tmp_path, capsys):
+    from lesiondiff.cli import main
+
+    pred, manifest = _rounds_predictions(tmp_path)
+    _corrupt(pred / "b_probs.npz", kind)
+    assert main(["evaluate", "--pred", str(pred), "--manifest", str(manifest), "--split", "test",
+                 "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1 and err.endswith("\n")
+    last = err.splitlines()[-1]  # after the progress bar's own line
+    assert last.startswith(f"error: {pred / 'b_probs.npz'}: not a readable probability file (")
+    assert CORRUPTIONS[kind] in last and last.endswith("; predict it again")
+
+
+def _readers() -> dict:
+    """Every reader of ``_probs.npz`` files besides evaluate: name -> call(pred_dir, manifest, rows, folder)."""
+    from lesiondiff.engine.postprocessing import choose_for_run
+    from lesiondiff.experiments.compare import _maps
+    from lesiondiff.reporting.run_figures import examples_figure
+    from lesiondiff.serve.jobs import draw_samples
+
+    return {
+        "postprocess": lambda pred, manifest, rows, folder: choose_for_run(folder, manifest, "test", pred),
+        "compare figure": lambda pred, manifest, rows, folder: _maps(pred, {"a": {"probs": "a_probs.npz"}}, "a",
+                                                                     (8, 8)),
+        "examples figure": lambda pred, manifest, rows, folder: examples_figure(pred, rows, folder / "ex.png"),
+        "rounds figure": lambda pred, manifest, rows, folder: rounds_figure(pred, rows, folder / "rounds.png"),
+        "serve": lambda pred, manifest, rows, folder: draw_samples(pred, "a"),
+    }
+
+
+@pytest.mark.parametrize("reader", list(_readers()))
+def test_every_reader_of_probability_files_refuses_a_spoilt_one(reader, tmp_path):
+    from lesiondiff.data.io import FileError
+
+    pred, manifest = _rounds_predictions(tmp_path)
+    rows = Manifest.read(manifest).select("test")
+    for id_ in ("a", "b", "c"):
+        _corrupt(pred / f"{id_}_probs.npz", "truncated")
+    with pytest.raises(FileError, match=re.escape("_probs.npz: not a readable probability file (BadZipFile")):
+        _readers()[reader](pred, manifest, rows, tmp_path)
+    assert not (tmp_path / "postprocess.json").exists()

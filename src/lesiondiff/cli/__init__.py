@@ -2,6 +2,7 @@
 models, serve, analyze, demo, bench, presets. One module per command group registers its parsers and commands.
 
 Errors meant for the user (bad files, unknown keys, missing checkpoints) print one line and exit with status 2.
+Config overrides (``section.key=value``) may stand anywhere on the line, after options too (:func:`parse`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from ..errors import LesiondiffError
 from . import analyze, data, demo, experiments, models, predict, serve, train
 from .common import check_args, show_defaults
+from .predict import OVERRIDE
 
 GROUPS = (data, train, experiments, predict, models, serve, demo, analyze)
 COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
@@ -27,8 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
     return show_defaults(parser)
 
 
+# The positional list each command's trailing items go to: config overrides (train, compare, ablate, cv,
+# postprocess, demo) or predict's images and overrides.
+TRAILING = ("overrides", "inputs")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, except that ``section.key=value`` items after an option are kept.
+
+    argparse fills a ``nargs="*"`` positional from one run of items only, so in ``train --preset unet
+    data.size=32 --out runs/x train.steps=5`` the last item was "unrecognized". Such items are appended, in their
+    order, to the command's overrides (or predict's inputs, which also take images: there any item that is not
+    an option is kept). Anything else left over is argparse's usual "unrecognized arguments" error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    target = next((name for name in TRAILING if isinstance(getattr(args, name, None), list)), None)
+    kept = [e for e in extra if target is not None
+            and (OVERRIDE.match(e) or (target == "inputs" and not e.startswith("-")))]
+    rest = [e for e in extra if e not in kept]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    getattr(args, target).extend(kept)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         check_args(args)
         return COMMANDS[args.command](args)

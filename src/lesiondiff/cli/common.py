@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import MAX_SAMPLES, MAX_SIZE
 from ..errors import LesiondiffError
 
 
@@ -106,12 +107,13 @@ def ints(text: str | None, option: str, example: str) -> list[int]:
 
 
 # Numeric options checked before any command runs: attribute -> (option, lowest, highest, lowest excluded,
-# highest excluded); None: unbounded on that side. Each gives a one-line error naming the option.
+# highest excluded); None: unbounded on that side. Each gives a one-line error naming the option. --samples and
+# --size have the config's bounds (config.MAX_SAMPLES, config.MAX_SIZE).
 ARG_RANGES = {
-    "samples": ("--samples", 1, None, False, False),
+    "samples": ("--samples", 1, MAX_SAMPLES, False, False),
     "steps": ("--steps", 1, None, False, False),
     "max_steps": ("--max-steps", 1, None, False, False),
-    "size": ("--size", 8, None, False, False),
+    "size": ("--size", 8, MAX_SIZE, False, False),
     "threshold": ("--threshold", 0, 1, True, True),
     "budget_minutes": ("--budget-minutes", 0, None, True, False),
     "n": ("--n", 1, None, False, False),

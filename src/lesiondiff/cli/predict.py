@@ -60,8 +60,9 @@ def register(sub) -> None:
                         help="a folder of mask files from any tool, matched to the manifest's ids by file name "
                              "(case1.png, case1_mask.png, case1_seg.nii.gz, ...)")
     ev.add_argument("--threshold", type=float, default=None,
-                    help="--masks: read grey values as probabilities (value / maximum >= threshold) instead of "
-                         "as labels (> 0, 8-bit grey > 127)")
+                    help="--masks: read grey values as probabilities (value / maximum >= threshold). Without it "
+                         "a mask must be binary (0/1, 0/255) or a label map (whole numbers 0..31), foreground > 0; "
+                         "other grey values are refused")
     ev.add_argument("--missing", choices=["error", "empty"], default="error",
                     help="--masks: split images without a mask file stop the evaluation (error) or count as "
                          "empty predictions (empty)")
@@ -91,6 +92,7 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_predict(args) -> int:
+    from ..engine.memory import check_run_memory
     from ..engine.predict import Predictor, collect_inputs
 
     overrides = [f"{k}={v}" for k, v in (("sample.samples", args.samples), ("sample.sampler", args.sampler),
@@ -104,6 +106,7 @@ def cmd_predict(args) -> int:
     overrides += [*given, *args.set]
     if (args.manifest is None) != (args.split is None) and args.manifest is None:
         raise LesiondiffError("--split needs --manifest")
+    check_run_memory(run_source(args), overrides)  # before any weights load
     predictor = Predictor.from_run(run_source(args), args.checkpoint, args.device, overrides,
                                    postprocess=not args.no_postprocess)
     for note in predictor.notes({"--sampler": args.sampler, "--steps": args.steps, "--prediction": args.prediction,

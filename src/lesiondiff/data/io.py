@@ -7,7 +7,8 @@ SimpleITK. Every failure (missing file, truncated or corrupt data, unsupported f
 slice index) raises :class:`LesiondiffError` with one line that starts with the file's path.
 
 Whole volumes (a volume file, or a folder holding one DICOM series) are read by :func:`read_volume`;
-``data/volumes.py`` cuts them into 2D slice PNGs at index time.
+``data/volumes.py`` cuts them into 2D slice PNGs at index time. Predict's probability files (``.npz``) are read
+by :func:`read_npz`, with the same one-line errors.
 """
 
 from __future__ import annotations
@@ -117,25 +118,22 @@ def _pil_image_array(img: Image.Image) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _pil_mask_array(img: Image.Image) -> np.ndarray:
-    """Pillow image -> bool [H,W]; see :func:`read_mask` for the rules."""
+def _pil_mask_values(img: Image.Image) -> tuple[np.ndarray, str]:
+    """Pillow image -> ([H,W] values, rule); see :func:`read_mask_values`."""
     mode = img.mode
     if mode == "1":
-        return np.asarray(img, dtype=bool)
+        return np.asarray(img, dtype=np.uint8), "index"
     if mode in ("P", "PA"):
-        return np.asarray(img.getchannel("P") if mode == "PA" else img) > 0
+        return np.asarray(img.getchannel("P") if mode == "PA" else img), "index"
     if mode.startswith("I") or mode == "F":
-        return np.asarray(img) > 0
+        return np.asarray(img), "number"
     if mode in ("L", "LA"):
         arr = np.asarray(img.getchannel("L") if mode == "LA" else img)
     elif mode in ("RGB", "RGBA", "RGBX"):
         arr = np.asarray(img)[..., :3].max(axis=2)
     else:
         arr = np.asarray(img.convert("RGB")).max(axis=2)
-    if img.format not in _LOSSY_FORMATS and arr.max(initial=0) < 128:
-        # A lossless mask with no value above 127 is a label map (0/1 or class indices), not a 0/255 mask.
-        return arr > 0
-    return arr > 127
+    return arr, "lossy" if img.format in _LOSSY_FORMATS else "grey"
 
 
 # --- SimpleITK ----------------------------------------------------------------------------------------
@@ -246,11 +244,30 @@ def read_mask(path: str | Path, slice_index: int | None = None) -> np.ndarray:
       label map (0/1 or class indices), so > 0 is used for it; > 127 would make it empty.
     - EXIF orientation is applied, as for images.
     """
+    return mask_from_values(*read_mask_values(path, slice_index))
+
+
+def read_mask_values(path: str | Path, slice_index: int | None = None) -> tuple[np.ndarray, str]:
+    """The numbers a mask file holds, ``[H,W]`` in the file's type (colour: the largest of R, G and B; alpha
+    dropped; EXIF orientation applied), and the rule by which :func:`read_mask` makes them a mask
+    (:func:`mask_from_values`): ``"index"`` (1-bit and palette files: > 0, whatever the numbers), ``"lossy"``
+    (JPEG: > 127), ``"grey"`` (lossless 8-bit: > 0 when every value is below 128, else > 127) or ``"number"``
+    (16-bit, 32-bit and float files, volumes: > 0). For callers that judge the values first (``evaluate
+    --masks`` refuses grey values that are neither a binary mask nor a label map)."""
     path = Path(path)
     if _is_volume(path):
         arr = _read_volume(path, slice_index)[0]
-        return (arr.max(axis=-1) if arr.ndim == 3 else arr) > 0
-    return _pil_mask_array(_open_pil(path, slice_index))
+        return (arr.max(axis=-1) if arr.ndim == 3 else arr), "number"
+    return _pil_mask_values(_open_pil(path, slice_index))
+
+
+def mask_from_values(values: np.ndarray, rule: str) -> np.ndarray:
+    """bool ``[H,W]`` from :func:`read_mask_values`'s values and rule (the rules of :func:`read_mask`)."""
+    if rule == "lossy":
+        return values > 127
+    if rule == "grey" and values.max(initial=0) >= 128:
+        return values > 127
+    return values > 0  # "index", "number", and a lossless 8-bit label map (all below 128)
 
 
 def read_masks(
@@ -368,6 +385,47 @@ def read_volume(path: str | Path):
         return reader.Execute()
     except Exception as e:
         raise FileError(path, f"corrupt or unreadable file ({_sitk_reason(e)})") from None
+
+
+def read_npz(path: str | Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` file (predict's ``<id>_probs.npz``), read in full while the file is open.
+
+    A missing, empty, truncated or corrupt file, a plain ``.npy`` array, or a file without one of ``keys``
+    raises :class:`FileError` ``"PATH: not a readable probability file (REASON); predict it again"``: numpy and
+    zipfile raise EOFError, BadZipFile, KeyError, zlib and pickle errors for these, which were tracebacks.
+    """
+    path = Path(path)
+
+    def refused(reason: str) -> FileError:
+        return FileError(path, f"not a readable probability file ({reason}); predict it again")
+
+    if not path.is_file():
+        raise refused("no such file" if not path.exists() else "not a file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise refused(e.strerror or type(e).__name__) from None
+    if not head:
+        raise refused("empty file, 0 bytes")
+    if head.startswith(b"\x93NUMPY"):
+        raise refused("a single .npy array, not an .npz archive of arrays")
+    if not head.startswith(b"PK"):  # np.load would guess a pickle and say so
+        raise refused("not a zip archive, as an .npz is")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy and zipfile raise many types for a bad file; none may escape
+        raise refused(f"{type(e).__name__}: {_one_line(str(e))}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise refused("not an .npz archive of arrays")
+    with npz:
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise refused(f"no {', '.join(repr(k) for k in missing)} array; it has {', '.join(npz.files) or 'none'}")
+        try:
+            return {k: npz[k] for k in keys}
+        except Exception as e:  # a corrupt member: CRC, zlib, a bad array header, truncated data
+            raise refused(f"{type(e).__name__}: {_one_line(str(e))}") from None
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -16,6 +16,7 @@ The generic samplers live here; each paper's own sampler is in ``methods/`` (Uni
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -174,6 +175,16 @@ class DPMSolverSampler(SchedulerSampler):
 
     scheduler_cls = DPMSolverMultistepScheduler
     extra = {"algorithm_type": "dpmsolver", "solver_order": 2, "final_sigmas_type": "sigma_min"}
+
+    def make_scheduler(self, model: Denoiser):
+        """The scheduler, without diffusers' FutureWarning on ``algorithm_type="dpmsolver"``, shown on every
+        image. diffusers deprecates the noise-prediction DPM-Solver in favour of DPM-Solver++, a different solver
+        (the ``dpmsolver++`` sampler); the scheduler has no other spelling of this one, so that one warning is
+        ignored here, where it is built, and nothing else is."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*algorithm_type dpmsolver is deprecated",
+                                    category=FutureWarning)
+            return super().make_scheduler(model)
 
 
 @SAMPLERS.register("dpmsolver++")

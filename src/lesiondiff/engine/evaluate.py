@@ -71,7 +71,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.dataset import mask_paths
-from ..data.io import read_mask, read_masks
+from ..data.io import read_mask, read_masks, read_npz
 from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
@@ -112,28 +112,31 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     per_image, per_sample, per_mean, uncertainty = [], [], [], []
     fused_masks, gts, bins, n_samples = [], [], [], set()
     presence = []  # (ground truth non-empty, prediction non-empty, label) per image
-    for row in tqdm(rows, desc=f"evaluate {split}", unit="img"):
-        p = preds[row["id"]]
-        fused = read_mask(pred_dir / p["mask"])
-        paths = mask_paths(row)
-        gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
-        with np.load(pred_dir / p["probs"]) as npz:
+    # the bar is closed (its line ended) before an error about a file is printed, not run into by it
+    with tqdm(rows, desc=f"evaluate {split}", unit="img") as bar:
+        for row in bar:
+            p = preds[row["id"]]
+            fused = read_mask(pred_dir / p["mask"])
+            paths = mask_paths(row)
+            gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
+            keys = ("samples",) if threshold is None else ("samples", "fused")
+            npz = read_npz(pred_dir / p["probs"], keys)
             samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
             if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
                 fused = resize_prob(npz["fused"], gt.shape) >= thr
-        coh = samples.mean(axis=0)  # the mean of the S samples (not npz "coherence", which sample.maps may binarise)
-        tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
-        per_image.append({**tags, "which": "fused", **binary_metrics(fused, gt)})
-        per_mean.append({**tags, "which": "mean_of_samples", **binary_metrics(coh >= thr, gt)})
-        for k, s in enumerate(samples):
-            per_sample.append({**tags, "which": f"sample_{k}", **binary_metrics(s >= thr, gt)})
-        bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
-        n_samples.add(int(samples.shape[0]))
-        uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ged_diffseg": ged_diffseg(samples >= thr),
-                            "ece": ece_from_bins(bins[-1])})
-        fused_masks.append(fused)
-        gts.append(gt)
-        presence.append((bool(gt.any()), bool(fused.any()), row.get("label", "")))
+            coh = samples.mean(axis=0)  # the mean of the S samples (not npz "coherence", which sample.maps may binarise)
+            tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
+            per_image.append({**tags, "which": "fused", **binary_metrics(fused, gt)})
+            per_mean.append({**tags, "which": "mean_of_samples", **binary_metrics(coh >= thr, gt)})
+            for k, s in enumerate(samples):
+                per_sample.append({**tags, "which": f"sample_{k}", **binary_metrics(s >= thr, gt)})
+            bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
+            n_samples.add(int(samples.shape[0]))
+            uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ged_diffseg": ged_diffseg(samples >= thr),
+                                "ece": ece_from_bins(bins[-1])})
+            fused_masks.append(fused)
+            gts.append(gt)
+            presence.append((bool(gt.any()), bool(fused.any()), row.get("label", "")))
 
     labels = sorted({r["label"] for r in per_image if r["label"]})
     rounds = rounds_summary(per_sample, min(n_samples), labels)

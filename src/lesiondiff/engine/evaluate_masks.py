@@ -7,10 +7,23 @@ trailing ``_mask``, ``_pred``, ``_seg`` or ``_segmentation`` as well (``case1.pn
 are listed and refused, unless ``missing="empty"`` scores them as empty predictions (stated in the protocol);
 files that match no row of the split, or two files for one id, are listed.
 
-Reading: by default a mask is read as lesiondiff reads ground truth (``data.io.read_mask``: label maps > 0,
-8-bit grey or colour masks > 127). With ``threshold`` T the grey value is read as a probability
-(value / the type's maximum >= T, e.g. a soft output saved as an 8-bit PNG). A mask at another size than its
-image is resized to the image's size (nearest neighbour) and counted in the summary.
+Reading: by default a mask file must say plainly which pixels are foreground. Its values (colour: the largest
+of R, G and B) are accepted when they are
+
+- binary: 0 and 1, or 0 and 255 (0 and 65535 in a 16-bit file), or one of them alone (all background, all
+  foreground); foreground is the non-zero value;
+- a label map: whole numbers from 0 to :data:`LABEL_MAX` (31), e.g. 0, 1, 2 for background, benign, malignant;
+  foreground is every label > 0;
+- or the file is 1-bit or a palette image (its values are indices, foreground > 0), or a JPEG (its grey values
+  are compression noise: foreground > 127, as for ground truth).
+
+Any other values (a soft output saved as 8-bit grey, a uniform 128, float probabilities in a NIfTI file) are
+refused with one line naming the file and the values found: read silently, they went through a rule meant for
+labels, > 0 when the file's brightest pixel is below 128 and > 127 otherwise, so the cut depended on each file's
+brightest pixel (a uniform grey became all foreground) and the score meant nothing. With ``threshold`` T the grey
+value is read as a probability instead (value / the type's maximum >= T, e.g. a soft output saved as an 8-bit
+PNG). A mask at another size than its image is resized to the image's size (nearest neighbour) and counted in the
+summary.
 
 There are no samples or probabilities, so the summary has the fused view (the given masks), lesion-image
 figures, the image-level decision and pooled Dice, and no sampling rounds, uncertainty or calibration.
@@ -28,7 +41,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.dataset import mask_paths
-from ..data.io import image_size, is_image_file, read_image, read_mask, read_masks, split_name
+from ..data.io import (
+    FileError,
+    image_size,
+    is_image_file,
+    mask_from_values,
+    read_image,
+    read_mask_values,
+    read_masks,
+    split_name,
+)
 from ..data.manifest import Manifest
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
@@ -39,6 +61,11 @@ from .outputs import owned_folder
 SUFFIXES = ("_mask", "_pred", "_segmentation", "_seg")
 MISSING = ("error", "empty")
 OUT_NAME = "lesiondiff-evaluation"  # the default output folder inside the mask folder (never read as masks)
+LABEL_MAX = 31
+"""The largest label of a label map read without ``threshold`` (module docstring): room for any lesion class
+list, and far below the grey values of a soft mask saved as 8-bit (0..255)."""
+BINARY = ((0, 1), (0, 255), (0, 65535))
+"""Binary masks read without ``threshold``: the values are a subset of one of these pairs."""
 
 
 def _candidate_ids(name: str) -> list[str]:
@@ -63,10 +90,34 @@ def match_files(folder: Path, ids: list[str]) -> tuple[dict[str, Path], list[str
     return {i: files[0] for i, files in found.items()}, missing, extra, {i: f for i, f in found.items() if len(f) > 1}
 
 
+def unplain_values(values: np.ndarray, rule: str) -> str | None:
+    """None when ``values`` (:func:`~lesiondiff.data.io.read_mask_values`) are a binary mask or a label map
+    (module docstring), else what they are, for the error: "grey values 0..200 (37 distinct)"."""
+    if rule in ("index", "lossy"):
+        return None
+    if values.dtype in (np.uint8, np.uint16):  # counting is much faster than np.unique's sort on large masks
+        found = np.flatnonzero(np.bincount(values.ravel(), minlength=1))
+    else:
+        found = np.unique(values)
+    if any(np.isin(found, pair).all() for pair in BINARY):
+        return None
+    if found.size and found.min() >= 0 and found.max() <= LABEL_MAX and np.all(found == np.round(found)):
+        return None
+    lo, hi = found.min(), found.max()  # not empty: an empty (0-pixel) file has no values to refuse
+    return f"grey values {lo:g}..{hi:g} ({found.size} distinct)" if found.size > 1 else f"grey value {lo:g} everywhere"
+
+
 def read_given_mask(path: Path, threshold: float | None) -> np.ndarray:
-    """The mask as bool [H,W]: as ground truth is read, or (``threshold``) grey value / maximum >= threshold."""
+    """The mask as bool [H,W]: a binary mask or label map read as ground truth is (any other grey values are
+    refused, module docstring), or (``threshold``) grey value / maximum >= threshold."""
     if threshold is None:
-        return read_mask(path)
+        values, rule = read_mask_values(path)
+        found = unplain_values(values, rule)
+        if found:
+            raise FileError(path, f"{found}: neither a binary mask (0/1, 0/255) nor a label map (whole numbers "
+                                  f"0..{LABEL_MAX}); give --threshold T to read them as probabilities "
+                                  "(value / maximum >= T)")
+        return mask_from_values(values, rule)
     return read_image(path).max(axis=-1) / 255.0 >= threshold  # read_image scales 16-bit and 1-bit to 0..255
 
 
@@ -100,26 +151,30 @@ def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "tes
     if absent:
         log(f"note: {len(absent)} {split} images have no mask file and are scored as empty: {_listing(absent)}")
     per_image, masks, gts, presence, resized = [], [], [], [], 0
-    for row in tqdm(rows, desc=f"evaluate masks {split}", unit="img"):
-        paths = mask_paths(row)
-        shape = image_size(row["image"])  # the header only: the pixels are not needed
-        gt = read_masks(paths, shape=shape) if paths else np.zeros(shape, bool)
-        if row["id"] in files:
-            pred = read_given_mask(files[row["id"]], threshold)
-            if pred.shape != gt.shape:
-                resized += 1
-                pred = np.asarray(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST), dtype=bool)
-        else:
-            pred = np.zeros(gt.shape, bool)
-        tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
-        per_image.append({**tags, "which": "fused", "file": str(files.get(row["id"], "")),
-                          **binary_metrics(pred, gt)})
-        masks.append(pred)
-        gts.append(gt)
-        presence.append((bool(gt.any()), bool(pred.any()), row.get("label", "")))
+    # the bar is closed (its line ended) before an error about a file is printed, not run into by it
+    with tqdm(rows, desc=f"evaluate masks {split}", unit="img") as bar:
+        for row in bar:
+            paths = mask_paths(row)
+            shape = image_size(row["image"])  # the header only: the pixels are not needed
+            gt = read_masks(paths, shape=shape) if paths else np.zeros(shape, bool)
+            if row["id"] in files:
+                pred = read_given_mask(files[row["id"]], threshold)
+                if pred.shape != gt.shape:
+                    resized += 1
+                    # np.array: a writable copy (np.asarray of a Pillow image is read-only)
+                    pred = np.array(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST), dtype=bool)
+            else:
+                pred = np.zeros(gt.shape, bool)
+            tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
+            per_image.append({**tags, "which": "fused", "file": str(files.get(row["id"], "")),
+                              **binary_metrics(pred, gt)})
+            masks.append(pred)
+            gts.append(gt)
+            presence.append((bool(gt.any()), bool(pred.any()), row.get("label", "")))
     labels = sorted({r["label"] for r in per_image if r["label"]})
     reading = ("grey value / maximum >= threshold " + f"{threshold:g}" if threshold is not None
-               else "as ground truth is read (label maps > 0, 8-bit grey > 127)")
+               else f"as binary masks or label maps (0/1, 0/255 or labels 0..{LABEL_MAX}: foreground > 0; "
+                    "JPEG > 127)")
     summary = {
         "protocol": (f"split {split} of {manifest}: {len(rows)} images; masks from {mask_dir} read {reading}; "
                      f"{len(absent)} images without a file scored as empty; {resized} masks resized to their "

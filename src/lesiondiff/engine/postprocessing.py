@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import mask_paths
-from ..data.io import read_masks
+from ..data.io import read_masks, read_npz
 from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
@@ -39,9 +39,9 @@ def choose_for_run(run: str | Path, manifest: str | Path, split: str = "val", pr
     threshold = float(meta.get("threshold", 0.5))
     cases = []
     for row in rows:
-        with np.load(pred_dir / preds[row["id"]]["probs"]) as npz:
-            size = tuple(int(v) for v in npz["original_size"])
-            prob = resize_prob(npz["fused"].astype(np.float32), size)
+        npz = read_npz(pred_dir / preds[row["id"]]["probs"], ("original_size", "fused"))
+        size = tuple(int(v) for v in npz["original_size"])
+        prob = resize_prob(npz["fused"].astype(np.float32), size)
         paths = mask_paths(row)
         cases.append((prob, read_masks(paths, shape=size) if paths else np.zeros(size, bool)))
     rule, scores = choose(cases, threshold)

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..config import Config, load_preset
 from ..data.dataset import mask_paths
-from ..data.io import read_image, read_masks
+from ..data.io import read_image, read_masks, read_npz
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import resize_prob
 from ..engine.outputs import read_predictions
@@ -258,8 +258,8 @@ def figure_ids(ids: list[str], k: int) -> list[str]:
 def _maps(pred_dir: Path, rows: dict[str, dict], id_: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) over the S samples of one prediction (``rows``: its ``predictions.csv``), at the image size.
     std = sqrt(the npz's population variance ``ambiguity``), taken before resizing."""
-    with np.load(pred_dir / rows[id_]["probs"]) as npz:
-        return resize_prob(npz["coherence"], hw), resize_prob(np.sqrt(npz["ambiguity"]), hw)
+    npz = read_npz(pred_dir / rows[id_]["probs"], ("coherence", "ambiguity"))
+    return resize_prob(npz["coherence"], hw), resize_prob(np.sqrt(npz["ambiguity"]), hw)
 
 
 def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None:

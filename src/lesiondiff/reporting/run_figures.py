@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.dataset import mask_paths
-from ..data.io import image_size, read_image, read_mask, read_masks
+from ..data.io import image_size, read_image, read_mask, read_masks, read_npz
 from ..data.manifest import evenly_spaced
 from ..data.transforms import resize_prob
 from ..engine.outputs import read_predictions
@@ -65,8 +65,8 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
     for i, row in enumerate(chosen):
         p = preds[row["id"]]
         image = read_image(row["image"])
-        with np.load(pred_dir / p["probs"]) as npz:
-            maps = {k: resize_prob(npz[k], image.shape[:2]) for k in ("coherence", "ambiguity", "entropy")}
+        npz = read_npz(pred_dir / p["probs"], ("coherence", "ambiguity", "entropy"))
+        maps = {k: resize_prob(v, image.shape[:2]) for k, v in npz.items()}
         gt_paths = mask_paths(row) if "masks" in row else []
         gt = read_masks(gt_paths, shape=image.shape[:2]) if gt_paths else None
         over = np.asarray(Image.open(pred_dir / p["overlay"]).convert("RGB"))
@@ -109,8 +109,7 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
     chosen = evenly_spaced(with_gt, n) or evenly_spaced([{"id": i, "image": preds[i]["image"]} for i in sorted(preds)], n)
     if not chosen:
         return []
-    with np.load(pred_dir / preds[chosen[0]["id"]]["probs"]) as npz:
-        n_samples = int(npz["samples"].shape[0])
+    n_samples = int(read_npz(pred_dir / preds[chosen[0]["id"]]["probs"], ("samples",))["samples"].shape[0])
     if n_samples < 2:
         return []
     plt = pyplot()
@@ -124,10 +123,9 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
         image = read_image(row["image"])
         hw = image.shape[:2]
         gt = read_masks(mask_paths(row), shape=hw) if with_gt else None
-        with np.load(pred_dir / p["probs"]) as npz:
-            samples = npz["samples"]
-            # one sample at a time: at a dermoscopy image's full size, S float32 maps are hundreds of MB
-            masks = [resize_prob(samples[k].astype(np.float32), hw) >= thr for k in range(samples.shape[0])]
+        samples = read_npz(pred_dir / p["probs"], ("samples",))["samples"]
+        # one sample at a time: at a dermoscopy image's full size, S float32 maps are hundreds of MB
+        masks = [resize_prob(samples[k].astype(np.float32), hw) >= thr for k in range(samples.shape[0])]
         masks.append(read_mask(pred_dir / p["mask"]))
         dice = [None if gt is None else image_dice(m, gt) for m in masks]
         records.append({"id": row["id"], "rounds": dice[:-1], "fused": dice[-1]})

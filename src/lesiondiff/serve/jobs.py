@@ -79,11 +79,11 @@ def predict(job: Job, device: str | None) -> None:
 
 def draw_samples(out: Path, image_id: str) -> None:
     """``<id>_samples.png``: the S samples of ``<id>_probs.npz`` binarised at its threshold, the run's."""
-    from ..data.io import write_png
+    from ..data.io import read_npz, write_png
     from ..reporting.maps import sample_masks
 
-    with np.load(out / f"{image_id}_probs.npz") as probs:
-        grid = sample_masks(probs["samples"].astype(np.float32), float(probs["threshold"]))
+    probs = read_npz(out / f"{image_id}_probs.npz", ("samples", "threshold"))
+    grid = sample_masks(probs["samples"].astype(np.float32), float(probs["threshold"]))
     write_png(out / f"{image_id}{OUTPUTS['samples']}", grid)
 
 
