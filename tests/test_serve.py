@@ -2,12 +2,14 @@
 ``lesiondiff predict`` writes for the same image, settings and seed; progress counts network evaluations; bad,
 oversized and unsupported uploads are refused with a clear message and the server goes on; jobs keep apart."""
 
+import asyncio
 import io
 import socket
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -16,12 +18,13 @@ from PIL import Image
 from lesiondiff.cli import build_parser, main
 from lesiondiff.reporting.maps import sample_masks
 from lesiondiff.serve import jobs as jobs_module
-from lesiondiff.serve.app import create_app
+from lesiondiff.serve.app import FORM_OVERHEAD, create_app
 from lesiondiff.serve.catalog import catalog
 
 SETTINGS = {"samples": "3", "steps": "2", "seed": "7"}
 LIMIT = 200_000  # bytes: the upload limit of the test app
 STATIC = Path(__file__).resolve().parents[1] / "src/lesiondiff/serve/static"
+BASE = "http://127.0.0.1:8000"  # the Host the test clients send: a name the server answers to
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +97,30 @@ def test_a_corrupt_or_unsupported_file_is_refused_and_the_server_goes_on(client,
     r = upload(client, image, content=image.read_bytes()[:200])  # truncated
     assert r.status_code == 400 and r.json()["detail"].startswith("phantom_0003.png: ")
     assert wait(client, upload(client, image).json()["id"])["status"] == "done"
+
+
+def test_a_chunked_upload_is_refused_as_it_streams(run, tmp_path):
+    """With no Content-Length the body is counted as it arrives: refused just past the limit, not spooled whole
+    first (httpx's ASGI transport hands the app one chunk per receive, as a server does)."""
+    sent, chunk, boundary = 0, b"\0" * 2**16, "lesiondiff-test"
+
+    async def body():
+        nonlocal sent
+        for part in (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode(), *[chunk] * 320, f"\r\n--{boundary}--\r\n".encode()):
+            sent += len(part)  # 20 MB in all
+            yield part
+
+    async def post(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=BASE) as c:
+            return await c.post("/api/jobs", content=body(),
+                                headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+
+    r = asyncio.run(post(create_app(catalog({}, run), root=tmp_path, max_upload=2**20)))
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    assert r.status_code == 413 and r.json()["detail"] == "the file is too large: uploads are limited to 1 MB"
+    assert 2**20 + FORM_OVERHEAD < sent <= 2**20 + FORM_OVERHEAD + len(chunk)
+    assert list(tmp_path.iterdir()) == []  # no job folder
 
 
 @pytest.mark.parametrize("size", [LIMIT + 30_000, 5 * LIMIT])  # counted while saved; refused by Content-Length

@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Message, Receive
 
 from .catalog import Model
 from .jobs import OUTPUTS, Job, JobQueue
@@ -97,15 +98,34 @@ async def create_job(request: Request) -> dict:
     """Save and check the upload, queue its job and answer with the job's status."""
     s = server_of(request)
     try:
-        length = int(request.headers.get("content-length") or 0)
-        if length > s.max_upload + FORM_OVERHEAD:  # refused before the body is read
+        most = s.max_upload + FORM_OVERHEAD
+        if int(request.headers.get("content-length") or 0) > most:  # refused before the body is read
             raise too_large(s.max_upload)
+        request = Request(request.scope, receive=limited(request.receive, most, s.max_upload))
         async with request.form(max_files=1, max_fields=8) as form:
             job = await accept(s, form)
     except UploadError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     s.jobs.submit(job)
     return view(s, job)
+
+
+def limited(receive: Receive, most: int, max_upload: int) -> Receive:
+    """``receive`` counting the body as it arrives and refusing it (413) past ``most`` bytes: a body with no
+    Content-Length (chunked) would otherwise be spooled to disk in full by the form parser before the saved
+    file's size is checked."""
+    seen = 0
+
+    async def receive_limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > most:
+                raise too_large(max_upload)
+        return message
+
+    return receive_limited
 
 
 async def accept(s: Server, form) -> Job:
