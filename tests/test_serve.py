@@ -18,6 +18,7 @@ from PIL import Image
 from lesiondiff.cli import build_parser, main
 from lesiondiff.reporting.maps import sample_masks
 from lesiondiff.serve import jobs as jobs_module
+from lesiondiff.serve import uploads as uploads_module
 from lesiondiff.serve.app import FORM_OVERHEAD, create_app
 from lesiondiff.serve.catalog import catalog
 
@@ -127,6 +128,27 @@ def test_a_chunked_upload_is_refused_as_it_streams(run, tmp_path):
 def test_an_oversized_upload_is_refused(client, image, size):
     r = upload(client, image, content=b"\0" * size)
     assert r.status_code == 413 and r.json()["detail"] == "the file is too large: uploads are limited to 0.191 MB"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's note on opening it
+def test_an_image_of_too_many_pixels_is_refused_before_it_is_decoded(client, run, image, tmp_path, monkeypatch):
+    """A 12000 x 12000 PNG is a few kB (under the byte limit and Pillow's bomb limit) but 144 megapixels: its
+    header is read, the pixels never decoded."""
+    huge = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(huge)
+    assert huge.stat().st_size < LIMIT
+    decoded, read_image = [], uploads_module.read_image
+    monkeypatch.setattr(uploads_module, "read_image", lambda path: decoded.append(Path(path).name) or read_image(path))
+    r = upload(client, huge)
+    assert r.status_code == 413 and r.json()["detail"] == ("huge.png: the image is 12000 x 12000 pixels (144 "
+                                                           "megapixels); this server takes at most 40 megapixels")
+    assert decoded == []
+    assert wait(client, upload(client, image).json()["id"])["status"] == "done"  # a normal image still works
+    assert decoded == ["phantom_0003.png"]
+    with TestClient(create_app(catalog({}, run), root=tmp_path / "jobs", max_pixels=4000), base_url=BASE) as c:
+        r = upload(c, image)  # the option: the 64 x 64 phantom is 96 pixels too many
+    assert r.status_code == 413 and r.json()["detail"] == ("phantom_0003.png: the image is 64 x 64 pixels (0.0041 "
+                                                           "megapixels); this server takes at most 0.004 megapixels")
 
 
 def test_settings_and_models_are_checked(client, image):

@@ -24,6 +24,8 @@ def register(sub) -> None:
     sv.add_argument("--port", type=int, default=8000, help="the port to listen on")
     sv.add_argument("--device", default=None)
     sv.add_argument("--max-upload-mb", type=float, default=25, help="largest image file accepted, in MB")
+    sv.add_argument("--max-megapixels", type=float, default=40,
+                    help="largest image accepted, in decoded megapixels (read from the file's header)")
 
 
 def check_port(host: str, port: int) -> None:
@@ -47,7 +49,8 @@ def cmd_serve(args) -> int:
     models = catalog({name: model_dir(name) for name in model_names()}, Path(args.run) if args.run else None)
     default = args.model or (next(iter(models)) if chosen is not None else None)
     check_port(args.host, args.port)
-    app = create_app(models, default, args.device, max_upload=int(args.max_upload_mb * 2**20))
+    app = create_app(models, default, args.device, max_upload=int(args.max_upload_mb * 2**20),
+                     max_pixels=int(args.max_megapixels * 1e6))
     print(f"lesiondiff serve: http://{args.host}:{args.port}/ with {', '.join(models)} (Ctrl+C stops it)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

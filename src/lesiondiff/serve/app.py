@@ -35,7 +35,7 @@ from starlette.types import Message, Receive
 
 from .catalog import Model
 from .jobs import OUTPUTS, Job, JobQueue
-from .uploads import MAX_UPLOAD, UploadError, check_image, save_upload, too_large, upload_name
+from .uploads import MAX_PIXELS, MAX_UPLOAD, UploadError, check_image, save_upload, too_large, upload_name
 
 LIMITS = {"samples": (1, 64), "steps": (1, 1000), "seed": (0, 2**31 - 1)}  # what a job may ask for
 FORM_OVERHEAD = 64 * 2**10  # bytes of a multipart body beyond the file: boundaries and the other fields
@@ -49,6 +49,7 @@ class Server:
     default: str
     jobs: JobQueue
     max_upload: int  # bytes
+    max_pixels: int  # decoded pixels of an upload
 
 
 def static_dir() -> Path:
@@ -56,12 +57,13 @@ def static_dir() -> Path:
 
 
 def create_app(models: dict[str, Model], default: str | None = None, device: str | None = None,
-               root: Path | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
+               root: Path | None = None, max_upload: int = MAX_UPLOAD, max_pixels: int = MAX_PIXELS) -> FastAPI:
     """The app serving ``models`` (name -> Model; ``default`` preselected, else the first). Job folders go under
-    ``root``, by default a temporary folder the app owns and removes at shutdown."""
+    ``root``, by default a temporary folder the app owns and removes at shutdown. Uploads are refused past
+    ``max_upload`` bytes or ``max_pixels`` decoded pixels."""
     owned = root is None
     root = Path(tempfile.mkdtemp(prefix="lesiondiff-serve-")) if owned else Path(root)
-    server = Server(models, default or next(iter(models)), JobQueue(root, device), max_upload)
+    server = Server(models, default or next(iter(models)), JobQueue(root, device), max_upload, max_pixels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -90,7 +92,7 @@ def index() -> FileResponse:
 def list_models(request: Request) -> dict:
     s = server_of(request)
     return {"models": [m.describe() for m in s.models.values()], "default": s.default,
-            "max_upload_bytes": s.max_upload, "limits": LIMITS}
+            "max_upload_bytes": s.max_upload, "max_pixels": s.max_pixels, "limits": LIMITS}
 
 
 @router.post("/api/jobs", status_code=202)
@@ -142,7 +144,7 @@ async def accept(s: Server, form) -> Job:
     path = folder / "input" / f"{image_id}{suffix}"
     try:
         await save_upload(upload, path, s.max_upload)
-        await run_in_threadpool(check_image, path, shown)
+        await run_in_threadpool(check_image, path, shown, s.max_pixels)
     except UploadError:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -1,16 +1,25 @@
 """Uploads: the id a file's name gives (the stem ``lesiondiff predict`` would take, made safe), saving within a size
-limit, and decoding with the reader predict uses, so that a corrupt or unsupported file is refused with a clear
-message before a job is made."""
+limit, and decoding with the reader predict uses, so that a corrupt, unsupported or oversized file is refused with a
+clear message before a job is made."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from ..data.io import FileError, is_image_file, read_image, split_name
+from ..data.io import (
+    VOLUME_SUFFIXES,
+    FileError,
+    image_size,
+    is_image_file,
+    num_slices,
+    read_image,
+    split_name,
+)
 from ..errors import LesiondiffError
 
 MAX_UPLOAD = 25 * 2**20  # bytes
+MAX_PIXELS = 40_000_000  # decoded pixels (all slices of a volume): about 0.5 GB as float32 RGB, more while read
 CHUNK = 2**20
 KNOWN = "PNG, JPEG, TIFF, BMP, GIF or WebP"
 
@@ -49,13 +58,26 @@ async def save_upload(upload, path: Path, limit: int = MAX_UPLOAD) -> None:
         raise UploadError(f"{upload.filename}: the file is empty")
 
 
-def check_image(path: Path, shown: str) -> None:
-    """Decode ``path`` as predict will (``read_image``); a failure names the file as uploaded (``shown``)."""
+def check_image(path: Path, shown: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Decode ``path`` as predict will (``read_image``); a failure names the file as uploaded (``shown``).
+
+    The pixel count is read from the header first and more than ``max_pixels`` is refused undecoded: a PNG of
+    one colour compresses about 1000:1, so a file far below the byte limit can decode to gigabytes. The refusal
+    is 413, as for too many bytes: the image is well formed, only larger than this server takes (422 would say
+    the request itself is wrong)."""
     if not is_image_file(path):
         raise UploadError(f"{shown}: unsupported file type; give an image ({KNOWN})", 415)
     try:
+        h, w = image_size(path)
+        slices = num_slices(path) if split_name(path.name)[1] in VOLUME_SUFFIXES else 1  # read_image reads all
+        if h * w * slices > max_pixels:
+            size = f"{w} x {h}" + (f" x {slices}" if slices > 1 else "")
+            raise UploadError(f"{shown}: the image is {size} pixels ({h * w * slices / 1e6:.3g} megapixels); "
+                              f"this server takes at most {max_pixels / 1e6:.3g} megapixels", 413)
         read_image(path)
     except FileError as exc:
         raise UploadError(f"{shown}: {exc.reason}") from None
+    except UploadError:
+        raise
     except LesiondiffError as exc:
         raise UploadError(f"{shown}: {str(exc).replace(str(path), shown)}") from None
