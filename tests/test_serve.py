@@ -191,6 +191,27 @@ def test_a_queued_job_says_so_and_an_error_inside_a_job_is_shown(run, image, tmp
     assert failed["status"] == "error" and failed["error"] == "phantom_0003.png: the checkpoint is unreadable"
 
 
+def test_a_full_queue_answers_429_and_keeps_nothing(run, image, tmp_path, monkeypatch):
+    """At most max_queue jobs queued or running: one more is refused before its upload is read, or when the queue
+    fills while it is read, and leaves no folder; once a job has finished the next is taken."""
+    release = threading.Event()
+    monkeypatch.setattr(jobs_module, "predict", lambda job, device: release.wait(30))
+    busy = "the server is busy: 2 jobs are queued or running, the most it takes; try again when one has finished"
+    with TestClient(create_app(catalog({}, run), root=tmp_path, max_queue=2), base_url=BASE) as c:
+        first, second = upload(c, image), upload(c, image)
+        assert (first.status_code, second.status_code) == (202, 202)
+        r = upload(c, image)
+        assert r.status_code == 429 and r.json()["detail"] == busy
+        with monkeypatch.context() as m:
+            m.setattr(jobs_module.JobQueue, "full", lambda self: False)  # the queue filled while the upload was read
+            r = upload(c, image)
+        assert r.status_code == 429 and r.json()["detail"] == busy
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.json()["id"], second.json()["id"]])
+        release.set()
+        assert [wait(c, j.json()["id"])["status"] for j in (first, second)] == ["done", "done"]
+        assert upload(c, image).status_code == 202
+
+
 def test_the_models_list_the_run_and_every_shipped_model(run):
     models = catalog({"busi": run, "run": run}, run)
     assert list(models) == ["run (run)", "busi", "run"] and models["run (run)"].source == "run"

@@ -26,6 +26,8 @@ def register(sub) -> None:
     sv.add_argument("--max-upload-mb", type=float, default=25, help="largest image file accepted, in MB")
     sv.add_argument("--max-megapixels", type=float, default=40,
                     help="largest image accepted, in decoded megapixels (read from the file's header)")
+    sv.add_argument("--max-queue", type=int, default=8,
+                    help="most jobs queued or running at once; more are refused until one has finished")
 
 
 def check_port(host: str, port: int) -> None:
@@ -50,7 +52,7 @@ def cmd_serve(args) -> int:
     default = args.model or (next(iter(models)) if chosen is not None else None)
     check_port(args.host, args.port)
     app = create_app(models, default, args.device, max_upload=int(args.max_upload_mb * 2**20),
-                     max_pixels=int(args.max_megapixels * 1e6))
+                     max_pixels=int(args.max_megapixels * 1e6), max_queue=args.max_queue)
     print(f"lesiondiff serve: http://{args.host}:{args.port}/ with {', '.join(models)} (Ctrl+C stops it)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

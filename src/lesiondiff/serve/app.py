@@ -34,11 +34,12 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
 from .catalog import Model
-from .jobs import OUTPUTS, Job, JobQueue
+from .jobs import OUTPUTS, Job, JobQueue, QueueFull
 from .uploads import MAX_PIXELS, MAX_UPLOAD, UploadError, check_image, save_upload, too_large, upload_name
 
 LIMITS = {"samples": (1, 64), "steps": (1, 1000), "seed": (0, 2**31 - 1)}  # what a job may ask for
 FORM_OVERHEAD = 64 * 2**10  # bytes of a multipart body beyond the file: boundaries and the other fields
+MAX_QUEUE = 8  # jobs queued or running
 
 router = APIRouter()
 
@@ -57,13 +58,15 @@ def static_dir() -> Path:
 
 
 def create_app(models: dict[str, Model], default: str | None = None, device: str | None = None,
-               root: Path | None = None, max_upload: int = MAX_UPLOAD, max_pixels: int = MAX_PIXELS) -> FastAPI:
+               root: Path | None = None, max_upload: int = MAX_UPLOAD, max_pixels: int = MAX_PIXELS,
+               max_queue: int = MAX_QUEUE) -> FastAPI:
     """The app serving ``models`` (name -> Model; ``default`` preselected, else the first). Job folders go under
     ``root``, by default a temporary folder the app owns and removes at shutdown. Uploads are refused past
-    ``max_upload`` bytes or ``max_pixels`` decoded pixels."""
+    ``max_upload`` bytes or ``max_pixels`` decoded pixels, and jobs past ``max_queue`` queued or running."""
     owned = root is None
     root = Path(tempfile.mkdtemp(prefix="lesiondiff-serve-")) if owned else Path(root)
-    server = Server(models, default or next(iter(models)), JobQueue(root, device), max_upload, max_pixels)
+    server = Server(models, default or next(iter(models)), JobQueue(root, device, limit=max_queue), max_upload,
+                    max_pixels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -100,6 +103,8 @@ async def create_job(request: Request) -> dict:
     """Save and check the upload, queue its job and answer with the job's status."""
     s = server_of(request)
     try:
+        if s.jobs.full():  # refused before the upload is read
+            raise UploadError(str(s.jobs.busy()), 429)
         most = s.max_upload + FORM_OVERHEAD
         if int(request.headers.get("content-length") or 0) > most:  # refused before the body is read
             raise too_large(s.max_upload)
@@ -108,7 +113,11 @@ async def create_job(request: Request) -> dict:
             job = await accept(s, form)
     except UploadError as exc:
         raise HTTPException(exc.status, str(exc)) from None
-    s.jobs.submit(job)
+    try:
+        s.jobs.submit(job)
+    except QueueFull as exc:
+        shutil.rmtree(job.folder, ignore_errors=True)
+        raise HTTPException(429, str(exc)) from None
     return view(s, job)
 
 

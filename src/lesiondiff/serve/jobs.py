@@ -1,10 +1,11 @@
 """The jobs of ``lesiondiff serve``: each accepted upload is a job with an unguessable id and a folder of its own,
 run by ``Predictor.run``, the code path of ``lesiondiff predict``, so its files are the ones predict writes.
 
-Jobs run one at a time on one worker thread, in the order they came. One job touches a model at a time, so the
-wrapper that counts its network evaluations for the progress bar (``count_evaluations`` shadows
-``model.denoise``) never counts another job's; sampling is batched over S already and gains nothing from a
-second job beside it.
+Jobs run one at a time on one worker thread, in the order they came; at most ``limit`` are queued or running (more
+are refused), so that no client can fill the disk with queued uploads or make the wait unbounded. One job touches
+a model at a time, so the wrapper that counts its network evaluations for the progress bar (``count_evaluations``
+shadows ``model.denoise``) never counts another job's; sampling is batched over S already and gains nothing from
+a second job beside it.
 """
 
 from __future__ import annotations
@@ -100,12 +101,16 @@ def run_job(job: Job, device: str | None) -> None:
     job.status, job.stage = ("error", "failed") if job.error else ("done", "done")
 
 
-class JobQueue:
-    """Jobs by id, run one at a time on one worker thread (started with the first job) under ``root``; only the
-    newest ``keep`` finished jobs keep their folders."""
+class QueueFull(LesiondiffError):
+    """A job refused because the queue holds as many unfinished jobs as it takes."""
 
-    def __init__(self, root: Path, device: str | None = None, keep: int = 100) -> None:
-        self.root, self.device, self.keep = Path(root), device, keep
+
+class JobQueue:
+    """Jobs by id, run one at a time on one worker thread (started with the first job) under ``root``; at most
+    ``limit`` queued or running; only the newest ``keep`` finished jobs keep their folders."""
+
+    def __init__(self, root: Path, device: str | None = None, keep: int = 100, limit: int = 8) -> None:
+        self.root, self.device, self.keep, self.limit = Path(root), device, keep, limit
         self.jobs: dict[str, Job] = {}
         self.pending: queue.Queue[Job | None] = queue.Queue()
         self.lock = threading.Lock()
@@ -118,8 +123,25 @@ class JobQueue:
         (folder / "input").mkdir(parents=True)
         return job_id, folder
 
-    def submit(self, job: Job) -> None:
+    def unfinished(self) -> int:
+        """Jobs queued or running (call it holding the lock)."""
+        return sum(j.status in ("queued", "running") for j in list(self.jobs.values()))
+
+    def full(self) -> bool:
+        """Whether a job submitted now would be refused (the early check, before an upload is read)."""
         with self.lock:
+            return self.unfinished() >= self.limit
+
+    def busy(self) -> QueueFull:
+        return QueueFull(f"the server is busy: {self.limit} job{'s are' if self.limit > 1 else ' is'} queued or "
+                         "running, the most it takes; try again when one has finished")
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; :class:`QueueFull` when ``limit`` jobs are unfinished (checked again here, under the
+        lock: the queue may have filled while the job's upload was read)."""
+        with self.lock:
+            if self.unfinished() >= self.limit:
+                raise self.busy()
             self.jobs[job.id] = job
             if self.worker.ident is None:
                 self.worker.start()
