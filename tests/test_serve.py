@@ -36,7 +36,7 @@ def run(train_tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(run, tmp_path_factory):
     app = create_app(catalog({}, run), root=tmp_path_factory.mktemp("jobs"), max_upload=LIMIT)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE) as c:
         yield c
 
 
@@ -45,10 +45,10 @@ def image(phantom_dir) -> Path:
     return phantom_dir / "images" / "phantom_0003.png"
 
 
-def upload(client, path: Path, name: str | None = None, content: bytes | None = None, **fields):
+def upload(client, path: Path, name: str | None = None, content: bytes | None = None, headers=None, **fields):
     data = path.read_bytes() if content is None else content
     return client.post("/api/jobs", files={"file": (name or path.name, data, "image/png")},
-                       data={**SETTINGS, **fields})
+                       data={**SETTINGS, **fields}, headers=headers)
 
 
 def wait(client, job_id: str, timeout: float = 300) -> dict:
@@ -183,7 +183,7 @@ def test_a_queued_job_says_so_and_an_error_inside_a_job_is_shown(run, image, tmp
         raise jobs_module.LesiondiffError(f"{job.image}: the checkpoint is unreadable")
 
     monkeypatch.setattr(jobs_module, "predict", blocked)
-    with TestClient(create_app(catalog({}, run), root=tmp_path)) as c:
+    with TestClient(create_app(catalog({}, run), root=tmp_path), base_url=BASE) as c:
         first, second = upload(c, image).json(), upload(c, image).json()
         assert (second["status"], second["ahead"]) == ("queued", 1)
         release.set()
@@ -212,10 +212,34 @@ def test_a_full_queue_answers_429_and_keeps_nothing(run, image, tmp_path, monkey
         assert upload(c, image).status_code == 202
 
 
+def test_requests_for_another_host_or_from_another_site_are_refused(client, run, image, tmp_path):
+    """DNS rebinding sends another Host, a cross-site form or fetch another Origin: 403 before anything is read.
+    The Host's port is not checked (a tunnel changes it); an Origin must be the Host's own http origin."""
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", ""):
+        r = client.get("/api/models", headers={"host": host})
+        assert r.status_code == 403 and r.json()["detail"] == (
+            f"this server answers requests for 127.0.0.1, localhost or ::1, not {host!r} (lesiondiff serve "
+            "--allow-host NAME adds a name)"), host
+    for host in ("localhost:8000", "LOCALHOST:9999", "127.0.0.1", "[::1]:8000"):
+        assert client.get("/", headers={"host": host}).status_code == 200, host
+    for origin in ("http://evil.example", "null", "https://127.0.0.1:8000", "http://127.0.0.1:9000",
+                   "http://localhost:8000"):
+        r = upload(client, image, headers={"origin": origin})
+        assert r.status_code == 403 and r.json()["detail"] == f"cross-site request refused (Origin {origin!r})", origin
+    assert client.get("/api/models", headers={"origin": "http://evil.example"}).status_code == 403
+    r = upload(client, image, headers={"origin": BASE})
+    assert r.status_code == 202
+    wait(client, r.json()["id"])
+    assert client.get("/", headers={"host": "lab-pc:8000", "origin": "http://lab-pc:8000"}).status_code == 403
+    with TestClient(create_app(catalog({}, run), root=tmp_path, allowed_hosts=["Lab-PC"]), base_url=BASE) as c:
+        assert c.get("/", headers={"host": "lab-pc:8000", "origin": "http://lab-pc:8000"}).status_code == 200
+        assert c.get("/", headers={"host": "evil.example"}).status_code == 403
+
+
 def test_the_models_list_the_run_and_every_shipped_model(run):
     models = catalog({"busi": run, "run": run}, run)
     assert list(models) == ["run (run)", "busi", "run"] and models["run (run)"].source == "run"
-    with TestClient(create_app(models, default="busi")) as c:
+    with TestClient(create_app(models, default="busi"), base_url=BASE) as c:
         listed = c.get("/api/models").json()
         root = c.app.state.server.jobs.root
         assert root.is_dir()
@@ -240,7 +264,8 @@ def test_sample_masks_draws_each_sample_at_the_threshold():
 
 def test_serve_binds_to_this_machine_by_default_and_needs_a_model(monkeypatch, capsys):
     args = build_parser().parse_args(["serve", "--run", "somewhere"])
-    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    assert (args.host, args.port, args.allow_host) == ("127.0.0.1", 8000, [])
+    assert (args.max_upload_mb, args.max_megapixels, args.max_queue) == (25, 40, 8)
     monkeypatch.setattr("lesiondiff.shipped.model_names", lambda: [])
     assert main(["serve"]) == 2
     assert "nothing to serve" in capsys.readouterr().err
@@ -251,3 +276,19 @@ def test_a_port_in_use_is_a_one_line_error(run, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", "--run", str(run), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_serve_passes_its_limits_and_hosts_and_notes_an_open_host(run, monkeypatch, capsys):
+    made = {}
+    monkeypatch.setattr("lesiondiff.serve.app.create_app", lambda models, default, device, **kw: made.update(kw))
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: made.update(ran=(host, port)))
+    monkeypatch.setattr("lesiondiff.cli.serve.check_port", lambda host, port: None)
+    monkeypatch.setattr("lesiondiff.shipped.model_names", lambda: [])
+    assert main(["serve", "--run", str(run), "--host", "0.0.0.0", "--port", "8123", "--allow-host", "Lab-PC",
+                 "--allow-host", "10.0.0.5", "--max-megapixels", "12.5", "--max-queue", "3"]) == 0
+    assert made == {"max_upload": 25 * 2**20, "max_pixels": 12_500_000, "max_queue": 3,
+                    "allowed_hosts": ["0.0.0.0", "Lab-PC", "10.0.0.5"], "ran": ("0.0.0.0", 8123)}
+    assert capsys.readouterr().out == (
+        "note: --host 0.0.0.0 opens the page, which has no login, to the network; it answers only requests "
+        "addressed to 127.0.0.1, localhost, ::1, 0.0.0.0, lab-pc, 10.0.0.5: give --allow-host NAME for each name "
+        "or address others reach it by\nlesiondiff serve: http://0.0.0.0:8123/ with run (Ctrl+C stops it)\n")

@@ -21,6 +21,10 @@ def register(sub) -> None:
     sv.add_argument("--host", default="127.0.0.1",
                     help="the address to listen on; 127.0.0.1 is this machine only (0.0.0.0 would open the page, "
                          "which has no login, to the network)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also answer requests addressed to NAME (a host name or address others reach this "
+                         "server by, with --host 0.0.0.0); repeatable. Requests for any other Host are refused, "
+                         "against DNS rebinding")
     sv.add_argument("--port", type=int, default=8000, help="the port to listen on")
     sv.add_argument("--device", default=None)
     sv.add_argument("--max-upload-mb", type=float, default=25, help="largest image file accepted, in MB")
@@ -45,6 +49,7 @@ def cmd_serve(args) -> int:
 
     from ..serve.app import create_app
     from ..serve.catalog import catalog
+    from ..serve.hosts import answered
     from ..shipped import model_dir, model_names
 
     chosen = run_source(args) if (args.run or args.model) else None  # an unknown --model fails here
@@ -52,7 +57,13 @@ def cmd_serve(args) -> int:
     default = args.model or (next(iter(models)) if chosen is not None else None)
     check_port(args.host, args.port)
     app = create_app(models, default, args.device, max_upload=int(args.max_upload_mb * 2**20),
-                     max_pixels=int(args.max_megapixels * 1e6), max_queue=args.max_queue)
+                     max_pixels=int(args.max_megapixels * 1e6), max_queue=args.max_queue,
+                     allowed_hosts=[args.host, *args.allow_host])
+    if args.host in ("0.0.0.0", "::"):
+        names = ", ".join(answered([args.host, *args.allow_host]))
+        print(f"note: --host {args.host} opens the page, which has no login, to the network; it answers only "
+              f"requests addressed to {names}: give --allow-host NAME for each name or address others reach "
+              "it by", flush=True)
     print(f"lesiondiff serve: http://{args.host}:{args.port}/ with {', '.join(models)} (Ctrl+C stops it)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

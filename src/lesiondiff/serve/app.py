@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -34,6 +35,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
 from .catalog import Model
+from .hosts import HostCheck
 from .jobs import OUTPUTS, Job, JobQueue, QueueFull
 from .uploads import MAX_PIXELS, MAX_UPLOAD, UploadError, check_image, save_upload, too_large, upload_name
 
@@ -59,10 +61,11 @@ def static_dir() -> Path:
 
 def create_app(models: dict[str, Model], default: str | None = None, device: str | None = None,
                root: Path | None = None, max_upload: int = MAX_UPLOAD, max_pixels: int = MAX_PIXELS,
-               max_queue: int = MAX_QUEUE) -> FastAPI:
+               max_queue: int = MAX_QUEUE, allowed_hosts: Iterable[str] = ()) -> FastAPI:
     """The app serving ``models`` (name -> Model; ``default`` preselected, else the first). Job folders go under
     ``root``, by default a temporary folder the app owns and removes at shutdown. Uploads are refused past
-    ``max_upload`` bytes or ``max_pixels`` decoded pixels, and jobs past ``max_queue`` queued or running."""
+    ``max_upload`` bytes or ``max_pixels`` decoded pixels, and jobs past ``max_queue`` queued or running. Requests
+    are answered for the Host names ``allowed_hosts`` and this machine's own (``hosts.HostCheck``)."""
     owned = root is None
     root = Path(tempfile.mkdtemp(prefix="lesiondiff-serve-")) if owned else Path(root)
     server = Server(models, default or next(iter(models)), JobQueue(root, device, limit=max_queue), max_upload,
@@ -78,6 +81,7 @@ def create_app(models: dict[str, Model], default: str | None = None, device: str
     app = FastAPI(title="lesiondiff", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     app.include_router(router)
+    app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     return app
 
