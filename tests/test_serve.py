@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lesiondiff.cli import build_parser, main
+from lesiondiff.errors import LesiondiffError
 from lesiondiff.reporting.maps import sample_masks
 from lesiondiff.serve import jobs as jobs_module
 from lesiondiff.serve import uploads as uploads_module
@@ -234,6 +235,35 @@ def test_requests_for_another_host_or_from_another_site_are_refused(client, run,
     with TestClient(create_app(catalog({}, run), root=tmp_path, allowed_hosts=["Lab-PC"]), base_url=BASE) as c:
         assert c.get("/", headers={"host": "lab-pc:8000", "origin": "http://lab-pc:8000"}).status_code == 200
         assert c.get("/", headers={"host": "evil.example"}).status_code == 403
+
+
+def test_a_failed_job_shows_no_internals(client, image, monkeypatch, capfd):
+    """An internal error: a short message for the client, the exception and traceback in the server's log only."""
+    def broken(self, items, out, **kw):
+        raise ValueError("num_inference_steps secret /tmp/x/y")
+
+    monkeypatch.setattr("lesiondiff.engine.predict.Predictor.run", broken)
+    job = wait(client, upload(client, image).json()["id"])
+    assert job["status"] == "error" and job["error"] == ("the job failed because of an error inside the server "
+                                                         f"(its log has the details, under job {job['id']})")
+    assert not any(word in job["error"] for word in ("ValueError", "secret", "/tmp"))
+    log = capfd.readouterr().err
+    assert f"job {job['id']} failed" in log and "ValueError: num_inference_steps secret /tmp/x/y" in log
+
+
+def test_a_job_error_names_no_server_path(client, image, monkeypatch):
+    """A LesiondiffError keeps its message with each server path replaced by the name a user knows: the upload
+    by its own name, the model's run folder by the model's name, the job folder as "job", any other by its file
+    name."""
+    def broken(self, items, out, **kw):
+        raise LesiondiffError(f"{items[0][1]}: unreadable; {out}/{items[0][0]}_mask.png: cannot write; "
+                              f"{self.source['run']}/checkpoints/best.safetensors: stale; /srv/private/notes.csv: "
+                              f"missing; {Path(out).parents[1]}/other: gone; 3/4 done")
+
+    monkeypatch.setattr("lesiondiff.engine.predict.Predictor.run", broken)
+    job = wait(client, upload(client, image).json()["id"])
+    assert job["error"] == ("phantom_0003.png: unreadable; job/out/phantom_0003_mask.png: cannot write; "
+                            "run/checkpoints/best.safetensors: stale; notes.csv: missing; jobs/other: gone; 3/4 done")
 
 
 def test_the_models_list_the_run_and_every_shipped_model(run):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import secrets
 import shutil
+import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..errors import LesiondiffError
 from .catalog import Model
+from .uploads import redact
 
 # what a job's page shows and offers for download: kind -> the file name's ending after the image id
 OUTPUTS = {"mask": "_mask.png", "overlay": "_overlay.png", "maps": "_maps.png", "samples": "_samples.png",
@@ -89,15 +91,20 @@ def draw_samples(out: Path, image_id: str) -> None:
 
 
 def run_job(job: Job, device: str | None) -> None:
-    """Run ``job``; any failure becomes its error message (the server goes on)."""
+    """Run ``job``; any failure becomes its error message (the server goes on). A client is shown no server path
+    and no exception text: a LesiondiffError's message (meant for users) with its paths redacted, any other
+    failure (a bug or a resource failure) as a short message, its traceback in the server's log."""
     job.status = "running"
     try:
         predict(job, device)
     except LesiondiffError as exc:
-        job.error = str(exc).replace(str(job.image), job.shown)
-    except Exception as exc:  # a bug or a resource failure: shown on the page, the traceback in the server log
+        job.error = redact(str(exc), {job.image: job.shown, job.folder: "job", job.folder.parent: "jobs",
+                                      job.model.run: job.model.name})
+    except Exception:
+        print(f"lesiondiff serve: job {job.id} failed ({job.shown}, model {job.model.name}):", file=sys.stderr)
         traceback.print_exc()
-        job.error = f"the job failed: {type(exc).__name__}: {exc}"
+        job.error = (f"the job failed because of an error inside the server (its log has the details, under job "
+                     f"{job.id})")
     job.status, job.stage = ("error", "failed") if job.error else ("done", "done")
 
 

@@ -41,6 +41,21 @@ def upload_name(filename: str | None) -> tuple[str, str]:
     return stem, suffix if re.fullmatch(r"\.[a-z0-9.]{1,10}", suffix) else ""
 
 
+# an absolute path (POSIX or Windows) after the start, a space, a quote, a bracket or '=': its last part is "name"
+PART = r"[^\s\\/'\"()\[\],;:]+"  # one part of a path in a message
+ABSOLUTE = re.compile(rf"(?<![^\s'\"(\[=])(?:[A-Za-z]:)?[\\/](?:{PART}[\\/])*(?P<name>{PART})")
+
+
+def redact(text: str, names: dict[Path, str]) -> str:
+    """``text`` with every server path of ``names`` (as given and resolved, the longest first) replaced by the name
+    a user knows it by, then any other absolute path by its last part: what a client is shown names no folder of
+    the server's."""
+    known = {form: name for path, name in names.items() for form in (str(path), str(Path(path).resolve()))}
+    for form in sorted(known, key=len, reverse=True):
+        text = re.sub(re.escape(form) + r"(?![\w-]|\.\w)", lambda _, name=known[form]: name, text)
+    return ABSOLUTE.sub(lambda m: m["name"], text)
+
+
 def too_large(limit: int) -> UploadError:
     return UploadError(f"the file is too large: uploads are limited to {limit / 2**20:.3g} MB", 413)
 
@@ -76,8 +91,8 @@ def check_image(path: Path, shown: str, max_pixels: int = MAX_PIXELS) -> None:
                               f"this server takes at most {max_pixels / 1e6:.3g} megapixels", 413)
         read_image(path)
     except FileError as exc:
-        raise UploadError(f"{shown}: {exc.reason}") from None
+        raise UploadError(f"{shown}: {redact(exc.reason, {path: shown})}") from None
     except UploadError:
         raise
     except LesiondiffError as exc:
-        raise UploadError(f"{shown}: {str(exc).replace(str(path), shown)}") from None
+        raise UploadError(f"{shown}: {redact(str(exc), {path: shown})}") from None
