@@ -35,6 +35,13 @@ def run(train_tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def short_run(train_tiny_run, tmp_path_factory):
+    """A run trained with 50 timesteps: it can take at most 50 sampling steps."""
+    return train_tiny_run("ensemdiff", tmp_path_factory.mktemp("serve") / "short", 2, "sample.samples=2",
+                          "diffusion.num_train_timesteps=50", "sample.start_t=25")
+
+
+@pytest.fixture(scope="module")
 def client(run, tmp_path_factory):
     app = create_app(catalog({}, run), root=tmp_path_factory.mktemp("jobs"), max_upload=LIMIT)
     with TestClient(app, base_url=BASE) as c:
@@ -159,6 +166,17 @@ def test_settings_and_models_are_checked(client, image):
     r = upload(client, image, model="nope")
     assert r.status_code == 400 and r.json()["detail"].startswith("unknown model 'nope'; this server offers: run")
     assert client.post("/api/jobs", data=SETTINGS).status_code == 400  # no file
+
+
+def test_steps_are_checked_against_the_models_timesteps(short_run, image, tmp_path):
+    with TestClient(create_app(catalog({}, short_run), root=tmp_path), base_url=BASE) as c:
+        r = upload(c, image, steps="60")
+        assert r.status_code == 422 and r.json()["detail"] == ("steps 60: the run was trained with 50 timesteps "
+                                                               "(diffusion.num_train_timesteps), so it can take at "
+                                                               "most 50 sampling steps")
+        assert list(tmp_path.iterdir()) == []  # refused before a job was made
+        job = wait(c, upload(c, image, steps="50", samples="1").json()["id"])
+    assert (job["status"], job["steps"], job["progress"]) == ("done", 50, {"done": 50, "total": 50})
 
 
 def test_two_jobs_have_their_own_ids_and_files(client, phantom_dir):

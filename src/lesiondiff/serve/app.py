@@ -34,10 +34,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
+from ..errors import LesiondiffError
 from .catalog import Model
 from .hosts import HostCheck
 from .jobs import OUTPUTS, Job, JobQueue, QueueFull
-from .uploads import MAX_PIXELS, MAX_UPLOAD, UploadError, check_image, save_upload, too_large, upload_name
+from .uploads import (
+    MAX_PIXELS,
+    MAX_UPLOAD,
+    UploadError,
+    check_image,
+    redact,
+    save_upload,
+    too_large,
+    upload_name,
+)
 
 LIMITS = {"samples": (1, 64), "steps": (1, 1000), "seed": (0, 2**31 - 1)}  # what a job may ask for
 FORM_OVERHEAD = 64 * 2**10  # bytes of a multipart body beyond the file: boundaries and the other fields
@@ -151,6 +161,7 @@ async def accept(s: Server, form) -> Job:
         raise UploadError("choose an image file to upload (form field 'file')")
     model = pick_model(s, form.get("model"))
     settings = job_settings(form, model.defaults())
+    await run_in_threadpool(check_settings, model, settings)
     image_id, suffix = upload_name(upload.filename)
     shown = upload.filename.replace("\\", "/").rsplit("/", 1)[-1]
     job_id, folder = s.jobs.new_folder()
@@ -184,6 +195,18 @@ def job_settings(form, defaults: dict) -> dict[str, int]:
             raise UploadError(f"{key} must be from {lo} to {hi}, got {value}", 422)
         settings[key] = value
     return settings
+
+
+def check_settings(model: Model, settings: dict[str, int]) -> None:
+    """Refuse (422) settings the model's run cannot sample with, e.g. more steps than its trained timesteps, before
+    a job is made: :data:`LIMITS` bounds every model alike. Reads the run's config.yaml, no weights."""
+    from ..engine.predict import check_sampling
+
+    try:
+        check_sampling(model.run, [f"sample.{key}={value}" for key, value in settings.items()])
+    except LesiondiffError as exc:  # worded for the CLI's --steps; the page's field is "steps"
+        message = redact(str(exc), {model.run: model.name})
+        raise UploadError(message.replace("--steps", "steps"), 422) from None
 
 
 def view(s: Server, job: Job) -> dict:
