@@ -4,6 +4,7 @@ oversized and unsupported uploads are refused with a clear message and the serve
 
 import asyncio
 import io
+import shutil
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lesiondiff.cli import build_parser, main
+from lesiondiff.engine.checkpoint import run_checkpoint
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.reporting.maps import sample_masks
 from lesiondiff.serve import jobs as jobs_module
@@ -317,6 +319,21 @@ def test_serve_binds_to_this_machine_by_default_and_needs_a_model(monkeypatch, c
     monkeypatch.setattr("lesiondiff.shipped.model_names", lambda: [])
     assert main(["serve"]) == 2
     assert "nothing to serve" in capsys.readouterr().err
+
+
+def test_a_broken_run_stops_serve_at_start_with_one_line(run, tmp_path, monkeypatch, capsys):
+    """The chosen run is loaded once before the port is bound: a truncated checkpoint is an error at start, not
+    in every job."""
+    broken = shutil.copytree(run, tmp_path / "broken")
+    checkpoint = run_checkpoint(broken, "best")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("serve started with a broken run"))
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    assert main(["serve", "--run", str(broken), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {checkpoint}: not a readable safetensors checkpoint")
+    assert err.count("\n") == 1
 
 
 def test_a_port_in_use_is_a_one_line_error(run, capsys):

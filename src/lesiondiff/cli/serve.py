@@ -47,6 +47,7 @@ def check_port(host: str, port: int) -> None:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from ..engine.predict import Predictor
     from ..serve.app import create_app
     from ..serve.catalog import catalog
     from ..serve.hosts import answered
@@ -56,6 +57,8 @@ def cmd_serve(args) -> int:
     models = catalog({name: model_dir(name) for name in model_names()}, Path(args.run) if args.run else None)
     default = args.model or (next(iter(models)) if chosen is not None else None)
     check_port(args.host, args.port)
+    if chosen is not None:  # loaded once here, so that a broken run or model stops serve with one line
+        Predictor.from_run(chosen, "best", args.device)
     app = create_app(models, default, args.device, max_upload=int(args.max_upload_mb * 2**20),
                      max_pixels=int(args.max_megapixels * 1e6), max_queue=args.max_queue,
                      allowed_hosts=[args.host, *args.allow_host])
