@@ -4,11 +4,13 @@ oversized and unsupported uploads are refused with a clear message and the serve
 
 import asyncio
 import io
+import re
 import shutil
 import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -24,6 +26,7 @@ from lesiondiff.serve import jobs as jobs_module
 from lesiondiff.serve import uploads as uploads_module
 from lesiondiff.serve.app import FORM_OVERHEAD, create_app
 from lesiondiff.serve.catalog import catalog
+from lesiondiff.serve.uploads import upload_name
 
 SETTINGS = {"samples": "3", "steps": "2", "seed": "7"}
 LIMIT = 200_000  # bytes: the upload limit of the test app
@@ -179,6 +182,34 @@ def test_steps_are_checked_against_the_models_timesteps(short_run, image, tmp_pa
         assert list(tmp_path.iterdir()) == []  # refused before a job was made
         job = wait(c, upload(c, image, steps="50", samples="1").json()["id"])
     assert (job["status"], job["steps"], job["progress"]) == ("done", 50, {"done": 50, "total": 50})
+
+
+def test_upload_names_keep_unicode_letters_and_make_no_path():
+    assert upload_name("ünï cødé.png") == ("ünï_cødé", ".png")
+    assert upload_name("u\u0308ber 日本語の画像.JPG") == ("über_日本語の画像", ".jpg")  # NFC: one ü
+    assert upload_name("../../x.png") == upload_name("..\\..\\x.png") == upload_name("C:\\x.png") == ("x", ".png")
+    assert upload_name("\x00.png") == ("image", ".png") and upload_name("..") == upload_name("") == ("image", "")
+    assert upload_name("a\tb\u202ec\u200bd\x7f.tif") == ("a_b_c_d", ".tif")  # controls, bidi, zero width
+    assert upload_name("CON.png") == ("CON_", ".png") and upload_name("lpt1.x.png") == ("lpt1_.x", ".png")
+    stem, _ = upload_name("é" * 300 + ".png")
+    assert stem == "é" * 75  # 150 bytes of UTF-8: room for the output endings within a file name's 255
+    for name in ("../../x.png", "..\\..\\x.png", "\x00.png", ".", "..", "...", ". .png", "._.png", "a/../..",
+                 "\u2024\u2024.png", "\uff0e\uff0e\uff0fx.png", "x:y.png", "~/x.png", "$HOME.png", "a\nb.png"):
+        stem, suffix = upload_name(name)
+        assert stem and stem not in (".", "..") and not stem.startswith("."), name
+        assert re.fullmatch(r"[\w.-]+", stem) and Path(stem + suffix).name == stem + suffix, name
+
+
+def test_a_unicode_name_round_trips_through_the_api(client, image):
+    r = upload(client, image, name="ünï cødé.png")
+    assert (r.json()["image"], r.json()["image_id"]) == ("ünï cødé.png", "ünï_cødé")
+    job = wait(client, r.json()["id"])
+    assert job["status"] == "done", job["error"]
+    mask = client.get(job["files"]["mask"])
+    assert mask.status_code == 200 and mask.headers["content-disposition"] == (
+        f"inline; filename*=utf-8''{quote('ünï_cødé_mask.png')}")
+    assert {p.name for p in client.app.state.server.jobs.get(job["id"]).out.glob("*_mask.png")} == {
+        "ünï_cødé_mask.png"}
 
 
 def test_two_jobs_have_their_own_ids_and_files(client, phantom_dir):

@@ -5,6 +5,7 @@ clear message before a job is made."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from ..data.io import (
@@ -22,6 +23,7 @@ MAX_UPLOAD = 25 * 2**20  # bytes
 MAX_PIXELS = 40_000_000  # decoded pixels (all slices of a volume): about 0.5 GB as float32 RGB, more while read
 CHUNK = 2**20
 KNOWN = "PNG, JPEG, TIFF, BMP, GIF or WebP"
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in "123456789¹²³")}
 
 
 class UploadError(LesiondiffError):
@@ -33,11 +35,17 @@ class UploadError(LesiondiffError):
 
 
 def upload_name(filename: str | None) -> tuple[str, str]:
-    """(id, suffix) of an uploaded file's name: the stem as ``split_name`` takes it for predict, with any character
-    but letters, digits, '.', '_' and '-' replaced by '_' (no path can be made of it); "image" when none is left."""
-    name = re.split(r"[\\/]", filename or "")[-1]
+    """(id, suffix) of an uploaded file's name: the stem as ``split_name`` takes it for predict, in NFC, with any
+    character but (Unicode) letters, digits, '.', '_' and '-' replaced by '_', so that no path can be made of it (no
+    separator, drive, control or format character; no leading '.'), within 150 bytes of UTF-8 (the outputs append
+    up to 12 to it, a file name takes 255) and no Windows device name; "image" when none is left."""
+    name = re.split(r"[\\/]", unicodedata.normalize("NFC", filename or ""))[-1]
     stem, suffix = split_name(name)
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip("._")[:100] or "image"
+    stem = re.sub(r"[^\w.-]", "_", stem).strip("._")[:100]
+    while len(stem.encode()) > 150:
+        stem = stem[:-1]
+    head, dot, rest = stem.partition(".")
+    stem = f"{head}_{dot}{rest}" if head.upper() in WINDOWS_DEVICES else stem or "image"
     return stem, suffix if re.fullmatch(r"\.[a-z0-9.]{1,10}", suffix) else ""
 
 
