@@ -22,10 +22,11 @@ from lesiondiff.cli import build_parser, main
 from lesiondiff.engine.checkpoint import run_checkpoint
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.reporting.maps import sample_masks
+from lesiondiff.serve import app as app_module
 from lesiondiff.serve import jobs as jobs_module
 from lesiondiff.serve import uploads as uploads_module
 from lesiondiff.serve.app import FORM_OVERHEAD, create_app
-from lesiondiff.serve.catalog import catalog
+from lesiondiff.serve.catalog import Model, catalog
 from lesiondiff.serve.uploads import upload_name
 
 SETTINGS = {"samples": "3", "steps": "2", "seed": "7"}
@@ -210,6 +211,43 @@ def test_a_unicode_name_round_trips_through_the_api(client, image):
         f"inline; filename*=utf-8''{quote('ünï_cødé_mask.png')}")
     assert {p.name for p in client.app.state.server.jobs.get(job["id"]).out.glob("*_mask.png")} == {
         "ünï_cødé_mask.png"}
+
+
+def test_a_job_path_is_a_plain_name_inside_the_job_folder_once_resolved(run, tmp_path):
+    job_path, unsafe = jobs_module.job_path, jobs_module.UnsafePath
+    folder = tmp_path / "job"
+    (folder / "out").mkdir(parents=True)
+    assert job_path(folder, "out", "x_mask.png") == folder / "out" / "x_mask.png"
+    for names in (("out", "../../x.png"), ("..", "x.png"), ("out", "a/b.png"), ("out", "a\\b.png"), ("out", ""),
+                  ("out", "."), ("/etc", "passwd"), ("out", "x\0.png")):
+        with pytest.raises(unsafe, match="not a plain file name"):
+            job_path(folder, *names)
+    (folder / "out" / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(unsafe, match="^out/link.png: leads outside the job's folder$"):
+        job_path(folder, "out", "link.png")
+    job = jobs_module.Job("0" * 32, folder, folder / "input" / "x.png", "../../evil", "x.png",
+                          Model("run", run, "run"), 1, 1, 0, status="done")
+    with pytest.raises(unsafe, match="^'../../evil_mask.png': not a plain file name$"):
+        job.file("mask")
+
+
+def test_serve_writes_and_serves_no_path_outside_a_job_folder(client, image, tmp_path, monkeypatch):
+    """A done job's output replaced by a symbolic link out of its folder is not served; an upload name that got
+    past upload_name is refused before anything is written."""
+    job = wait(client, upload(client, image).json()["id"])
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"secret")
+    mask = client.app.state.server.jobs.get(job["id"]).out / "phantom_0003_mask.png"
+    mask.unlink()
+    mask.symlink_to(secret)
+    r = client.get(job["files"]["mask"])
+    assert r.status_code == 403 and r.json()["detail"] == "out/phantom_0003_mask.png: leads outside the job's folder"
+    root = client.app.state.server.jobs.root
+    before = set(root.iterdir())
+    monkeypatch.setattr(app_module, "upload_name", lambda name: ("../../escaped", ".png"))
+    r = upload(client, image)
+    assert r.status_code == 400 and r.json()["detail"] == "'../../escaped.png': not a plain file name"
+    assert set(root.iterdir()) == before and not (root / "escaped.png").exists()
 
 
 def test_two_jobs_have_their_own_ids_and_files(client, phantom_dir):

@@ -37,7 +37,7 @@ from starlette.types import Message, Receive
 from ..errors import LesiondiffError
 from .catalog import Model
 from .hosts import HostCheck
-from .jobs import OUTPUTS, Job, JobQueue, QueueFull
+from .jobs import OUTPUTS, Job, JobQueue, QueueFull, UnsafePath, job_path
 from .uploads import (
     MAX_PIXELS,
     MAX_UPLOAD,
@@ -165,13 +165,16 @@ async def accept(s: Server, form) -> Job:
     image_id, suffix = upload_name(upload.filename)
     shown = upload.filename.replace("\\", "/").rsplit("/", 1)[-1]
     job_id, folder = s.jobs.new_folder()
-    path = folder / "input" / f"{image_id}{suffix}"
     try:
+        path = job_path(folder, "input", f"{image_id}{suffix}")
         await save_upload(upload, path, s.max_upload)
         await run_in_threadpool(check_image, path, shown, s.max_pixels)
     except UploadError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    except UnsafePath as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UploadError(str(exc)) from None
     return Job(job_id, folder, path, image_id, shown, model, **settings)
 
 
@@ -237,7 +240,10 @@ def job_file(request: Request, job_id: str, kind: str) -> FileResponse:
     job = find_job(request, job_id)
     if kind not in OUTPUTS:
         raise HTTPException(404, f"no file {kind!r}; known: {', '.join(OUTPUTS)}")
-    path = job.file(kind)
+    try:
+        path = job.file(kind)
+    except UnsafePath as exc:
+        raise HTTPException(403, str(exc)) from None
     if path is None:
         raise HTTPException(409, f"the job is {job.status}; its files come when it is done")
     media = "application/octet-stream" if path.suffix == ".npz" else "image/png"

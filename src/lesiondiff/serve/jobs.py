@@ -11,6 +11,7 @@ a second job beside it.
 from __future__ import annotations
 
 import queue
+import re
 import secrets
 import shutil
 import sys
@@ -28,6 +29,23 @@ from .uploads import redact
 # what a job's page shows and offers for download: kind -> the file name's ending after the image id
 OUTPUTS = {"mask": "_mask.png", "overlay": "_overlay.png", "maps": "_maps.png", "samples": "_samples.png",
            "probs": "_probs.npz"}
+
+
+class UnsafePath(LesiondiffError):
+    """A job file's name that is not a plain name, or that leads out of the job's folder once resolved."""
+
+
+def job_path(folder: Path, *names: str) -> Path:
+    """``folder/names...``, each a plain file name (no separator, NUL, '.' or '..') and the whole inside ``folder``
+    once resolved (no symbolic link leads out): every path serve writes or serves is made here (DESIGN.md,
+    "Output safety"), whatever the names were made of. :class:`UnsafePath` names no server folder."""
+    for name in names:
+        if name in ("", ".", "..") or re.search(r"[\\/\0]", name) or Path(name).name != name:
+            raise UnsafePath(f"{name!r}: not a plain file name")
+    path = folder.joinpath(*names)
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise UnsafePath(f"{'/'.join(names)}: leads outside the job's folder")
+    return path
 
 
 @dataclass(eq=False)  # a job is itself: compared by identity
@@ -52,10 +70,11 @@ class Job:
         return self.folder / "out"
 
     def file(self, kind: str) -> Path | None:
-        """The output file of ``kind`` (:data:`OUTPUTS`) once the job is done; None otherwise."""
+        """The output file of ``kind`` (:data:`OUTPUTS`) once the job is done; None otherwise (:func:`job_path`:
+        :class:`UnsafePath` when it is not a plain name inside the job's folder)."""
         if self.status != "done" or kind not in OUTPUTS:
             return None
-        return self.out / f"{self.image_id}{OUTPUTS[kind]}"
+        return job_path(self.folder, "out", f"{self.image_id}{OUTPUTS[kind]}")
 
     def progress(self) -> dict:
         done = min(self.count.rows, self.total) if self.count is not None else 0
@@ -77,17 +96,18 @@ def predict(job: Job, device: str | None) -> None:
         job.count = count
         predictor.run([(job.image_id, str(job.image))], job.out, checkpoint="best", log=lambda *_: None)
     job.stage = "drawing the sample masks"
-    draw_samples(job.out, job.image_id)
+    draw_samples(job.folder, job.image_id)
 
 
-def draw_samples(out: Path, image_id: str) -> None:
-    """``<id>_samples.png``: the S samples of ``<id>_probs.npz`` binarised at its threshold, the run's."""
+def draw_samples(folder: Path, image_id: str) -> None:
+    """``out/<id>_samples.png`` of a job's ``folder``: the S samples of ``out/<id>_probs.npz`` binarised at its
+    threshold, the run's."""
     from ..data.io import write_png
     from ..reporting.maps import sample_masks
 
-    with np.load(out / f"{image_id}_probs.npz") as probs:
+    with np.load(job_path(folder, "out", f"{image_id}{OUTPUTS['probs']}")) as probs:
         grid = sample_masks(probs["samples"].astype(np.float32), float(probs["threshold"]))
-    write_png(out / f"{image_id}{OUTPUTS['samples']}", grid)
+    write_png(job_path(folder, "out", f"{image_id}{OUTPUTS['samples']}"), grid)
 
 
 def run_job(job: Job, device: str | None) -> None:
