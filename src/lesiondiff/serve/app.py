@@ -13,8 +13,12 @@ Endpoints:
     POST /api/jobs                      multipart: file, and optional model, samples, steps, seed -> 202 job
     GET  /api/jobs/{id}                 status (queued, running, done, error), progress, error, file links
     GET  /api/jobs/{id}/files/{kind}    mask, overlay, maps, samples (PNG) or probs (npz), byte for byte
-A refused upload answers 413 (too large), 415 (not an image type), 422 (a setting out of range) or 400 (corrupt,
-missing or another model), with ``{"detail": message}``.
+Refusals answer with ``{"detail": message}``: an upload 413 (too many bytes, counted as the body arrives, or
+too many pixels, read from the header before decoding), 415 (not an image type), 422 (a setting out of range, or
+more steps than the model's run can take), 429 (the job queue is full) or 400 (corrupt, missing, or another
+model); any request 403 when its Host is not a name this server answers or its Origin is another site
+(``hosts.py``); a file 403 when it is not inside its job's folder. A failed job's ``error`` names no server path
+and shows no exception text (``jobs.run_job``).
 """
 
 from __future__ import annotations
