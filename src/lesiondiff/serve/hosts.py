@@ -8,7 +8,7 @@ refused with 403 before a route runs or a body is read.
 - Host: its name must be one this server is reached by: 127.0.0.1, localhost, ::1, the address it listens on
   and the ``--allow-host`` names. Its port is not checked: an ssh tunnel or port forward changes it, and the
   name is what rebinding changes.
-- Origin, when sent (browsers send it with every POST and every cross-site request): it must be the page's own
+- Origin, when sent (browsers send it with every POST and every cross-site fetch): it must be the page's own
   origin, ``http://`` and the Host's name and port (a page served elsewhere, even on this machine, is another
   site). ``null`` (a sandboxed frame or a file: page) is refused too.
 """
