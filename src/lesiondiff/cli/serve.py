@@ -21,9 +21,17 @@ def register(sub) -> None:
     sv.add_argument("--host", default="127.0.0.1",
                     help="the address to listen on; 127.0.0.1 is this machine only (0.0.0.0 would open the page, "
                          "which has no login, to the network)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also answer requests addressed to NAME (a host name or address others reach this "
+                         "server by, with --host 0.0.0.0); repeatable. Requests for any other Host are refused, "
+                         "against DNS rebinding")
     sv.add_argument("--port", type=int, default=8000, help="the port to listen on")
     sv.add_argument("--device", default=None)
     sv.add_argument("--max-upload-mb", type=float, default=25, help="largest image file accepted, in MB")
+    sv.add_argument("--max-megapixels", type=float, default=40,
+                    help="largest image accepted, in decoded megapixels (read from the file's header)")
+    sv.add_argument("--max-queue", type=int, default=8,
+                    help="most jobs queued or running at once; more are refused until one has finished")
 
 
 def check_port(host: str, port: int) -> None:
@@ -39,15 +47,26 @@ def check_port(host: str, port: int) -> None:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from ..engine.predict import Predictor
     from ..serve.app import create_app
     from ..serve.catalog import catalog
+    from ..serve.hosts import answered
     from ..shipped import model_dir, model_names
 
     chosen = run_source(args) if (args.run or args.model) else None  # an unknown --model fails here
     models = catalog({name: model_dir(name) for name in model_names()}, Path(args.run) if args.run else None)
     default = args.model or (next(iter(models)) if chosen is not None else None)
     check_port(args.host, args.port)
-    app = create_app(models, default, args.device, max_upload=int(args.max_upload_mb * 2**20))
+    if chosen is not None:  # loaded once here, so that a broken run or model stops serve with one line
+        Predictor.from_run(chosen, "best", args.device)
+    app = create_app(models, default, args.device, max_upload=int(args.max_upload_mb * 2**20),
+                     max_pixels=int(args.max_megapixels * 1e6), max_queue=args.max_queue,
+                     allowed_hosts=[args.host, *args.allow_host])
+    if args.host in ("0.0.0.0", "::"):
+        names = ", ".join(answered([args.host, *args.allow_host]))
+        print(f"note: --host {args.host} opens the page, which has no login, to the network; it answers only "
+              f"requests addressed to {names}: give --allow-host NAME for each name or address others reach "
+              "it by", flush=True)
     print(f"lesiondiff serve: http://{args.host}:{args.port}/ with {', '.join(models)} (Ctrl+C stops it)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -13,14 +13,19 @@ Endpoints:
     POST /api/jobs                      multipart: file, and optional model, samples, steps, seed -> 202 job
     GET  /api/jobs/{id}                 status (queued, running, done, error), progress, error, file links
     GET  /api/jobs/{id}/files/{kind}    mask, overlay, maps, samples (PNG) or probs (npz), byte for byte
-A refused upload answers 413 (too large), 415 (not an image type), 422 (a setting out of range) or 400 (corrupt,
-missing or another model), with ``{"detail": message}``.
+Refusals answer with ``{"detail": message}``: an upload 413 (too many bytes, counted as the body arrives, or
+too many pixels, read from the header before decoding), 415 (not an image type), 422 (a setting out of range, or
+more steps than the model's run can take), 429 (the job queue is full) or 400 (corrupt, missing, or another
+model); any request 403 when its Host is not a name this server answers or its Origin is another site
+(``hosts.py``); a file 403 when it is not inside its job's folder. A failed job's ``error`` names no server path
+and shows no exception text (``jobs.run_job``).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -31,13 +36,26 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Message, Receive
 
+from ..errors import LesiondiffError
 from .catalog import Model
-from .jobs import OUTPUTS, Job, JobQueue
-from .uploads import MAX_UPLOAD, UploadError, check_image, save_upload, too_large, upload_name
+from .hosts import HostCheck
+from .jobs import OUTPUTS, Job, JobQueue, QueueFull, UnsafePath, job_path
+from .uploads import (
+    MAX_PIXELS,
+    MAX_UPLOAD,
+    UploadError,
+    check_image,
+    redact,
+    save_upload,
+    too_large,
+    upload_name,
+)
 
 LIMITS = {"samples": (1, 64), "steps": (1, 1000), "seed": (0, 2**31 - 1)}  # what a job may ask for
 FORM_OVERHEAD = 64 * 2**10  # bytes of a multipart body beyond the file: boundaries and the other fields
+MAX_QUEUE = 8  # jobs queued or running
 
 router = APIRouter()
 
@@ -48,6 +66,7 @@ class Server:
     default: str
     jobs: JobQueue
     max_upload: int  # bytes
+    max_pixels: int  # decoded pixels of an upload
 
 
 def static_dir() -> Path:
@@ -55,12 +74,16 @@ def static_dir() -> Path:
 
 
 def create_app(models: dict[str, Model], default: str | None = None, device: str | None = None,
-               root: Path | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
+               root: Path | None = None, max_upload: int = MAX_UPLOAD, max_pixels: int = MAX_PIXELS,
+               max_queue: int = MAX_QUEUE, allowed_hosts: Iterable[str] = ()) -> FastAPI:
     """The app serving ``models`` (name -> Model; ``default`` preselected, else the first). Job folders go under
-    ``root``, by default a temporary folder the app owns and removes at shutdown."""
+    ``root``, by default a temporary folder the app owns and removes at shutdown. Uploads are refused past
+    ``max_upload`` bytes or ``max_pixels`` decoded pixels, and jobs past ``max_queue`` queued or running. Requests
+    are answered for the Host names ``allowed_hosts`` and this machine's own (``hosts.HostCheck``)."""
     owned = root is None
     root = Path(tempfile.mkdtemp(prefix="lesiondiff-serve-")) if owned else Path(root)
-    server = Server(models, default or next(iter(models)), JobQueue(root, device), max_upload)
+    server = Server(models, default or next(iter(models)), JobQueue(root, device, limit=max_queue), max_upload,
+                    max_pixels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -72,6 +95,7 @@ def create_app(models: dict[str, Model], default: str | None = None, device: str
     app = FastAPI(title="lesiondiff", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     app.include_router(router)
+    app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     return app
 
@@ -89,7 +113,7 @@ def index() -> FileResponse:
 def list_models(request: Request) -> dict:
     s = server_of(request)
     return {"models": [m.describe() for m in s.models.values()], "default": s.default,
-            "max_upload_bytes": s.max_upload, "limits": LIMITS}
+            "max_upload_bytes": s.max_upload, "max_pixels": s.max_pixels, "limits": LIMITS}
 
 
 @router.post("/api/jobs", status_code=202)
@@ -97,15 +121,40 @@ async def create_job(request: Request) -> dict:
     """Save and check the upload, queue its job and answer with the job's status."""
     s = server_of(request)
     try:
-        length = int(request.headers.get("content-length") or 0)
-        if length > s.max_upload + FORM_OVERHEAD:  # refused before the body is read
+        if s.jobs.full():  # refused before the upload is read
+            raise UploadError(str(s.jobs.busy()), 429)
+        most = s.max_upload + FORM_OVERHEAD
+        if int(request.headers.get("content-length") or 0) > most:  # refused before the body is read
             raise too_large(s.max_upload)
+        request = Request(request.scope, receive=limited(request.receive, most, s.max_upload))
         async with request.form(max_files=1, max_fields=8) as form:
             job = await accept(s, form)
     except UploadError as exc:
         raise HTTPException(exc.status, str(exc)) from None
-    s.jobs.submit(job)
+    try:
+        s.jobs.submit(job)
+    except QueueFull as exc:
+        shutil.rmtree(job.folder, ignore_errors=True)
+        raise HTTPException(429, str(exc)) from None
     return view(s, job)
+
+
+def limited(receive: Receive, most: int, max_upload: int) -> Receive:
+    """``receive`` counting the body as it arrives and refusing it (413) past ``most`` bytes: a body with no
+    Content-Length (chunked) would otherwise be spooled to disk in full by the form parser before the saved
+    file's size is checked."""
+    seen = 0
+
+    async def receive_limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > most:
+                raise too_large(max_upload)
+        return message
+
+    return receive_limited
 
 
 async def accept(s: Server, form) -> Job:
@@ -116,16 +165,20 @@ async def accept(s: Server, form) -> Job:
         raise UploadError("choose an image file to upload (form field 'file')")
     model = pick_model(s, form.get("model"))
     settings = job_settings(form, model.defaults())
+    await run_in_threadpool(check_settings, model, settings)
     image_id, suffix = upload_name(upload.filename)
     shown = upload.filename.replace("\\", "/").rsplit("/", 1)[-1]
     job_id, folder = s.jobs.new_folder()
-    path = folder / "input" / f"{image_id}{suffix}"
     try:
+        path = job_path(folder, "input", f"{image_id}{suffix}")
         await save_upload(upload, path, s.max_upload)
-        await run_in_threadpool(check_image, path, shown)
+        await run_in_threadpool(check_image, path, shown, s.max_pixels)
     except UploadError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    except UnsafePath as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UploadError(str(exc)) from None
     return Job(job_id, folder, path, image_id, shown, model, **settings)
 
 
@@ -149,6 +202,18 @@ def job_settings(form, defaults: dict) -> dict[str, int]:
             raise UploadError(f"{key} must be from {lo} to {hi}, got {value}", 422)
         settings[key] = value
     return settings
+
+
+def check_settings(model: Model, settings: dict[str, int]) -> None:
+    """Refuse (422) settings the model's run cannot sample with, e.g. more steps than its trained timesteps, before
+    a job is made: :data:`LIMITS` bounds every model alike. Reads the run's config.yaml, no weights."""
+    from ..engine.predict import check_sampling
+
+    try:
+        check_sampling(model.run, [f"sample.{key}={value}" for key, value in settings.items()])
+    except LesiondiffError as exc:  # worded for the CLI's --steps; the page's field is "steps"
+        message = redact(str(exc), {model.run: model.name})
+        raise UploadError(message.replace("--steps", "steps"), 422) from None
 
 
 def view(s: Server, job: Job) -> dict:
@@ -179,7 +244,10 @@ def job_file(request: Request, job_id: str, kind: str) -> FileResponse:
     job = find_job(request, job_id)
     if kind not in OUTPUTS:
         raise HTTPException(404, f"no file {kind!r}; known: {', '.join(OUTPUTS)}")
-    path = job.file(kind)
+    try:
+        path = job.file(kind)
+    except UnsafePath as exc:
+        raise HTTPException(403, str(exc)) from None
     if path is None:
         raise HTTPException(409, f"the job is {job.status}; its files come when it is done")
     media = "application/octet-stream" if path.suffix == ".npz" else "image/png"
