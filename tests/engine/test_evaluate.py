@@ -4,6 +4,7 @@ prediction folders (no training involved)."""
 import csv
 import json
 import re
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -420,6 +421,12 @@ def test_a_spoilt_probability_file_is_one_error_line_naming_it(kind, tmp_path, c
     assert CORRUPTIONS[kind] in last and last.endswith("; predict it again")
 
 
+def _job_folder(pred, folder):
+    """A serve job's folder whose out/ holds the predictions of ``pred``."""
+    shutil.copytree(pred, folder / "job" / "out")
+    return folder / "job"
+
+
 def _readers() -> dict:
     """Every reader of ``_probs.npz`` files besides evaluate: name -> call(pred_dir, manifest, rows, folder)."""
     from lesiondiff.engine.postprocessing import choose_for_run
@@ -433,7 +440,7 @@ def _readers() -> dict:
                                                                      (8, 8)),
         "examples figure": lambda pred, manifest, rows, folder: examples_figure(pred, rows, folder / "ex.png"),
         "rounds figure": lambda pred, manifest, rows, folder: rounds_figure(pred, rows, folder / "rounds.png"),
-        "serve": lambda pred, manifest, rows, folder: draw_samples(pred, "a"),
+        "serve": lambda pred, manifest, rows, folder: draw_samples(_job_folder(pred, folder), "a"),
     }
 
 
