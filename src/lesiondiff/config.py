@@ -129,6 +129,12 @@ class SampleConfig:
     # the run's sampler's own settings, checked against its constructor (build.build_sampler): e.g. DiffSeg's
     # class_difference t_first, sigma, otsu ...; UniSegDiff's staged stride and final_eta
     options: dict[str, Any] = field(default_factory=dict)
+    # members beyond the sampler's own draws (engine/members.py): test-time augmentation, member k sees the
+    # image under the k-th transform of the group "none", "flips" (identity, left-right, up-down, both) or
+    # "d4" (the eight flips and quarter turns), mapped back exactly; and MC dropout, the network's dropout
+    # layers left on while sampling (a run trained with model.dropout > 0), so each member draws its own mask
+    tta: str = "none"
+    mc_dropout: bool = False
 
 
 @dataclass

@@ -61,18 +61,25 @@ def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_source(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--run DIR`` or ``--model NAME`` (a shipped model, ``lesiondiff models``): either names the run read."""
+def add_run_source(p: argparse.ArgumentParser, required: bool = True, several: bool = False) -> None:
+    """``--run DIR`` or ``--model NAME`` (a shipped model, ``lesiondiff models``): either names the run read.
+    ``several``: each may be given more than once, and several runs are read as one ensemble."""
     source = p.add_mutually_exclusive_group(required=required)
-    source.add_argument("--run", default=None, metavar="DIR", help="a trained run folder")
-    source.add_argument("--model", default=None, metavar="NAME",
-                        help="a model that ships with lesiondiff (lesiondiff models), instead of --run")
+    more = " (give several to read them as one ensemble, member i from run i mod M)" if several else ""
+    action = "append" if several else "store"
+    source.add_argument("--run", default=None, metavar="DIR", action=action,
+                        help=f"a trained run folder, or an ensemble folder (lesiondiff ensemble){more}")
+    source.add_argument("--model", default=None, metavar="NAME", action=action,
+                        help=f"a model that ships with lesiondiff (lesiondiff models), instead of --run{more}")
 
 
-def run_source(args) -> Path:
-    """The run folder ``--run`` or ``--model`` names."""
+def run_source(args) -> Path | list[Path]:
+    """The run folder ``--run`` or ``--model`` names; several (``add_run_source(several=True)``): their list."""
     from ..shipped import run_folder
 
+    if isinstance(args.run, list) or isinstance(args.model, list):
+        folders = [run_folder(r, None) for r in args.run or []] + [run_folder(None, m) for m in args.model or []]
+        return folders[0] if len(folders) == 1 else folders
     return run_folder(args.run, args.model)
 
 

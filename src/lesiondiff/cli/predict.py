@@ -13,7 +13,7 @@ from .common import add_overrides, add_run_source, run_source
 def register(sub) -> None:
     """Add this module's commands to the ``lesiondiff`` sub-command parsers."""
     pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
-    add_run_source(pr)
+    add_run_source(pr, several=True)
     pr.add_argument("inputs", nargs="*", metavar="INPUT_OR_OVERRIDE",
                     help="image files or folders, and config overrides section.key=value as for train (e.g. "
                          "sample.steps=10 sample.start=prior)")
@@ -29,6 +29,12 @@ def register(sub) -> None:
     pr.add_argument("--prediction", choices=["epsilon", "x0"], default=None,
                     help="the head the sampler steps with, for designs that predict both (palscdiff; default: the run's)")
     pr.add_argument("--seed", type=int, default=None)
+    pr.add_argument("--tta", choices=["none", "flips", "d4"], default=None,
+                    help="test-time augmentation: member k sees the image under the k-th flip (flips: 4 views) or "
+                         "flip and quarter turn (d4: 8), mapped back; give --samples as a multiple of the views")
+    pr.add_argument("--mc-dropout", action="store_true",
+                    help="MC dropout: leave the network's dropout on while sampling (a run trained with "
+                         "model.dropout > 0), so each of the S members draws its own mask")
     pr.add_argument("--checkpoint", default="best", help="best or last")
     pr.add_argument("--device", default=None)
     pr.add_argument("--set", action="append", default=[], metavar="section.key=value",
@@ -53,6 +59,24 @@ def register(sub) -> None:
     pp.add_argument("--device", default=None)
     add_overrides(pp)
 
+    cb = sub.add_parser("calibrate", help="choose the run's accept / review threshold on a calibration split, with "
+                                          "a finite-sample guarantee on the accepted images' mean Dice",
+                        description="Predict the split with the run's settings (and its lesion / no-lesion rule), "
+                                    "score the masks, and choose the threshold on a per-image score (Learn then "
+                                    "Test, selective.py) so that, with probability >= 1 - delta, the images a "
+                                    "prediction accepts have a mean Dice >= the target. Writes RUN/selective.json; "
+                                    "predict then marks every image accept or review.")
+    cb.add_argument("--run", required=True)
+    cb.add_argument("--manifest", required=True)
+    cb.add_argument("--split", default="val", help="the calibration split (never test; at least 20 images)")
+    cb.add_argument("--target-dice", type=float, default=0.8, help="the mean Dice the accepted images must reach")
+    cb.add_argument("--delta", type=float, default=0.1, help="the guarantee holds with probability 1 - delta")
+    cb.add_argument("--score", default=None, help="agreement, lesion_fraction, entropy or band_entropy (default: "
+                                                  "agreement when the predictions have it, else entropy)")
+    cb.add_argument("--pred", default=None, help="existing predictions of that split made from this run")
+    cb.add_argument("--device", default=None)
+    add_overrides(cb)
+
     ev = sub.add_parser("evaluate", help="score predictions, or any folder of masks, against a manifest split")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred", help="a lesiondiff predict folder")
@@ -66,6 +90,9 @@ def register(sub) -> None:
     ev.add_argument("--missing", choices=["error", "empty"], default="error",
                     help="--masks: split images without a mask file stop the evaluation (error) or count as "
                          "empty predictions (empty)")
+    ev.add_argument("--scores", default=None, metavar="CSV",
+                    help="--masks: per-image scores of those masks (columns id and any of agreement, "
+                         "lesion_fraction, entropy, band_entropy) to rank them: adds AURC and e-AURC")
     ev.add_argument("--manifest", required=True)
     ev.add_argument("--split", default=None, help="train, val, test or fold:K (the rows of fold K); default: the "
                     "split predict was given (predict.json), else test")
@@ -98,16 +125,19 @@ def cmd_predict(args) -> int:
     overrides = [f"{k}={v}" for k, v in (("sample.samples", args.samples), ("sample.sampler", args.sampler),
                                           ("sample.steps", args.steps), ("fusion.method", args.fusion),
                                           ("sample.threshold", args.threshold), ("sample.seed", args.seed),
-                                          ("diffusion.prediction", args.prediction))
+                                          ("diffusion.prediction", args.prediction), ("sample.tta", args.tta))
                  if v is not None]
     if args.crf:
         overrides.append("fusion.crf=true")
+    if args.mc_dropout:
+        overrides.append("sample.mc_dropout=true")
     given, args.inputs = _split_overrides(args.inputs)
     overrides += [*given, *args.set]
     if (args.manifest is None) != (args.split is None) and args.manifest is None:
         raise LesiondiffError("--split needs --manifest")
-    check_run_memory(run_source(args), overrides)  # before any weights load
-    predictor = Predictor.from_run(run_source(args), args.checkpoint, args.device, overrides,
+    source = run_source(args)
+    check_run_memory(source[0] if isinstance(source, list) else source, overrides)  # before any weights load
+    predictor = Predictor.from_run(source, args.checkpoint, args.device, overrides,
                                    postprocess=not args.no_postprocess)
     for note in predictor.notes({"--sampler": args.sampler, "--steps": args.steps, "--prediction": args.prediction,
                                  "--fusion": args.fusion}):
@@ -131,6 +161,25 @@ def cmd_postprocess(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from ..engine.calibration import FILE, calibrate_run
+
+    record = calibrate_run(args.run, args.manifest, args.split, args.target_dice, args.delta, args.score,
+                           args.pred, args.device, list(args.overrides))
+    if record["threshold"] is None:
+        print(f"no threshold could be certified on {record['n']} images of split {args.split} (the "
+              f"{record['min_accepted']} most trusted images already fail the bound): every image will be marked "
+              "review")
+    else:
+        print(f"score {record['score']}: accept when its confidence >= {record['threshold']:.6g}; on split "
+              f"{args.split}: {record['coverage']:.1%} of {record['n']} images accepted, their mean Dice "
+              f"{record['accepted_mean_dice']:.4f} (upper bound of the accepted risk {record['upper_risk_bound']:.4f}"
+              f" < {1 - record['target_dice']:.4f})")
+    print(f"guarantee: {record['guarantee']}; method: {record['method']}")
+    print(f"wrote {Path(args.run) / FILE}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from ..engine.evaluate import evaluate, format_table
 
@@ -138,12 +187,13 @@ def cmd_evaluate(args) -> int:
         from ..engine.evaluate_masks import OUT_NAME, evaluate_masks
 
         summary = evaluate_masks(args.masks, args.manifest, args.split or "test", args.out, args.threshold,
-                                 args.missing)
+                                 args.missing, scores=args.scores)
         print(format_table(summary))
         print(f"wrote {Path(args.out or Path(args.masks) / OUT_NAME) / 'metrics.csv'} and summary.json")
         return 0
-    if args.threshold is not None or args.missing != "error":
-        raise LesiondiffError("--threshold and --missing apply to --masks; predictions carry their own threshold")
+    if args.threshold is not None or args.missing != "error" or args.scores is not None:
+        raise LesiondiffError("--threshold, --missing and --scores apply to --masks; predictions carry their own "
+                              "threshold and scores")
     split = args.split
     if split is None:
         meta = Path(args.pred) / "predict.json"
@@ -152,7 +202,8 @@ def cmd_evaluate(args) -> int:
         print(f"split: {split} ({'the split predict was given' if recorded else 'the default'}; --split to choose)")
     summary = evaluate(args.pred, args.manifest, split, args.out)
     print(format_table(summary))
-    print(f"wrote {Path(args.out or args.pred) / 'metrics.csv'}, summary.json, rounds.md and reliability.png")
+    print(f"wrote {Path(args.out or args.pred) / 'metrics.csv'}, summary.json, rounds.md, reliability.png, "
+          "risk_coverage.png and pixel_roc.png")
     return 0
 
 
@@ -174,4 +225,5 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "postprocess": cmd_postprocess, "evaluate": cmd_evaluate, "report": cmd_report}
+COMMANDS = {"predict": cmd_predict, "postprocess": cmd_postprocess, "calibrate": cmd_calibrate,
+            "evaluate": cmd_evaluate, "report": cmd_report}

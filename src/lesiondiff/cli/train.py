@@ -24,6 +24,12 @@ def register(sub) -> None:
     add_recipe(tr)
     add_overrides(tr)
     sub.add_parser("presets", help="list presets")
+    en = sub.add_parser("ensemble", help="make an ensemble folder of trained runs, which predict reads as one run",
+                        description="Write OUT/ensemble.json (the member runs and their training budgets, summed) "
+                                    "and OUT/config.yaml (the first member's, with S = the number of members). "
+                                    "predict --run OUT samples member i of S from run i mod M.")
+    en.add_argument("--out", required=True, help="the ensemble folder")
+    en.add_argument("runs", nargs="+", metavar="RUN", help="two or more distinct trained run folders")
 
 
 def cmd_train(args) -> int:
@@ -54,4 +60,13 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "presets": cmd_presets}
+def cmd_ensemble(args) -> int:
+    from ..engine.ensemble import make_ensemble
+
+    record = make_ensemble(args.out, args.runs)
+    print(f"wrote {Path(args.out) / 'ensemble.json'}: {len(record['members'])} members, training budget "
+          f"{record['budget_s']:g} s of {record['clock']} time in all")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "presets": cmd_presets, "ensemble": cmd_ensemble}

@@ -78,10 +78,28 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
 from ..reporting.figures import reliability_figure, reliability_title
-from ..uncertainty import ece_from_bins, ged, ged_diffseg, merge_bins, reliability_bins, reliability_table
+from ..reporting.selective_figures import pixel_roc_figure, risk_coverage_figure
+from ..selective import (
+    AUROC_BINS,
+    UEO_THRESHOLDS,
+    auroc_counts,
+    failure_detection,
+    roc_from_counts,
+    ueo_curve,
+)
+from ..uncertainty import (
+    SCORES,
+    ece_from_bins,
+    ged,
+    ged_diffseg,
+    merge_bins,
+    reliability_bins,
+    reliability_table,
+)
 from .outputs import owned_folder, read_predictions
 
-EVALUATION_FILES = ("metrics.csv", "summary.json", "rounds.md", "reliability.png")
+EVALUATION_FILES = ("metrics.csv", "summary.json", "rounds.md", "reliability.png", "risk_coverage.png",
+                    "pixel_roc.png")
 N_BINS = 10
 PROBABILITY = "mean of the S samples"
 LOWER_IS_BETTER = ("hd95",)
@@ -112,6 +130,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
     per_image, per_sample, per_mean, uncertainty = [], [], [], []
     fused_masks, gts, bins, n_samples = [], [], [], set()
     presence = []  # (ground truth non-empty, prediction non-empty, label) per image
+    pixels = PixelUncertainty()
     # the bar is closed (its line ended) before an error about a file is printed, not run into by it
     with tqdm(rows, desc=f"evaluate {split}", unit="img") as bar:
         for row in bar:
@@ -119,7 +138,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
             fused = read_mask(pred_dir / p["mask"])
             paths = mask_paths(row)
             gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
-            keys = ("samples",) if threshold is None else ("samples", "fused")
+            keys = ("samples", "entropy") if threshold is None else ("samples", "entropy", "fused")
             npz = read_npz(pred_dir / p["probs"], keys)
             samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
             if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
@@ -137,6 +156,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
             fused_masks.append(fused)
             gts.append(gt)
             presence.append((bool(gt.any()), bool(fused.any()), row.get("label", "")))
+            pixels.add(resize_prob(npz["entropy"].astype(np.float32), gt.shape), fused ^ gt)
 
     labels = sorted({r["label"] for r in per_image if r["label"]})
     rounds = rounds_summary(per_sample, min(n_samples), labels)
@@ -163,6 +183,9 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         "postprocess": (meta.get("postprocess") or {}).get("description", "none recorded"),
         "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ged_diffseg", "ece")},
         "calibration": calibration_summary(bins, [u["ece"] for u in uncertainty], n_samples),
+        "failure_detection": failure_summary([r["dice"] for r in per_image], [preds[r["id"]] for r in rows]),
+        "pixel_uncertainty": pixels.summary(),
+        "selective": selective_view(per_image, [preds[r["id"]] for r in rows], meta),
     }
     datasets = sorted({r["dataset"] for r in per_image if r["dataset"]})
     if datasets:
@@ -178,7 +201,65 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         atomic_write_text(paths["rounds.md"],
                           format_rounds_markdown(summary) + "\n" + (f"\n{outputs}\n" if outputs else ""))
         reliability_figure(summary["calibration"], paths["reliability.png"], title=reliability_title(summary))
+        risk_coverage_figure(summary, paths["risk_coverage.png"])
+        pixel_roc_figure(summary, paths["pixel_roc.png"])
     return summary
+
+
+class PixelUncertainty:
+    """The pixel-level view of an uncertainty map against the error map (fused mask XOR ground truth), summed
+    over images (``selective.py``): UEO at each threshold of ``UEO_THRESHOLDS`` per image, and the pooled
+    histograms behind the pixel AUROC."""
+
+    def __init__(self) -> None:
+        self.ueo: list[np.ndarray] = []
+        self.counts = np.zeros((2, AUROC_BINS), dtype=np.int64)
+
+    def add(self, uncertainty: np.ndarray, error: np.ndarray) -> None:
+        self.ueo.append(ueo_curve(uncertainty, error))
+        self.counts += auroc_counts(uncertainty, error)
+
+    def summary(self) -> dict:
+        curve = np.mean(self.ueo, axis=0)
+        best = int(np.argmax(curve))
+        roc = roc_from_counts(self.counts)
+        step = max(1, len(roc["fpr"]) // 200)  # a 200-point curve is enough for the figure
+        return {"map": "entropy (bits) of the mean of the S samples, resized to the original image size",
+                "error": "fused mask XOR ground truth",
+                "ueo": float(curve[best]), "ueo_tau": UEO_THRESHOLDS[best],
+                "ueo_curve": dict(zip(map(str, UEO_THRESHOLDS), curve.round(6).tolist())),
+                "auroc": roc["auroc"], "roc": {"fpr": roc["fpr"][::step] + [1.0], "tpr": roc["tpr"][::step] + [1.0]},
+                "protocol": ("UEO: Dice of (uncertainty >= tau) and the error map per image (both empty: 1), "
+                             "averaged over images, at the tau of 0.05..0.95 with the highest mean; AUROC: pooled over "
+                             f"every pixel of the split, {AUROC_BINS} equal-width bins of the uncertainty")}
+
+
+def failure_summary(dice: list[float], rows: list[dict]) -> dict:
+    """Image-level failure detection (risk = 1 - fused Dice per image) of every score predictions.csv holds
+    for every image, with each score's risk-coverage curve and the optimal and random references."""
+    names = [name for name in SCORES if rows and all(r.get(name) not in (None, "") for r in rows)]
+    fd = failure_detection(dice, {n: [float(r[n]) for r in rows] for n in names})
+    return {"risk": "1 - Dice of the fused mask, per image at the original size", "n": len(dice),
+            "scores": {n: {"aurc": fd[n]["aurc"], "eaurc": fd[n]["eaurc"], "means": SCORES[n]} for n in names},
+            "optimal_aurc": fd["optimal"]["aurc"], "random_aurc": fd["random"]["aurc"],
+            "curves": {n: {"coverage": fd[n]["coverage"], "mean_dice": [1 - r for r in fd[n]["selective_risk"]]}
+                       for n in [*names, "optimal"]},
+            "protocol": ("AURC: the mean over coverages k/n of the mean risk of the k images the score trusts most "
+                         "(ties share their mean); e-AURC: AURC minus that of the optimal order; random order: "
+                         "the mean risk")}
+
+
+def selective_view(per_image: list[dict], rows: list[dict], meta: dict) -> dict | None:
+    """Coverage and realised Dice of the images predict marked ``accept`` (a calibrated run), else None."""
+    if not rows or any(r.get("review") not in ("accept", "review") for r in rows):
+        return None
+    accepted = [m["dice"] for m, r in zip(per_image, rows) if r["review"] == "accept"]
+    record = meta.get("selective") or {}
+    return {"accepted": len(accepted), "images": len(rows), "coverage": len(accepted) / len(rows),
+            "accepted_mean_dice": float(np.mean(accepted)) if accepted else None,
+            "target_dice": record.get("target_dice"), "delta": record.get("delta"), "score": record.get("score"),
+            "met": (float(np.mean(accepted)) >= record["target_dice"]) if accepted and "target_dice" in record
+            else None}
 
 
 def fused_metrics(folder: str | Path) -> list[dict]:
@@ -473,7 +554,7 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
     lines.append(f"pooled over the split (fused): dice {pooled['pooled_dice']:.3f}, iou {pooled['pooled_iou']:.3f}")
     if given:
         lines.append("masks from another tool: no samples or probabilities, so no rounds, uncertainty or calibration")
-        return "\n".join(lines + image_level_lines(summary))
+        return "\n".join(lines + image_level_lines(summary) + trust_lines(summary))
     u = summary["uncertainty"]
     lines.append(f"uncertainty per image: GED {u['ged']['mean']:.3f} ±{u['ged']['std']:.3f} (d = 1 - IoU, "
                  "the S samples against the ground truth)")
@@ -482,4 +563,27 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
                      "(paper 003 Eqs. 5-7: mean RMS pixel difference over all pairs of the S samples, no ground truth)")
     lines.append(calibration_line(summary))
     lines += image_level_lines(summary)
+    lines += trust_lines(summary)
     return "\n".join(lines)
+
+
+def trust_lines(summary: dict) -> list[str]:
+    """The printed lines of failure detection, the pixel view and the accept / review marks (summaries that
+    have them)."""
+    lines = []
+    fd = summary.get("failure_detection") or {}
+    if fd.get("scores"):
+        scores = ", ".join(f"{n} {v['aurc']:.4f} (e-AURC {v['eaurc']:.4f})" for n, v in fd["scores"].items())
+        lines.append(f"which masks to trust (risk = 1 - fused Dice per image, {fd['n']} images; lower is better): "
+                     f"AURC {scores}; optimal order {fd['optimal_aurc']:.4f}, random order {fd['random_aurc']:.4f}")
+    px = summary.get("pixel_uncertainty")
+    if px:
+        lines.append(f"pixel uncertainty (entropy map vs the error map): UEO {px['ueo']:.3f} at tau {px['ueo_tau']} "
+                     f"(per image, averaged), AUROC {px['auroc']:.4f} (pooled over pixels)")
+    sel = summary.get("selective")
+    if sel:
+        dice = "none accepted" if sel["accepted_mean_dice"] is None else f"mean Dice {sel['accepted_mean_dice']:.4f}"
+        met = {True: "met", False: "NOT met", None: "no target recorded"}[sel["met"]]
+        lines.append(f"accept / review ({sel['score']}): {sel['accepted']} of {sel['images']} accepted "
+                     f"({sel['coverage']:.1%}), {dice}; target {sel['target_dice']} at delta {sel['delta']}: {met}")
+    return lines

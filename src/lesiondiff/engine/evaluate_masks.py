@@ -55,7 +55,8 @@ from ..data.manifest import Manifest
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
-from .evaluate import image_level
+from ..uncertainty import SCORES
+from .evaluate import failure_summary, image_level
 from .outputs import owned_folder
 
 SUFFIXES = ("_mask", "_pred", "_segmentation", "_seg")
@@ -126,10 +127,39 @@ def _listing(paths: list, n: int = 5) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+def read_scores(path: str | Path, ids: list[str]) -> list[dict]:
+    """The per-image score rows of ``path`` (a CSV with ``id`` and score columns) for ``ids``, in their order; a
+    file without a known score column, or without a row for an id, is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise LesiondiffError(f"{path}: no such score file")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            table = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LesiondiffError(f"{path}: not a CSV file ({exc})") from None
+    columns = set(table[0]) if table else set()
+    known = [s for s in SCORES if s in columns]
+    if "id" not in columns or not known:
+        raise LesiondiffError(f"{path}: needs an id column and at least one score column named "
+                              f"{', '.join(SCORES)}; it has {', '.join(sorted(columns)) or 'none'}")
+    by_id = {r["id"]: r for r in table}
+    absent = [i for i in ids if i not in by_id]
+    if absent:
+        raise LesiondiffError(f"{path}: no score for {len(absent)} images ({_listing(absent)})")
+    try:
+        return [{k: float(by_id[i][k]) for k in known} for i in ids]
+    except ValueError as exc:
+        raise LesiondiffError(f"{path}: a score that is not a number ({exc})") from None
+
+
 def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "test", out: str | Path | None = None,
-                   threshold: float | None = None, missing: str = "error", log=print) -> dict:
+                   threshold: float | None = None, missing: str = "error", log=print,
+                   scores: str | Path | None = None) -> dict:
     """Score the mask files in ``mask_dir`` against ``split`` of ``manifest`` (module docstring); writes
-    ``metrics.csv`` and ``summary.json`` to ``out`` (default: ``mask_dir``/lesiondiff-evaluation)."""
+    ``metrics.csv`` and ``summary.json`` to ``out`` (default: ``mask_dir``/lesiondiff-evaluation). ``scores``:
+    a CSV with an ``id`` column and per-image scores named as predict writes them (``uncertainty.SCORES``:
+    agreement, lesion_fraction, entropy, band_entropy), whose failure detection is added (AURC, e-AURC)."""
     mask_dir = Path(mask_dir)
     if not mask_dir.is_dir():
         raise LesiondiffError(f"{mask_dir}: no such folder of masks")
@@ -190,6 +220,9 @@ def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "tes
         "image_level": image_level(presence),
         "postprocess": "none (masks from another tool)",
     }
+    if scores is not None:
+        summary["failure_detection"] = failure_summary([r["dice"] for r in per_image],
+                                                       read_scores(scores, [r["id"] for r in rows]))
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["id", "label", "dataset", "which", "file", *METRIC_NAMES])
     writer.writeheader()

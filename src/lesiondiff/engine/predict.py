@@ -49,10 +49,15 @@ from ..postprocess import FILE as POSTPROCESS_FILE
 from ..postprocess import PostProcess
 from ..postprocess import load as load_postprocess
 from ..reporting.maps import overlay, uncertainty_panel
-from ..uncertainty import ambiguity, coherence, entropy
+from ..uncertainty import SCORES, ambiguity, coherence, entropy, image_scores
+from .calibration import calibration_settings
+from .calibration import load as load_selective
+from .calibration import mark as calibration_mark
 from .checkpoint import Checkpoint, run_checkpoint
 from .device import make_accelerator
-from .outputs import OutputLock, PredictionFolder, image_outputs, is_own_output
+from .ensemble import check_members, is_ensemble, member_runs
+from .members import Members, Source
+from .outputs import OutputLock, PredictionFolder, describe_change, image_outputs, is_own_output
 
 MAPS_FROM = ("probabilities", "masks")  # sample.maps
 
@@ -136,9 +141,31 @@ def collect_inputs(inputs: list[str], manifest: str | None = None, split: str | 
     return unique
 
 
+def checkpoint_source(runs: list[Path], checkpoint: str, folder: Path | None) -> dict:
+    """Where the weights came from, for the settings record: the run and its checkpoint file's name, size and
+    modification time; for an ensemble, its folder (or None on the fly) and each member's."""
+    def one(run: Path) -> dict:
+        file = run_checkpoint(run, checkpoint)
+        stat = file.stat()
+        return {"run": str(run.resolve()), "checkpoint_file": file.name, "checkpoint_bytes": stat.st_size,
+                "checkpoint_mtime_ns": stat.st_mtime_ns}
+
+    if len(runs) == 1:
+        return one(runs[0])
+    return {"run": str(folder.resolve()) if folder is not None else "an ensemble given run by run",
+            "members": [one(r) for r in runs]}
+
+
 class Predictor:
+    """Sample, fuse, score and write the predictions of one run, or of an ensemble of runs (``engine/ensemble.py``).
+
+    ``sources``: the runs' networks and samplers (default: ``model`` with the config's sampler); the S members
+    of an image are made by ``engine/members.py`` (draws, TTA views, MC dropout, ensemble runs). ``selective``:
+    a calibration record (``engine/calibration.py``), whose threshold marks each image accept or review."""
+
     def __init__(self, cfg: Config, model: Denoiser, postprocess: PostProcess | None = None,
-                 postprocess_record: dict | None = None) -> None:
+                 postprocess_record: dict | None = None, sources: list[Source] | None = None,
+                 selective: dict | None = None) -> None:
         if cfg.diffusion.feedforward:  # one network evaluation per sample, whatever was asked
             cfg = cfg.override(["sample.sampler=oneshot", "sample.steps=1"])
         self.cfg = cfg
@@ -151,45 +178,61 @@ class Predictor:
         self.sampler.check_steps(cfg.sample.steps)
         if cfg.sample.maps not in MAPS_FROM:
             raise LesiondiffError(f"sample.maps must be one of {', '.join(MAPS_FROM)}, got {cfg.sample.maps!r}")
+        self.members = Members(sources or [Source(model, self.sampler)], cfg.sample.samples, cfg.sample.tta,
+                               cfg.sample.mc_dropout)
+        self.selective = selective
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
         self.source: dict = {}  # the run and checkpoint file the weights came from (from_run), for the record
 
     @classmethod
-    def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | None = None,
+    def from_run(cls, run: str | Path | list, checkpoint: str = "best", device: str | None = None,
                  overrides: list[str] | None = None, postprocess: bool = True) -> Predictor:
-        """``postprocess``: apply the run's ``postprocess.json`` when it has one. The settings are checked (e.g.
-        ``sample.steps`` against the run's timesteps) before the weights load."""
-        check_sampling(Path(run), overrides or [])
-        cfg, model = load_run(run, checkpoint, device)
-        rule, record = None, None
-        if postprocess and (Path(run) / POSTPROCESS_FILE).is_file():
-            rule, record = load_postprocess(Path(run) / POSTPROCESS_FILE)
-        cfg = cfg.override(overrides or [])
-        wanted = cfg.diffusion.prediction
-        if not cfg.diffusion.feedforward and wanted != model.prediction:
-            if not model.predicts_both:
-                raise LesiondiffError(f"{run}: {cfg.model.name} has one {model.prediction} head; it cannot be "
-                                      f"sampled through {wanted}")
-            model.prediction = wanted  # both heads were trained: sample through the other one
-        predictor = cls(cfg, model, rule, record)
-        file = run_checkpoint(run, checkpoint)
-        stat = file.stat()
-        predictor.source = {"run": str(Path(run).resolve()), "checkpoint_file": file.name,
-                            "checkpoint_bytes": stat.st_size, "checkpoint_mtime_ns": stat.st_mtime_ns}
+        """The predictor of a run folder, an ensemble folder (``ensemble.json``) or a list of runs (an ensemble
+        on the fly; its settings are the first run's, with S = the number of runs unless overridden).
+        ``postprocess``: apply the run's ``postprocess.json`` when it has one; its ``selective.json`` gives the
+        accept / review mark. The settings are checked (e.g. ``sample.steps`` against the run's timesteps)
+        before the weights load."""
+        runs = [Path(r) for r in run] if isinstance(run, (list, tuple)) else [Path(run)]
+        folder = runs[0] if len(runs) == 1 else None  # where postprocess.json and selective.json are read
+        if folder is not None and is_ensemble(folder):
+            runs = member_runs(folder)
+        elif len(runs) > 1:
+            check_members(runs)
+        base = (Config.load(folder / "config.yaml") if folder is not None and (folder / "config.yaml").is_file()
+                else None)
+        extra = [] if len(runs) == 1 or base is not None else [f"sample.samples={len(runs)}"]
+        overrides = [*extra, *(overrides or [])]
+        check_sampling(folder if base is not None else runs[0], overrides)
+        loaded = [load_run(r, checkpoint, device) for r in runs]
+        cfg = (base or loaded[0][0]).override(overrides)
+        sources = []
+        for r, (_, model) in zip(runs, loaded):
+            wanted = cfg.diffusion.prediction
+            if not cfg.diffusion.feedforward and wanted != model.prediction:
+                if not model.predicts_both:
+                    raise LesiondiffError(f"{r}: {cfg.model.name} has one {model.prediction} head; it cannot be "
+                                          f"sampled through {wanted}")
+                model.prediction = wanted  # both heads were trained: sample through the other one
+            sources.append(Source(model, build_sampler(cfg)))
+        rule, record, selective = None, None, None
+        if folder is not None and postprocess and (folder / POSTPROCESS_FILE).is_file():
+            rule, record = load_postprocess(folder / POSTPROCESS_FILE)
+        if folder is not None:
+            selective = load_selective(folder)
+        predictor = cls(cfg, sources[0].model, rule, record, sources, selective)
+        predictor.source = checkpoint_source(runs, checkpoint, folder)
         return predictor
 
     def image_seed(self, id_: str) -> int:
         return (self.cfg.sample.seed * 1_000_003 + zlib.crc32(id_.encode())) % 2**63
 
     def sample(self, id_: str, image: np.ndarray) -> np.ndarray:
-        """One image HxWxC in [0,255] -> probs [S,h,w] in [0,1] at the network size."""
+        """One image HxWxC in [0,255] -> the S members' probs [S,h,w] in [0,1] at the network size."""
         d, s = self.cfg.data, self.cfg.sample
         x = preprocess_image(image, d.size, d.channels, d.intensity_window)[None].to(self.device)
-        gen = torch.Generator().manual_seed(self.image_seed(id_))
+        seed = self.image_seed(id_)
         start = time.perf_counter()
-        draws = self.draws()
-        probs = self.sampler(self.model, x, draws, s.steps, gen)[0, :, 0].float().cpu().numpy()
-        probs = np.repeat(probs, s.samples // draws, axis=0)
+        probs = self.members(x, s.steps, torch.Generator().manual_seed(seed), seed)
         self.sampling_seconds += time.perf_counter() - start
         return probs
 
@@ -210,16 +253,15 @@ class Predictor:
                      threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=crf_kernels(**kernels), **kw)
         return Prediction(id_, probs, fused, image.shape[:2], image)
 
-    def draws(self) -> int:
-        """Samples drawn per image: S, or 1 for a network without noise input, whose S samples are copies."""
-        return self.cfg.sample.samples if self.model.takes_noise else 1
-
     def samples_are(self) -> str:
         """What the S samples of an image are (predict.json, the report's rounds)."""
-        if not self.model.takes_noise:
+        s = self.cfg.sample.samples
+        made = self.members.describe()
+        if self.members.distinct() == 1:
             return ("identical copies of one prediction: the network takes no noise input, so there is no sample "
-                    "spread (no uncertainty)" if self.cfg.sample.samples > 1 else "one prediction")
-        return self.sampler.samples_note(self.cfg.sample.samples)
+                    "spread (no uncertainty)" if s > 1 else "one prediction")
+        draws = self.sampler.samples_note(s) if self.model.takes_noise else ""
+        return "; ".join(p for p in (made, draws) if p)
 
     def notes(self, given: dict[str, object]) -> list[str]:
         """Notices for command-line options that do not apply to this run (``given``: option -> value, None when
@@ -232,12 +274,20 @@ class Predictor:
             if ignored:
                 notes.append(f"note: a feed-forward run (one network evaluation per image): {', '.join(ignored)} "
                              "do not apply and are ignored")
-        if not self.model.takes_noise and cfg.sample.samples > 1:
+        if self.members.distinct() == 1 and cfg.sample.samples > 1:
             notes.append(f"note: the {cfg.model.name} network takes no noise input: its {cfg.sample.samples} "
-                         "samples are identical copies of one prediction (no uncertainty)")
+                         "samples are identical copies of one prediction (no uncertainty); --set sample.tta=flips "
+                         "or an ensemble gives it members")
         if cfg.sample.samples == 1 and given.get("--fusion") not in (None, "mean"):
             notes.append(f"note: --fusion {given['--fusion']} with one sample: nothing to fuse")
         return notes
+
+    def selective_mark(self) -> dict | None:
+        """The calibration record whose accept / review mark these predictions get: the run's, when it was
+        calibrated with these sampling settings (``engine/calibration.py``); None otherwise."""
+        if self.selective is None:
+            return None
+        return self.selective if calibration_settings(self.settings()) == self.selective["settings"] else None
 
     def postprocess_summary(self) -> dict:
         """What predict.json records of the lesion / no-lesion rule (``postprocess.py``)."""
@@ -278,7 +328,10 @@ class Predictor:
         over = overlay(pred.image, mask, resize_prob(arrays["ambiguity"], pred.original_size))
         folder.write(names["overlay"], encode_png(over))
         folder.write(names["maps"], encode_png(uncertainty_panel(arrays, over.shape[:2])))
-        return {"id": pred.id, **names}
+        scores = image_scores(pred.probs, pred.fused, thr, members=self.members.distinct())
+        record = self.selective_mark()
+        review = {"review": calibration_mark(record, scores)} if record is not None else {}
+        return {"id": pred.id, **names, **{k: round(v, 6) for k, v in scores.items()}, **review}
 
     def settings(self, checkpoint: str = "") -> dict:
         """Everything that decides the output files, flat (``sample.steps``, ...): the weights' source, the
@@ -306,7 +359,12 @@ class Predictor:
             if len(todo) < len(items):
                 log(f"resuming: {len(items) - len(todo)} of {len(items)} images were predicted with these settings "
                     f"in {out} already")
-            calls = self.sampler.network_calls(s.steps, self.draws())
+            calls = self.members.network_calls(s.steps)
+            record = self.selective_mark()
+            if self.selective is not None and record is None:
+                log("note: the run's selective.json was calibrated with other sampling settings "
+                    f"({describe_change(self.selective['settings'], calibration_settings(self.settings()))}); "
+                    "these predictions get no accept / review mark")
             for id_, path in tqdm(todo, desc=f"predict ({s.sampler}, {calls['passes']} passes, S={s.samples})",
                                   unit="img"):
                 seconds, emptied = self.sampling_seconds, self.declared_empty
@@ -321,15 +379,43 @@ class Predictor:
                     "size": self.cfg.data.size, "checkpoint": checkpoint, "preset": self.cfg.preset,
                     "prediction": self.model.prediction,
                     "network_calls": calls,
-                    "samples_are": self.samples_are(), "speed": self.speed(len(rows)),
+                    "samples_are": self.samples_are(), "tta": s.tta, "mc_dropout": s.mc_dropout,
+                    "members": {"distinct": self.members.distinct(), "runs": len(self.members.sources)},
+                    "speed": self.speed(len(rows)),
                     "postprocess": self.postprocess_summary(),
+                    "scores": score_summary(rows),
+                    "selective": selective_summary(record, rows),
                     "split": split if split else (folder.splits[-1] if folder.splits else None),
                     "splits": folder.splits}
             buffer = _io.StringIO()
-            fields = ["id", "image", "mask", "probs", "overlay", "maps"]
+            fields = ["id", "image", "mask", "probs", "overlay", "maps",
+                      *(k for k in (*SCORES, "review") if any(k in r for r in rows))]
             writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
             folder.files.write_text("predictions.csv", buffer.getvalue())
             folder.files.write_text("predict.json", json.dumps(meta, indent=2))
-        return [{k: r[k] for k in fields} for r in rows]
+        return [{k: r.get(k, "") for k in fields} for r in rows]
+
+
+def score_summary(rows: list[dict]) -> dict:
+    """predict.json's ``scores``: per score of ``uncertainty.SCORES``, its meaning and mean +- population std over
+    the images that have it."""
+    out = {}
+    for name, means in SCORES.items():
+        values = np.array([r[name] for r in rows if r.get(name) not in (None, "")], dtype=np.float64)
+        if values.size:
+            out[name] = {"mean": float(values.mean()), "std": float(values.std()), "n": int(values.size),
+                         "means": means}
+    return out
+
+
+def selective_summary(record: dict | None, rows: list[dict]) -> dict:
+    """predict.json's ``selective``: the calibration applied (score, threshold, target, delta) and how many images
+    were accepted; a plain description when there is none."""
+    if record is None:
+        return {"description": "none (the run has no selective.json, or it was calibrated with other settings)"}
+    accepted = sum(r.get("review") == "accept" for r in rows)
+    return {"score": record["score"], "threshold": record["threshold"], "target_dice": record["target_dice"],
+            "delta": record["delta"], "calibrated_on": f"split {record['split']} of {record['manifest']}",
+            "accepted": accepted, "images": len(rows), "coverage": accepted / len(rows) if rows else 0.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 from pathlib import Path
@@ -21,11 +22,14 @@ from ..engine.evaluate import (
     rounds_protocol,
     rounds_table,
     samples_are,
+    trust_lines,
 )
 from ..io_utils import OwnedFolder, atomic_write_text
 from ..metrics import METRIC_NAMES
+from ..uncertainty import SCORES
 from .figures import reliability_figure, reliability_title
 from .run_figures import examples_figure, rounds_figure, training_figure
+from .selective_figures import pixel_roc_figure, risk_coverage_figure
 
 
 def _metrics_table(summary: dict) -> str:
@@ -86,6 +90,42 @@ def _calibration_html(summary: dict, figs: Path) -> str:
     return text
 
 
+def _trust_html(summary: dict, figs: Path) -> str:
+    """Which masks to trust: failure detection (the risk-coverage figure), the accept / review marks of a
+    calibrated run, and the pixel view of the uncertainty map (summaries that have them)."""
+    lines = trust_lines(summary)
+    if not lines:
+        return ""
+    text = ("<h3>Which masks to trust</h3><p>Each image's score ranks it; the curve shows the mean Dice of the "
+            "images accepted, most trusted first, against the share accepted.</p><p>"
+            + "<br>".join(html.escape(line) for line in lines) + "</p>")
+    if risk_coverage_figure(summary, figs / "risk_coverage.png"):
+        text += '<img src="figures/risk_coverage.png" alt="risk-coverage curve">'
+    if pixel_roc_figure(summary, figs / "pixel_roc.png"):
+        text += '<img src="figures/pixel_roc.png" alt="pixel ROC of the uncertainty map" style="max-width:420px">'
+    return text
+
+
+def _review_html(pred_dir: Path) -> str:
+    """The images a calibrated run sent to review, with their scores (predictions that carry the marks)."""
+    table = pred_dir / "predictions.csv"
+    if not table.is_file():
+        return ""
+    with table.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "review" not in rows[0]:
+        return ""
+    review = [r for r in rows if r["review"] == "review"]
+    scores = [k for k in SCORES if k in rows[0]]
+    body = "".join("<tr><td>" + html.escape(r["id"]) + "</td>" + "".join(f"<td>{html.escape(r[k])}</td>"
+                                                                          for k in scores) + "</tr>"
+                   for r in review[:50])
+    more = f"<p>... and {len(review) - 50} more (predictions.csv lists them all).</p>" if len(review) > 50 else ""
+    return (f"<h2>Sent to review</h2><p>{len(review)} of {len(rows)} images are marked review by the run's "
+            f"calibrated threshold (predictions.csv, column review); the others are accepted.</p>"
+            f"<table><tr><th>image</th>{''.join(f'<th>{k}</th>' for k in scores)}</tr>{body}</table>{more}")
+
+
 def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str | Path | None = None,
                  summary: dict | None = None, manifest: str | Path | None = None, split: str = "test",
                  title: str = "lesiondiff report") -> Path:
@@ -98,7 +138,8 @@ def write_report(out: str | Path, run: str | Path | None = None, pred_dir: str |
     return paths["report.html"]
 
 
-REPORT_FILES = ("report.html", *(f"figures/{name}.png" for name in ("training", "reliability", "examples", "rounds")))
+REPORT_FILES = ("report.html", *(f"figures/{name}.png" for name in ("training", "reliability", "examples", "rounds",
+                                                                     "risk_coverage", "pixel_roc")))
 
 
 def _page(paths: dict[str, Path], run, pred_dir, summary, manifest, split, title) -> str:
@@ -135,6 +176,7 @@ def _page(paths: dict[str, Path], run, pred_dir, summary, manifest, split, title
                      f"{u['ged']['mean']:.3f} &plusmn; {u['ged']['std']:.3f} (d = 1 - IoU, samples vs the ground "
                      f"truth){diffseg}.</p>")
         parts.append(_calibration_html(summary, figs))
+        parts.append(_trust_html(summary, figs))
         lines = image_level_lines(summary)
         if lines:
             parts.append("<h3>Lesion images and the lesion / no-lesion decision</h3><p>"
@@ -152,6 +194,8 @@ def _page(paths: dict[str, Path], run, pred_dir, summary, manifest, split, title
                          "Pixels where the rounds differ are where sampling is uncertain (PalScDiff finds them "
                          "mostly along lesion boundaries); the fusion settles them. Red: ground-truth contour; titles: per-image Dice.</p>"
                          '<img src="figures/rounds.png" alt="sampling rounds and the fused mask">')
+    if pred_dir is not None:
+        parts.append(_review_html(Path(pred_dir)))
     if run is not None and (Path(run) / "config.yaml").is_file():
         parts.append("<h2>Configuration</h2><pre>" + html.escape((Path(run) / "config.yaml").read_text(encoding="utf-8")) + "</pre>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"

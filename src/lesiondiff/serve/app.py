@@ -222,7 +222,7 @@ def view(s: Server, job: Job) -> dict:
     return {"id": job.id, "status": job.status, "stage": job.stage, "image": job.shown, "image_id": job.image_id,
             "model": job.model.name, "samples": job.samples, "steps": job.steps, "seed": job.seed,
             "progress": job.progress(), "ahead": s.jobs.ahead(job) if job.status == "queued" else 0,
-            "error": job.error, "files": files}
+            "error": job.error, "files": files, "trust": job.trust if job.status == "done" else {}}
 
 
 def find_job(request: Request, job_id: str) -> Job:

@@ -64,6 +64,7 @@ class Job:
     error: str = ""
     total: int = 0  # network evaluations the sampler will make: network_calls(steps, S)["evaluations"]
     count: object = field(default=None, repr=False)  # the live EvaluationCount while sampling
+    trust: dict = field(default_factory=dict)  # the scores and the accept / review mark, once done
 
     @property
     def out(self) -> Path:
@@ -90,13 +91,28 @@ def predict(job: Job, device: str | None) -> None:
     job.stage = "loading the model"
     overrides = [f"sample.samples={job.samples}", f"sample.steps={job.steps}", f"sample.seed={job.seed}"]
     predictor = Predictor.from_run(job.model.run, "best", device, overrides)
-    job.total = predictor.sampler.network_calls(predictor.cfg.sample.steps, predictor.draws())["evaluations"]
+    first = predictor.members.sources[0]  # the progress bar counts the first run's evaluations (of an ensemble)
+    job.total = first.sampler.network_calls(predictor.cfg.sample.steps,
+                                            predictor.members.draws(first) * len(predictor.members.views))["evaluations"]
     job.stage = "sampling"
-    with count_evaluations(predictor.model) as count:
+    with count_evaluations(first.model) as count:
         job.count = count
-        predictor.run([(job.image_id, str(job.image))], job.out, checkpoint="best", log=lambda *_: None)
+        rows = predictor.run([(job.image_id, str(job.image))], job.out, checkpoint="best", log=lambda *_: None)
+    job.trust = trust_of(rows[0], predictor.selective_mark())
     job.stage = "drawing the sample masks"
     draw_samples(job.folder, job.image_id)
+
+
+def trust_of(row: dict, record: dict | None) -> dict:
+    """What the page shows of how far to trust the mask: the image's scores (predictions.csv), and the accept /
+    review mark with the calibration's promise when the run was calibrated for these settings."""
+    from ..uncertainty import SCORES
+
+    trust = {"scores": {k: float(row[k]) for k in SCORES if row.get(k) not in (None, "")}}
+    if record is not None:
+        trust.update(review=row.get("review"), score=record["score"], target_dice=record["target_dice"],
+                     delta=record["delta"])
+    return trust
 
 
 def draw_samples(folder: Path, image_id: str) -> None:

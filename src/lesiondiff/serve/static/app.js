@@ -119,8 +119,26 @@ async function poll(id) {
   setTimeout(() => poll(id), POLL_MS);
 }
 
+const SCORE_WORDS = {
+  agreement: "the members' agreement (mean pairwise Dice)",
+  lesion_fraction: "share of members finding a lesion",
+  entropy: "mean entropy (bits)",
+  band_entropy: "entropy over the uncertain band (bits)",
+};
+
+function trustText(trust) {
+  const scores = Object.entries(trust.scores || {})
+    .map(([name, value]) => `${SCORE_WORDS[name] || name} ${value.toFixed(3)}`).join("; ");
+  if (!trust.review) return `${scores}. The run is not calibrated for these settings: no accept / review mark.`;
+  const verdict = trust.review === "accept" ? "ACCEPT" : "REVIEW";
+  return `${verdict}: ${scores}. Calibrated on ${trust.score}: the images accepted have a mean Dice of at least ` +
+    `${trust.target_dice} with probability ${1 - trust.delta}.`;
+}
+
 function showResults(job) {
   $("run").disabled = false;
+  $("trust").textContent = trustText(job.trust || {});
+  $("trust").className = `trust ${job.trust && job.trust.review ? job.trust.review : ""}`;
   $("result-title").textContent =
     `${job.image} — ${job.model}, S = ${job.samples}, ${job.steps} steps, seed ${job.seed}`;
   $("samples-caption").textContent = `Every sample's mask (S = ${job.samples}, at the run's threshold)`;
