@@ -162,7 +162,8 @@ def cmd_postprocess(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from ..engine.calibration import FILE, calibrate_run
+    from ..engine.calibrate import calibrate_run
+    from ..engine.calibration import FILE
 
     record = calibrate_run(args.run, args.manifest, args.split, args.target_dice, args.delta, args.score,
                            args.pred, args.device, list(args.overrides))

@@ -24,6 +24,7 @@ from ..selective import MIN_CALIBRATION, choose_threshold, confidence, failure_d
 from ..uncertainty import SCORES
 
 FILE = "selective.json"
+MEMBER_SCORES = ("agreement", "lesion_fraction")  # the scores that need two distinct members
 SETTINGS = ("sample.samples", "sample.sampler", "sample.steps", "sample.tta", "sample.mc_dropout",
             "sample.threshold", "sample.maps", "fusion.method", "fusion.crf", "postprocess")
 
@@ -70,6 +71,18 @@ def check_request(split: str, target: float, delta: float, n_images: int, manife
                               f"{MIN_CALIBRATION}")
 
 
+def check_score(score: str | None, members: int) -> None:
+    """A score calibrate cannot use: unknown, or one that needs two distinct members when there is one."""
+    if score is None:
+        return
+    if score not in SCORES:
+        raise LesiondiffError(f"--score {score!r}: unknown; known: {', '.join(SCORES)}")
+    if score in MEMBER_SCORES and members < 2:
+        raise LesiondiffError(f"--score {score}: this run's predictions have one distinct member, and {score} needs "
+                              "two or more (S >= 2 draws of a diffusion run, --set sample.tta=flips sample.samples=4, "
+                              "MC dropout or an ensemble); the entropy scores need none")
+
+
 def calibrate(rows: list[dict], score: str | None, target: float, delta: float, settings: dict,
               split: str, manifest: str | Path) -> dict:
     """The calibration record from the calibration images' rows (per-image fused ``dice`` and the scores
@@ -107,35 +120,3 @@ def split_rows(manifest: str | Path, split: str) -> list[dict]:
         raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
     return rows
 
-
-def calibrate_run(run: str | Path, manifest: str | Path, split: str = "val", target: float = 0.8,
-                  delta: float = 0.1, score: str | None = None, pred_dir: str | Path | None = None,
-                  device: str | None = None, overrides: list[str] | None = None, log=print) -> dict:
-    """Predict ``split`` with the run's settings and ``overrides`` (its lesion / no-lesion rule applied, as every
-    later prediction will be) into ``RUN/calibration_<split>``, or read the predictions ``pred_dir`` made from
-    this run; score them; choose the threshold; write ``RUN/selective.json``. Returns the record."""
-    from .evaluate import evaluate, fused_metrics
-    from .outputs import RECORD, read_predictions
-    from .predict import Predictor, collect_inputs
-
-    run = Path(run)
-    rows = split_rows(manifest, split)
-    check_request(split, target, delta, len(rows), manifest)
-    if score is not None and score not in SCORES:
-        raise LesiondiffError(f"--score {score!r}: unknown; known: {', '.join(SCORES)}")
-    if pred_dir is None:
-        pred_dir = run / f"calibration_{split.replace(':', '')}"
-        predictor = Predictor.from_run(run, "best", device, overrides)
-        predictor.run(collect_inputs([], str(manifest), split), pred_dir, checkpoint="best", overwrite=True, log=log)
-    pred_dir = Path(pred_dir)
-    record_path = pred_dir / RECORD
-    settings = json.loads(record_path.read_text(encoding="utf-8"))["settings"] if record_path.is_file() else {}
-    if settings.get("run") != str(run.resolve()):
-        raise LesiondiffError(f"{pred_dir}: not predictions of {run} (made from {settings.get('run', 'unknown')})")
-    evaluate(pred_dir, manifest, split)
-    preds = read_predictions(pred_dir)[0]
-    dice = {r["id"]: float(r["dice"]) for r in fused_metrics(pred_dir)}
-    scored = [{**preds[r["id"]], "dice": dice[r["id"]]} for r in rows]
-    record = {**calibrate(scored, score, target, delta, settings, split, manifest), "predictions": str(pred_dir)}
-    write(run, record)
-    return record

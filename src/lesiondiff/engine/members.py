@@ -79,6 +79,14 @@ def dropout_on(model: torch.nn.Module, seed: int):
                 layer.eval()
 
 
+def count_distinct(noisy: Sequence[bool], samples: int, views: int) -> int:
+    """How many of S members can differ, for runs whose draws differ (``noisy``) or not, over ``views`` TTA
+    views (module docstring: member i is run i mod M, view (i div M) mod G, draw i div (M G))."""
+    m = len(noisy)
+    i = np.arange(samples)
+    return len({(r, (k // m) % views, k // (m * views) if noisy[r] else 0) for k, r in zip(i, i % m)})
+
+
 @dataclass
 class Source:
     """One run's network and sampler (an ensemble has several)."""
@@ -115,8 +123,7 @@ class Members:
 
     def distinct(self) -> int:
         """How many of the S members can differ (copies of one evaluation count once)."""
-        runs, views, draws = self.index()
-        return len({(r, v, d if self.noisy(self.sources[r]) else 0) for r, v, d in zip(runs, views, draws)})
+        return count_distinct([self.noisy(s) for s in self.sources], self.samples, len(self.views))
 
     def __call__(self, image: torch.Tensor, steps: int, generator: torch.Generator, seed: int) -> np.ndarray:
         """``image [1,C,H,W]`` -> the members' probabilities ``[S,H,W]`` in [0,1], each mapped back to the image."""

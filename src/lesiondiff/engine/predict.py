@@ -182,6 +182,8 @@ class Predictor:
                                cfg.sample.mc_dropout)
         self.selective = selective
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
+        self.scoring_seconds = 0.0  # wall clock computing the per-image scores
+        self.total_seconds = 0.0  # wall clock of the whole per-image work: read, sample, fuse, score, write
         self.source: dict = {}  # the run and checkpoint file the weights came from (from_run), for the record
 
     @classmethod
@@ -299,11 +301,13 @@ class Predictor:
 
     def speed(self, n_images: int) -> dict:
         """Sampling speed of the last ``run``: wall clock in the sampler only (not reading, fusion or writing),
-        one image at a time with its S samples in one batch, on this device."""
+        one image at a time with its S samples in one batch, on this device; ``predict_s``, the whole per-image
+        work (read, sample, fuse, score, write), and ``scores_s``, the part spent on the per-image scores."""
         secs = self.sampling_seconds
         per_s = (lambda n: round(n / secs, 3)) if secs > 0 else (lambda n: None)
         return {"device": str(self.device), "images": n_images, "sampling_s": round(secs, 3),
                 "images_per_s": per_s(n_images), "masks_per_s": per_s(n_images * self.cfg.sample.samples),
+                "predict_s": round(self.total_seconds, 3), "scores_s": round(self.scoring_seconds, 4),
                 "threads": torch.get_num_threads()}
 
     def write(self, pred: Prediction, folder: PredictionFolder) -> dict:
@@ -328,7 +332,9 @@ class Predictor:
         over = overlay(pred.image, mask, resize_prob(arrays["ambiguity"], pred.original_size))
         folder.write(names["overlay"], encode_png(over))
         folder.write(names["maps"], encode_png(uncertainty_panel(arrays, over.shape[:2])))
+        start = time.perf_counter()
         scores = image_scores(pred.probs, pred.fused, thr, members=self.members.distinct())
+        self.scoring_seconds += time.perf_counter() - start
         record = self.selective_mark()
         review = {"review": calibration_mark(record, scores)} if record is not None else {}
         return {"id": pred.id, **names, **{k: round(v, 6) for k, v in scores.items()}, **review}
@@ -353,6 +359,7 @@ class Predictor:
         out.mkdir(parents=True, exist_ok=True)
         s = self.cfg.sample
         self.sampling_seconds, self.declared_empty = 0.0, 0
+        self.scoring_seconds, self.total_seconds = 0.0, 0.0
         with OutputLock(out, "predict", log):
             folder = PredictionFolder(out, self.settings(checkpoint), items, overwrite, log, verify, split)
             todo = [(id_, path) for id_, path in items if id_ not in folder.done]
@@ -362,17 +369,21 @@ class Predictor:
             calls = self.members.network_calls(s.steps)
             record = self.selective_mark()
             if self.selective is not None and record is None:
-                log("note: the run's selective.json was calibrated with other sampling settings "
-                    f"({describe_change(self.selective['settings'], calibration_settings(self.settings()))}); "
-                    "these predictions get no accept / review mark")
+                change = describe_change(self.selective["settings"], calibration_settings(self.settings()))
+                log(f"note: the run's selective.json was calibrated on predictions {change}; these predictions "
+                    "get no accept / review mark")
             for id_, path in tqdm(todo, desc=f"predict ({s.sampler}, {calls['passes']} passes, S={s.samples})",
                                   unit="img"):
-                seconds, emptied = self.sampling_seconds, self.declared_empty
+                seconds, emptied, scoring = self.sampling_seconds, self.declared_empty, self.scoring_seconds
+                start = time.perf_counter()
                 row = self.write(self.predict(id_, path), folder)
                 folder.mark_done({**row, "image": path, "declared_empty": self.declared_empty - emptied,
-                                  "sampling_s": self.sampling_seconds - seconds})
+                                  "sampling_s": self.sampling_seconds - seconds,
+                                  "scores_s": self.scoring_seconds - scoring, "predict_s": time.perf_counter() - start})
             rows = folder.rows()
             self.sampling_seconds = sum(r["sampling_s"] for r in rows)
+            self.scoring_seconds = sum(r.get("scores_s", 0.0) for r in rows)
+            self.total_seconds = sum(r.get("predict_s", 0.0) for r in rows)
             self.declared_empty = sum(r["declared_empty"] for r in rows)
             meta = {"sampler": s.sampler, "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method,
                     "crf": self.cfg.fusion.crf, "threshold": s.threshold, "maps": s.maps, "seed": s.seed,

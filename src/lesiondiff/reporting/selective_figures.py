@@ -59,3 +59,17 @@ def pixel_roc_figure(summary: dict, path: Path) -> bool:
     ax.legend(fontsize=8, loc="lower right")
     save(fig, path)
     return True
+
+
+def compare_risk_coverage(curves: dict[str, tuple], path: Path, title: str) -> None:
+    """Several sources' risk-coverage curves in one figure: name -> (coverage, selective risk) arrays, drawn as
+    the mean Dice of the accepted images against coverage."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.6, 4.6))
+    for name, (coverage, risk) in curves.items():
+        ax.plot(coverage, 1 - risk, label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="coverage (share of images accepted, most trusted first)",
+           ylabel="mean Dice of the accepted images")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    save(fig, path)
