@@ -115,14 +115,27 @@ def check_size(cfg: Config, image_channels: int = 1) -> None:
                               f"(its total stride), e.g. {max(multiple, round(cfg.data.size / multiple) * multiple)}")
 
 
-def build_objective(cfg: DiffusionConfig) -> Objective:
-    """The training loss: ``diffusion.objective`` with its ``objective_options``, or ``feedforward``."""
-    return OBJECTIVES.build("feedforward" if cfg.feedforward else cfg.objective, cfg=cfg)
+def build_objective(cfg: DiffusionConfig, visited: list[int] | None = None) -> Objective:
+    """The training loss: ``diffusion.objective`` with its ``objective_options``, or ``feedforward``;
+    ``visited``: the timesteps the run's sampler visits (:func:`visited_timesteps`), for objectives that take
+    them (``x0_dice_bce``'s recycling)."""
+    name = "feedforward" if cfg.feedforward else cfg.objective
+    factory = OBJECTIVES.get(name)
+    extra = {"visited": visited} if "visited" in inspect.signature(factory).parameters else {}
+    return factory(cfg=cfg, **extra)
 
 
-def build_timestep_sampler(cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None) -> TimestepSampler:
-    """The training timestep sampler ``cfg.timestep_sampling`` names; ``slope`` [T] is needed by ``fingerprint``."""
-    return TIMESTEP_SAMPLERS.build(cfg.timestep_sampling, cfg=cfg, slope=slope)
+def visited_timesteps(cfg: Config) -> list[int] | None:
+    """The timesteps the run's own sampler visits with ``sample.steps`` steps, noisiest first (None: a sampler
+    without a fixed sequence, or a feed-forward run)."""
+    return None if cfg.diffusion.feedforward else build_sampler(cfg).visited_timesteps(cfg.sample.steps)
+
+
+def build_timestep_sampler(cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None,
+                           visited: list[int] | None = None) -> TimestepSampler:
+    """The training timestep sampler ``cfg.timestep_sampling`` names; ``slope`` [T] is needed by ``fingerprint``,
+    ``visited`` (the sampler's timesteps) by ``aligned``."""
+    return TIMESTEP_SAMPLERS.build(cfg.timestep_sampling, cfg=cfg, slope=slope, visited=visited)
 
 
 def build_sampler(cfg: Config, name: str | None = None, max_batch: int | None = None) -> Sampler:
@@ -138,4 +151,7 @@ def build_sampler(cfg: Config, name: str | None = None, max_batch: int | None = 
     options = {k: v for k, v in (("start", cfg.sample.start), ("start_t", cfg.sample.start_t)) if k in accepted}
     if not cfg.diffusion.feedforward and name == cfg.sample.sampler:
         options.update(checked_options(factory, cfg.sample.options, "sample.options", f"sampler {name!r}"))
+    if cfg.diffusion.input_scale != 1 and not factory.scales_input:
+        raise LesiondiffError(f"sampler {name!r} does not work with diffusion.input_scale "
+                              f"{cfg.diffusion.input_scale:g}; use 1, or a generic sampler (ddim, ddpm, ...)")
     return factory(cfg=cfg.diffusion, max_batch=cfg.sample.max_batch if max_batch is None else max_batch, **options)

@@ -64,6 +64,10 @@ class DiffusionConfig:
     timestep_uniform_mix: float = 0.1  # fingerprint sampling: share of the probability spread evenly over all t
     fingerprint_sigma: float = 2.0  # px at data.size: Gaussian smoothing of x_t before thresholding it at 0
     objective_options: dict[str, Any] = field(default_factory=dict)  # the objective's loss weights (methods/)
+    # Input scaling (Chen, "On the importance of noise scheduling for diffusion models", 2023): the mask's signal
+    # enters the forward process as input_scale * mask, x_t = sqrt(abar) b m + sqrt(1 - abar) eps, a harder noise
+    # level at the same schedule for b < 1; the samplers work in that scaled space and map back (1: off)
+    input_scale: float = 1.0
 
     @property
     def feedforward(self) -> bool:
@@ -297,6 +301,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "curriculum.lr_factor": (0, None, True, False),
     "curriculum.hard_augment_p": (0, 1, False, False),
     "curriculum.easy_fraction": (0, 1, True, True),
+    "diffusion.input_scale": (0, 1, True, False),
     "sample.steps": (1, None, False, False),
     "sample.samples": (1, MAX_SAMPLES, False, False),
     "sample.threshold": (0, 1, True, True),

@@ -77,6 +77,19 @@ def register(sub) -> None:
     cb.add_argument("--device", default=None)
     add_overrides(cb)
 
+    av = sub.add_parser("average", help="make a U-Net + diffusion average (mask from w p_unet + (1 - w) p_draws, "
+                                        "maps and scores from the draws), w chosen on a validation split",
+                        description="Write OUT/average.json and OUT/config.yaml; predict --run OUT and serve read it "
+                                    "as one model. Without --weight, both runs predict --split and every w of 0, "
+                                    "0.1, ..., 1 is scored by mean per-image Dice (threshold 0.5).")
+    av.add_argument("--out", required=True, help="the average folder")
+    av.add_argument("--feedforward", required=True, metavar="RUN", help="a trained feed-forward run (unet)")
+    av.add_argument("--diffusion", required=True, metavar="RUN", help="a trained diffusion run")
+    av.add_argument("--manifest", default=None, help="to choose the weight on --split")
+    av.add_argument("--split", default="val", help="the split to choose the weight on (never test)")
+    av.add_argument("--weight", type=float, default=None, help="use this weight instead of choosing one")
+    av.add_argument("--device", default=None)
+
     ev = sub.add_parser("evaluate", help="score predictions, or any folder of masks, against a manifest split")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred", help="a lesiondiff predict folder")
@@ -181,6 +194,34 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from ..engine.average import make_average, weight_scores
+    from ..engine.predict import Predictor, collect_inputs
+
+    out = Path(args.out)
+    if args.weight is not None:
+        record = make_average(out, args.feedforward, args.diffusion, args.weight)
+    else:
+        if not args.manifest:
+            raise LesiondiffError("average needs --manifest (to choose the weight on --split) or --weight")
+        if args.split == "test":
+            raise LesiondiffError("choose the weight on the validation split, not on test")
+        items = collect_inputs([], args.manifest, args.split)
+        preds = {}
+        for kind in ("feedforward", "diffusion"):
+            preds[kind] = out / f"choose_{args.split.replace(':', '')}" / kind
+            Predictor.from_run(getattr(args, kind), "best", args.device).run(items, preds[kind], checkpoint="best")
+        scores = weight_scores(preds["feedforward"], preds["diffusion"], args.manifest, args.split)
+        best = max(scores, key=lambda s: (round(s["dice"], 12), s["weight"]))
+        for s in scores:
+            print(f"w = {s['weight']:.1f}: mean Dice {s['dice']:.4f} ({s['n']} images of split {args.split})")
+        record = make_average(out, args.feedforward, args.diffusion, best["weight"],
+                              {"how": f"mean per-image Dice on split {args.split} of {args.manifest}, threshold 0.5",
+                               "scores": scores})
+    print(f"w = {record['weight']:g} (1: the U-Net alone, 0: the diffusion run alone); wrote {out / 'average.json'}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from ..engine.evaluate import evaluate, format_table
 
@@ -227,4 +268,4 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"predict": cmd_predict, "postprocess": cmd_postprocess, "calibrate": cmd_calibrate,
-            "evaluate": cmd_evaluate, "report": cmd_report}
+            "average": cmd_average, "evaluate": cmd_evaluate, "report": cmd_report}

@@ -73,9 +73,9 @@ class Objective:
             raise LesiondiffError(f"diffusion.objective_options must be numbers, got {options}") from None
 
     def noisy(self, mask: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Sample x_t ~ q(x_t | x_0 = mask)."""
+        """Sample x_t ~ q(x_t | x_0 = b mask), b = ``diffusion.input_scale`` (1 unless input scaling is on)."""
         abar = self.scheduler.alphas_cumprod.to(mask.device, mask.dtype)[t].view(-1, 1, 1, 1)
-        return abar.sqrt() * mask + (1 - abar).sqrt() * noise
+        return abar.sqrt() * self.cfg.input_scale * mask + (1 - abar).sqrt() * noise
 
     def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
         raise NotImplementedError
@@ -100,6 +100,58 @@ class X0Hybrid(Objective):
         mse = F.mse_loss(out.x0_diffusion_space(), batch["mask"])
         seg, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
         return LossOutput(mse + seg, {"mse": mse.detach(), **parts})
+
+
+@OBJECTIVES.register("x0_dice_bce")
+class X0DiceBCE(Objective):
+    """Dice + BCE on the x0 estimate alone, with recycling: the training of Fu et al. ("Importance of aligning
+    training strategy with evaluation for diffusion models in 3D multiclass segmentation", DGM4MICCAI 2023;
+    "A recycling training strategy for medical image segmentation with diffusion denoising models", MELBA
+    2023), meant for ``diffusion.timestep_sampling: aligned``.
+
+    Recycling (option ``recycle`` = p, 0 by default): with probability p per image, x_t is made from the model's
+    own x0 estimate instead of the ground truth, as at inference, where the network sees its own estimate
+    noised: the estimate comes from the previous, noisier timestep of the sampler's sequence (``visited``),
+    x0_hat = tanh(f(q(x_prev | mask), prev) / 2), computed under ``no_grad`` and detached, then
+    x_t ~ q(x_t | x0_hat). The noisiest timestep has no previous one and always starts from the ground truth.
+    It costs one extra forward pass of the recycled images (within the training step, so a time budget counts
+    it). Its randomness (which images, the previous step's noise) comes from torch's global generator, which
+    checkpoints save, so resume stays exact."""
+
+    defaults = {"recycle": 0.0}
+
+    def __init__(self, cfg: DiffusionConfig, visited: list[int] | None = None) -> None:
+        super().__init__(cfg)
+        self.recycle = self.weights["recycle"]
+        if not 0 <= self.recycle <= 1:
+            raise LesiondiffError(f"diffusion.objective_options.recycle must be in [0, 1], got {self.recycle:g}")
+        order = sorted(set(visited or []), reverse=True)
+        self.previous = {t: order[k - 1] for k, t in enumerate(order) if k > 0}
+        if self.recycle > 0 and not self.previous:
+            raise LesiondiffError("diffusion.objective_options.recycle needs the sampler's timesteps: set "
+                                  "diffusion.timestep_sampling: aligned with sample.steps >= 2")
+
+    def inputs(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t of every image: from the ground truth, or (recycled) from the model's detached estimate."""
+        mask = batch["mask"]
+        x_t = self.noisy(mask, noise, t)
+        if self.recycle <= 0:
+            return x_t
+        prev = torch.tensor([self.previous.get(int(v), -1) for v in t.tolist()], device=t.device)
+        pick = ((prev >= 0) & (torch.rand(len(t)) < self.recycle).to(t.device)).nonzero().flatten()
+        if len(pick) == 0:
+            return x_t
+        with torch.no_grad():
+            earlier = self.noisy(mask[pick], torch.randn_like(mask[pick]), prev[pick])
+            estimate = model(earlier, prev[pick], batch["image"][pick]).x0_diffusion_space().detach()
+        x_t = x_t.clone()
+        x_t[pick] = self.noisy(estimate, noise[pick], t[pick])
+        return x_t
+
+    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
+        out: DenoiserOutput = model(self.inputs(model, batch, t, noise), t, batch["image"])
+        total, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
+        return LossOutput(total, parts)
 
 
 @OBJECTIVES.register("feedforward")

@@ -36,9 +36,10 @@ from .schedules import alphas_cumprod, scheduler_config
 SAMPLERS = Registry("sampler")
 
 
-def model_output(model: Denoiser, out: DenoiserOutput) -> torch.Tensor:
-    """What the scheduler steps with: eps for epsilon designs, x0 in diffusion space for x0 designs."""
-    return out.eps if model.prediction == "epsilon" else out.x0_diffusion_space()
+def model_output(model: Denoiser, out: DenoiserOutput, scale: float = 1.0) -> torch.Tensor:
+    """What the scheduler steps with: eps for epsilon designs, x0 in the (input-scaled) diffusion space for x0
+    designs."""
+    return out.eps if model.prediction == "epsilon" else scale * out.x0_diffusion_space()
 
 
 def start_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -67,6 +68,8 @@ class Sampler:
     before chunking, so deterministic samplers give the same result for any ``max_batch``.
     """
 
+    scales_input = True  # works in the input-scaled space of diffusion.input_scale (the generic samplers do)
+
     def __init__(self, cfg: DiffusionConfig, max_batch: int = 0) -> None:
         self.cfg = cfg
         self.max_batch = max_batch
@@ -93,6 +96,11 @@ class Sampler:
 
     def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def visited_timesteps(self, steps: int) -> list[int] | None:
+        """The timesteps a ``steps``-step run of this sampler evaluates the network at, noisiest first (what
+        ``diffusion.timestep_sampling: aligned`` trains on); None for a sampler without a fixed sequence."""
+        return None
 
     def max_steps(self) -> int | None:
         """The most ``steps`` this sampler can take: the trained timesteps T (a scheduler strides over them), or
@@ -126,7 +134,9 @@ class SchedulerSampler(Sampler):
     def __init__(self, cfg: DiffusionConfig, max_batch: int = 0, timestep_spacing: str = "trailing",
                  **overrides) -> None:
         super().__init__(cfg, max_batch)
-        self.kwargs = {**scheduler_config(cfg), "timestep_spacing": timestep_spacing, **self.extra, **overrides}
+        scaled = {k: cfg.input_scale for k in ("clip_sample_range", "sample_max_value") if k in self.extra}
+        self.kwargs = {**scheduler_config(cfg), "timestep_spacing": timestep_spacing, **self.extra, **scaled,
+                       **overrides}
 
     def make_scheduler(self, model: Denoiser):
         prediction_type = "epsilon" if model.prediction == "epsilon" else "sample"
@@ -143,8 +153,14 @@ class SchedulerSampler(Sampler):
             out = model.denoise(x, tt, condition)
             if on_step is not None:
                 on_step(int(t), x, out)
-            x = scheduler.step(model_output(model, out), t, x, **self.step_kwargs(generator)).prev_sample
-        return (x + 1) / 2
+            x = scheduler.step(model_output(model, out, self.cfg.input_scale), t, x,
+                               **self.step_kwargs(generator)).prev_sample
+        return (x / self.cfg.input_scale + 1) / 2
+
+    def visited_timesteps(self, steps: int) -> list[int]:
+        scheduler = self.scheduler_cls(prediction_type="sample", **self.kwargs)
+        scheduler.set_timesteps(steps)
+        return [int(t) for t in scheduler.timesteps]
 
     def step_kwargs(self, generator) -> dict:
         return {}
@@ -221,9 +237,12 @@ class OneShotSampler(Sampler):
         out = model.denoise(x, tt, condition)
         if model.prediction != "epsilon":
             return torch.sigmoid(out.x0)
-        abar = self.abar_last.to(x.device)
-        x0 = ((x - (1 - abar).sqrt() * out.eps) / abar.sqrt()).clamp(-1, 1)
+        abar, b = self.abar_last.to(x.device), self.cfg.input_scale
+        x0 = ((x - (1 - abar).sqrt() * out.eps) / abar.sqrt()).clamp(-b, b) / b
         return (x0 + 1) / 2
+
+    def visited_timesteps(self, steps: int) -> list[int]:
+        return [self.cfg.num_train_timesteps - 1]
 
     def max_steps(self) -> None:
         return None  # steps are ignored

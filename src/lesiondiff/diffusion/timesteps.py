@@ -29,7 +29,8 @@ class UniformTimesteps(TimestepSampler):
     """p(t) = 1/T, drawn by ``torch.randint(0, T, (B,), generator)``: the draw every run made before timestep
     samplers existed, so the generator stream, and with it exact resume, is unchanged."""
 
-    def __init__(self, cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None) -> None:
+    def __init__(self, cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None,
+                 visited: list[int] | None = None) -> None:
         t = cfg.num_train_timesteps
         super().__init__(torch.full((t,), 1.0 / t, dtype=torch.float64))
 
@@ -49,7 +50,8 @@ class FingerprintTimesteps(TimestepSampler):
     model-free stand-in for the derivative of the mask error, known before training starts.
     """
 
-    def __init__(self, cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None) -> None:
+    def __init__(self, cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None,
+                 visited: list[int] | None = None) -> None:
         if cfg.feedforward:
             raise LesiondiffError("diffusion.timestep_sampling=fingerprint needs diffusion mode: feed-forward "
                                   "training has no timesteps")
@@ -63,6 +65,36 @@ class FingerprintTimesteps(TimestepSampler):
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         return torch.multinomial(self.probs, batch_size, replacement=True, generator=generator)
+
+
+MAX_ALIGNED = 5
+
+
+@TIMESTEP_SAMPLERS.register("aligned")
+class AlignedTimesteps(TimestepSampler):
+    """Train only on the K timesteps the run's sampler visits (``visited``: K = ``sample.steps`` <= 5), each with
+    probability 1/K: the network learns exactly the steps it will take (Fu et al., "Importance of aligning
+    training strategy with evaluation for diffusion models in 3D multiclass segmentation", DGM4MICCAI 2023). The
+    run records them (``summary.json``'s ``aligned_timesteps``, ``timestep_weights.csv``)."""
+
+    def __init__(self, cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None,
+                 visited: list[int] | None = None) -> None:
+        if cfg.feedforward:
+            raise LesiondiffError("diffusion.timestep_sampling=aligned needs diffusion mode: feed-forward training "
+                                  "has no timesteps")
+        if not visited:
+            raise LesiondiffError("diffusion.timestep_sampling=aligned needs a sampler that visits a fixed "
+                                  "sequence of timesteps (ddim, ddpm, dpmsolver, unipc, refine)")
+        if len(visited) > MAX_ALIGNED:
+            raise LesiondiffError(f"diffusion.timestep_sampling=aligned trains on the sampler's sample.steps "
+                                  f"timesteps, at most {MAX_ALIGNED}; this run's sampler visits {len(visited)}")
+        self.visited = torch.tensor(sorted(set(visited), reverse=True), dtype=torch.int64)
+        probs = torch.zeros(cfg.num_train_timesteps, dtype=torch.float64)
+        probs[self.visited] = 1.0 / len(self.visited)
+        super().__init__(probs)
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return self.visited[torch.randint(0, len(self.visited), (batch_size,), generator=generator)]
 
 
 def fingerprint_probabilities(slope: torch.Tensor | np.ndarray, mix: float = 0.1) -> torch.Tensor:
@@ -83,7 +115,3 @@ def fingerprint_probabilities(slope: torch.Tensor | np.ndarray, mix: float = 0.1
     p = (1 - mix) * s / s.sum() + mix * uniform
     return p / p.sum()
 
-
-def build_timestep_sampler(cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None) -> TimestepSampler:
-    """The sampler ``cfg.timestep_sampling`` names; ``slope`` [T] is needed by ``fingerprint`` only."""
-    return TIMESTEP_SAMPLERS.build(cfg.timestep_sampling, cfg=cfg, slope=slope)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..build import build_model, build_sampler
+from ..build import build_model, build_sampler, visited_timesteps
 from ..config import Config
 from ..data.io import encode_png, is_image_file, mask_image, read_image, split_name
 from ..data.layouts import known_masks
@@ -50,6 +50,7 @@ from ..postprocess import PostProcess
 from ..postprocess import load as load_postprocess
 from ..reporting.maps import overlay, uncertainty_panel
 from ..uncertainty import SCORES, ambiguity, coherence, entropy, image_scores
+from .average import average_probability, is_average, read_average
 from .calibration import calibration_settings
 from .calibration import load as load_selective
 from .calibration import mark as calibration_mark
@@ -69,6 +70,7 @@ class Prediction:
     fused: np.ndarray  # [h,w]
     original_size: tuple[int, int]
     image: np.ndarray  # the original image, HxWxC in [0,255]
+    scored: np.ndarray | None = None  # [h,w]: the probability the scores read, when not ``fused`` (an average)
 
 
 def load_run(run: str | Path, checkpoint: str = "best", device: str | None = None) -> tuple[Config, Denoiser]:
@@ -181,6 +183,9 @@ class Predictor:
         self.members = Members(sources or [Source(model, self.sampler)], cfg.sample.samples, cfg.sample.tta,
                                cfg.sample.mc_dropout)
         self.selective = selective
+        self.trained_timesteps: list[int] | None = None  # an aligned run's training timesteps (from_run)
+        # an average (engine/average.py): the feed-forward source and its weight w in w p_unet + (1 - w) p_draws
+        self.partner: tuple[Source, float] | None = None
         self.sampling_seconds = 0.0  # wall clock inside the sampler (network and sampler arithmetic), all images
         self.scoring_seconds = 0.0  # wall clock computing the per-image scores
         self.total_seconds = 0.0  # wall clock of the whole per-image work: read, sample, fuse, score, write
@@ -196,8 +201,11 @@ class Predictor:
         before the weights load."""
         runs = [Path(r) for r in run] if isinstance(run, (list, tuple)) else [Path(run)]
         folder = runs[0] if len(runs) == 1 else None  # where postprocess.json and selective.json are read
+        average = read_average(folder) if folder is not None and is_average(folder) else None
         if folder is not None and is_ensemble(folder):
             runs = member_runs(folder)
+        elif average is not None:
+            runs = [Path(average["diffusion"])]
         elif len(runs) > 1:
             check_members(runs)
         base = (Config.load(folder / "config.yaml") if folder is not None and (folder / "config.yaml").is_file()
@@ -223,6 +231,15 @@ class Predictor:
             selective = load_selective(folder)
         predictor = cls(cfg, sources[0].model, rule, record, sources, selective)
         predictor.source = checkpoint_source(runs, checkpoint, folder)
+        if average is not None:
+            ff_cfg, ff_model = load_run(average["feedforward"], checkpoint, device)
+            predictor.partner = (Source(ff_model, build_sampler(ff_cfg)), average["weight"])
+            predictor.source = {"run": str(folder.resolve()), "weight": average["weight"],
+                                "diffusion": checkpoint_source(runs, checkpoint, None),
+                                "feedforward": checkpoint_source([Path(average["feedforward"])], checkpoint, None)}
+        trained = base or loaded[0][0]
+        if trained.diffusion.timestep_sampling == "aligned":
+            predictor.trained_timesteps = visited_timesteps(trained)
         return predictor
 
     def image_seed(self, id_: str) -> int:
@@ -230,13 +247,18 @@ class Predictor:
 
     def sample(self, id_: str, image: np.ndarray) -> np.ndarray:
         """One image HxWxC in [0,255] -> the S members' probs [S,h,w] in [0,1] at the network size."""
-        d, s = self.cfg.data, self.cfg.sample
-        x = preprocess_image(image, d.size, d.channels, d.intensity_window)[None].to(self.device)
+        s = self.cfg.sample
+        x = self.network_input(image)
         seed = self.image_seed(id_)
         start = time.perf_counter()
         probs = self.members(x, s.steps, torch.Generator().manual_seed(seed), seed)
         self.sampling_seconds += time.perf_counter() - start
         return probs
+
+    def network_input(self, image: np.ndarray) -> torch.Tensor:
+        """One image HxWxC in [0,255] as the network's input [1,C,size,size] in [-1,1], on its device."""
+        d = self.cfg.data
+        return preprocess_image(image, d.size, d.channels, d.intensity_window)[None].to(self.device)
 
     def predict(self, id_: str, path: str) -> Prediction:
         image = read_image(path)
@@ -253,6 +275,12 @@ class Predictor:
               }.get(f.method, {})
         fused = fuse(probs, f.method, image=None if small is None else np.moveaxis(small, 0, -1),
                      threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=crf_kernels(**kernels), **kw)
+        if self.partner is not None:  # the mask from the average, the scores from the draws
+            partner, weight = self.partner
+            start = time.perf_counter()
+            unet = Members([partner], 1)(self.network_input(image), 1, torch.Generator(), 0)[0]
+            self.sampling_seconds += time.perf_counter() - start
+            return Prediction(id_, probs, average_probability(unet, fused, weight), image.shape[:2], image, fused)
         return Prediction(id_, probs, fused, image.shape[:2], image)
 
     def samples_are(self) -> str:
@@ -280,6 +308,10 @@ class Predictor:
             notes.append(f"note: the {cfg.model.name} network takes no noise input: its {cfg.sample.samples} "
                          "samples are identical copies of one prediction (no uncertainty); --set sample.tta=flips "
                          "or an ensemble gives it members")
+        if self.trained_timesteps and visited_timesteps(cfg) != self.trained_timesteps:
+            notes.append(f"note: this run was trained only on the timesteps {self.trained_timesteps} its sampler "
+                         f"visits with its own settings (aligned training); {cfg.sample.sampler} with "
+                         f"{cfg.sample.steps} steps visits {visited_timesteps(cfg)}")
         if cfg.sample.samples == 1 and given.get("--fusion") not in (None, "mean"):
             notes.append(f"note: --fusion {given['--fusion']} with one sample: nothing to fuse")
         return notes
@@ -333,7 +365,8 @@ class Predictor:
         folder.write(names["overlay"], encode_png(over))
         folder.write(names["maps"], encode_png(uncertainty_panel(arrays, over.shape[:2])))
         start = time.perf_counter()
-        scores = image_scores(pred.probs, pred.fused, thr, members=self.members.distinct())
+        scored = pred.fused if pred.scored is None else pred.scored
+        scores = image_scores(pred.probs, scored, thr, members=self.members.distinct())
         self.scoring_seconds += time.perf_counter() - start
         record = self.selective_mark()
         review = {"review": calibration_mark(record, scores)} if record is not None else {}

@@ -36,7 +36,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..build import build_model, build_objective, build_sampler, build_timestep_sampler, check_size
+from ..build import (
+    build_model,
+    build_objective,
+    build_sampler,
+    build_timestep_sampler,
+    check_size,
+    visited_timesteps,
+)
 from ..config import Config
 from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest, evenly_spaced
@@ -124,9 +131,13 @@ class Trainer:
                                       weight_decay=cfg.train.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema.model.to(self.device)
-        self.objective = build_objective(cfg.diffusion)
-        self.timestep_sampler = build_timestep_sampler(cfg.diffusion, self._fingerprint_slope())
-        self.val_sampler = build_sampler(cfg, cfg.train.val_sampler, max_batch=0)
+        self.visited = visited_timesteps(cfg)  # the sampler's timesteps (aligned training, recycling)
+        self.objective = build_objective(cfg.diffusion, self.visited)
+        self.timestep_sampler = build_timestep_sampler(cfg.diffusion, self._fingerprint_slope(), self.visited)
+        # aligned training validates the way it will be sampled: the run's own sampler and steps
+        self.aligned = cfg.diffusion.timestep_sampling == "aligned"
+        self.val_sampler = build_sampler(cfg, None if self.aligned else cfg.train.val_sampler, max_batch=0)
+        self.val_steps = cfg.sample.steps if self.aligned else cfg.train.val_steps
         self.augment = Augment(cfg.data.augment) if cfg.data.augment else None
         self.lr_schedule = LRSchedule(cfg.train.schedule, cfg.train.warmup, cfg.train.final_lr_ratio)
         self.validate_at_start = model.validate_at_start
@@ -291,7 +302,7 @@ class Trainer:
         dices = []
         for start in range(0, len(data), chunk):
             batch = data.batch(torch.arange(start, min(start + chunk, len(data))), self.device)
-            probs = self.val_sampler(model, batch["image"], self.cfg.train.val_samples, self.cfg.train.val_steps, gen)
+            probs = self.val_sampler(model, batch["image"], self.cfg.train.val_samples, self.val_steps, gen)
             dices.append(dice_at_threshold(probs.mean(1), batch["mask"]))
         return float(torch.cat(dices).mean())
 
@@ -407,6 +418,8 @@ class Trainer:
     def _val_sampling(self) -> str:
         if self.cfg.diffusion.feedforward:
             return "one network evaluation (feed-forward)"
+        if self.aligned:
+            return f"{self.cfg.sample.sampler} {self.val_steps} steps (the run's own sampler: aligned training)"
         return f"{self.cfg.train.val_sampler} {self.cfg.train.val_steps} steps"
 
     def _summary(self, status: str) -> dict:
@@ -418,6 +431,7 @@ class Trainer:
             "train_images": len(self.train_data), "val_images": len(self.val_data) if self.val_data else 0,
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
             "processes": self.accelerator.num_processes,
+            **({"aligned_timesteps": self.timestep_sampler.visited.tolist()} if self.aligned else {}),
             "recipe": self.cfg.recipe, "lr_schedule": self.lr_schedule.describe(self.cfg.train.lr),
             **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
                                for k, stage in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),

@@ -144,6 +144,8 @@ class ClassDifferenceSampler(Sampler):
                                   f"the schedule's T = {self.cfg.num_train_timesteps}")
         return ts
 
+    scales_input = False  # its own schedule of timesteps and targets: diffusion.input_scale does not apply
+
     def max_steps(self) -> None:
         return None  # ``steps`` is ignored: the schedule fixes the calls
 

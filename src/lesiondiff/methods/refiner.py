@@ -51,28 +51,31 @@ class RefineSampler(Sampler):
         steps = max(1, steps)
         return sorted({round(top * (steps - k) / steps) for k in range(steps)}, reverse=True)
 
+    def visited_timesteps(self, steps: int) -> list[int]:
+        return self.timesteps(steps)
+
     def network_calls(self, steps: int, num_samples: int) -> dict[str, int]:
         n = len(self.timesteps(steps))
         return {"passes": n, "evaluations": n * num_samples}
 
     def run(self, model: Denoiser, x: torch.Tensor, condition, steps: int, generator) -> torch.Tensor:
-        abar = self.abar.to(x.device)
+        abar, b = self.abar.to(x.device), self.cfg.input_scale  # b: input scaling (diffusion.input_scale)
         ts = self.timesteps(steps)
         if self.start == "prior":
             if not model.has_prior_mask:
                 raise LesiondiffError(f"sample.start=prior needs a design with a prior mask (refiner), not "
                                       f"{type(model).__name__}")
             a = abar[ts[0]]
-            x = a.sqrt() * model.start_mask(condition) + (1 - a).sqrt() * x
+            x = a.sqrt() * b * model.start_mask(condition) + (1 - a).sqrt() * x
         for k, t in enumerate(ts):
             a = abar[t]
             out = model.denoise(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), condition)
             if out.x0 is not None:
-                x0 = out.x0_diffusion_space().clamp(-1, 1)
+                x0 = b * out.x0_diffusion_space().clamp(-1, 1)
             else:
-                x0 = ((x - (1 - a).sqrt() * out.eps) / a.sqrt()).clamp(-1, 1)
+                x0 = ((x - (1 - a).sqrt() * out.eps) / a.sqrt()).clamp(-b, b)
             if k == len(ts) - 1:
-                return (x0 + 1) / 2
+                return (x0 / b + 1) / 2
             eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
             a_next = abar[ts[k + 1]]
             x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps

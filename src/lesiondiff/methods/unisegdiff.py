@@ -167,6 +167,8 @@ class StagedSampler(Sampler):
         """The DDIM timesteps of stage 2: high-1, high-1-stride, ... while above low-1."""
         return list(range(self.stages.high - 1, self.stages.low - 1, -self.stride))
 
+    scales_input = False  # its own schedule of timesteps and targets: diffusion.input_scale does not apply
+
     def max_steps(self) -> None:
         return None  # ``steps`` is ignored: the schedule fixes the calls
 
