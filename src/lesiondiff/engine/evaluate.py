@@ -90,6 +90,7 @@ from ..selective import (
 from ..uncertainty import (
     SCORES,
     ece_from_bins,
+    entropy,
     ged,
     ged_diffseg,
     merge_bins,
@@ -138,7 +139,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
             fused = read_mask(pred_dir / p["mask"])
             paths = mask_paths(row)
             gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
-            keys = ("samples", "entropy") if threshold is None else ("samples", "entropy", "fused")
+            keys = ("samples",) if threshold is None else ("samples", "fused")
             npz = read_npz(pred_dir / p["probs"], keys)
             samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
             if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
@@ -156,7 +157,7 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
             fused_masks.append(fused)
             gts.append(gt)
             presence.append((bool(gt.any()), bool(fused.any()), row.get("label", "")))
-            pixels.add(resize_prob(npz["entropy"].astype(np.float32), gt.shape), fused ^ gt)
+            pixels.add(entropy(coh[None]), fused ^ gt)
 
     labels = sorted({r["label"] for r in per_image if r["label"]})
     rounds = rounds_summary(per_sample, min(n_samples), labels)
@@ -224,7 +225,7 @@ class PixelUncertainty:
         best = int(np.argmax(curve))
         roc = roc_from_counts(self.counts)
         step = max(1, len(roc["fpr"]) // 200)  # a 200-point curve is enough for the figure
-        return {"map": "entropy (bits) of the mean of the S samples, resized to the original image size",
+        return {"map": "entropy (bits) of the mean of the S samples at the original image size",
                 "error": "fused mask XOR ground truth",
                 "ueo": float(curve[best]), "ueo_tau": UEO_THRESHOLDS[best],
                 "ueo_curve": dict(zip(map(str, UEO_THRESHOLDS), curve.round(6).tolist())),

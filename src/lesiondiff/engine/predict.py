@@ -44,6 +44,7 @@ from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
 from ..errors import LesiondiffError
 from ..fusion import IMAGE_FUSERS, crf_kernels, fuse
+from ..io_utils import OwnedFolder
 from ..models import Denoiser
 from ..postprocess import FILE as POSTPROCESS_FILE
 from ..postprocess import PostProcess
@@ -342,7 +343,10 @@ class Predictor:
                 "predict_s": round(self.total_seconds, 3), "scores_s": round(self.scoring_seconds, 4),
                 "threads": torch.get_num_threads()}
 
-    def write(self, pred: Prediction, folder: PredictionFolder) -> dict:
+    def write(self, pred: Prediction, out: PredictionFolder | Path) -> dict:
+        """Write one image's files (module docstring) into a prediction folder (or a plain folder, each file
+        listed as lesiondiff's); returns their names by kind."""
+        put = out.write if isinstance(out, PredictionFolder) else OwnedFolder(out).write_bytes
         thr = self.cfg.sample.threshold
         fused_full = resize_prob(pred.fused, pred.original_size)
         mask = fused_full >= thr
@@ -351,7 +355,7 @@ class Predictor:
             self.declared_empty += bool(mask.any() and not kept.any())
             mask = kept
         names = dict(zip(("mask", "probs", "overlay", "maps"), image_outputs(pred.id)))
-        folder.write(names["mask"], encode_png(mask_image(mask)))
+        put(names["mask"], encode_png(mask_image(mask)))
         source = (pred.probs >= thr).astype(np.float32) if self.cfg.sample.maps == "masks" else pred.probs
         arrays = {
             "samples": pred.probs.astype(np.float16), "fused": pred.fused,
@@ -360,17 +364,22 @@ class Predictor:
         }
         buffer = _io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        folder.write(names["probs"], buffer.getvalue())
+        put(names["probs"], buffer.getvalue())
         over = overlay(pred.image, mask, resize_prob(arrays["ambiguity"], pred.original_size))
-        folder.write(names["overlay"], encode_png(over))
-        folder.write(names["maps"], encode_png(uncertainty_panel(arrays, over.shape[:2])))
+        put(names["overlay"], encode_png(over))
+        put(names["maps"], encode_png(uncertainty_panel(arrays, over.shape[:2])))
+        return {"id": pred.id, **names}
+
+    def score(self, pred: Prediction) -> dict:
+        """The image's scores (``uncertainty.image_scores``, of the draws when the mask is an average), rounded to
+        6 decimals, and its accept / review mark when the run is calibrated for these settings."""
         start = time.perf_counter()
         scored = pred.fused if pred.scored is None else pred.scored
-        scores = image_scores(pred.probs, scored, thr, members=self.members.distinct())
+        scores = image_scores(pred.probs, scored, self.cfg.sample.threshold, members=self.members.distinct())
         self.scoring_seconds += time.perf_counter() - start
         record = self.selective_mark()
         review = {"review": calibration_mark(record, scores)} if record is not None else {}
-        return {"id": pred.id, **names, **{k: round(v, 6) for k, v in scores.items()}, **review}
+        return {**{k: round(v, 6) for k, v in scores.items()}, **review}
 
     def settings(self, checkpoint: str = "") -> dict:
         """Everything that decides the output files, flat (``sample.steps``, ...): the weights' source, the
@@ -409,7 +418,8 @@ class Predictor:
                                   unit="img"):
                 seconds, emptied, scoring = self.sampling_seconds, self.declared_empty, self.scoring_seconds
                 start = time.perf_counter()
-                row = self.write(self.predict(id_, path), folder)
+                pred = self.predict(id_, path)
+                row = {**self.write(pred, folder), **self.score(pred)}
                 folder.mark_done({**row, "image": path, "declared_empty": self.declared_empty - emptied,
                                   "sampling_s": self.sampling_seconds - seconds,
                                   "scores_s": self.scoring_seconds - scoring, "predict_s": time.perf_counter() - start})
