@@ -12,8 +12,8 @@ from lesiondiff.config import Config, load_preset
 from lesiondiff.diffusion.objectives import OBJECTIVES
 from lesiondiff.diffusion.samplers import SAMPLERS
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.methods.pretrain import PRETRAINING
 from lesiondiff.models import MODELS
+from lesiondiff.pretraining import PRETRAINING
 from tiny_settings import TINY_MODEL
 
 ROOT = Path(lesiondiff.__file__).parent

@@ -38,7 +38,7 @@ def test_fast_recipe_replaces_the_optimiser_and_adds_flips_to_the_papers_augment
     assert load_preset("pgdiffseg").data.augment == ["sixfold"]  # six-fold copies hold the flips already
     assert load_preset("diffseg-weak").data.augment == ["flip", "rot90", "blur"]
     assert load_preset("palscdiff").data.augment == ["flip"]  # PAL's hard-sample augmentation stays
-    assert load_preset("palscdiff").curriculum.enabled
+    assert load_preset("palscdiff").curriculum.name == "palscdiff"
     assert load_preset("unisegdiff").train.val_sampler == "staged"  # the method's own train keys survive
 
 

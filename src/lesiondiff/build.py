@@ -18,16 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import methods  # noqa: F401  (registers each method's objectives, samplers and pre-training)
+from . import methods  # noqa: F401  (registers each method's objectives, samplers, pre-training and curricula)
 from .config import Config, DiffusionConfig
+from .curricula import CURRICULA, Curriculum
 from .diffusion.objectives import OBJECTIVES, Objective
 from .diffusion.samplers import SAMPLERS, Sampler
 from .diffusion.timesteps import TIMESTEP_SAMPLERS, TimestepSampler
 from .errors import LesiondiffError
 from .models import MODELS, Denoiser
+from .pretraining import PRETRAINING
 
 FEEDFORWARD_SAMPLER = "oneshot"
-_OWN = ("self", "cfg", "max_batch", "image_channels", "prediction")  # set by the builders, not by options
+_OWN = ("self", "cfg", "max_batch", "image_channels", "prediction", "rows", "base_lr", "log", "groups")  # set by
+# the builders, not by options
 
 
 def prediction(cfg: Config) -> str:
@@ -155,3 +158,22 @@ def build_sampler(cfg: Config, name: str | None = None, max_batch: int | None = 
         raise LesiondiffError(f"sampler {name!r} does not work with diffusion.input_scale "
                               f"{cfg.diffusion.input_scale:g}; use 1, or a generic sampler (ddim, ddpm, ...)")
     return factory(cfg=cfg.diffusion, max_batch=cfg.sample.max_batch if max_batch is None else max_batch, **options)
+
+
+def build_curriculum(cfg: Config, rows: list[dict], log: Callable[[str], None] = print) -> Curriculum | None:
+    """The run's curriculum over its training ``rows`` (``curriculum.name`` with ``curriculum.options`` checked
+    against its constructor), or None for ``none`` (an ablation arm switches a preset's curriculum off by name,
+    its options staying in the config unused)."""
+    name = cfg.curriculum.name
+    if name == "none":  # options a preset keeps for its curriculum are unused while it is switched off
+        return None
+    factory = CURRICULA.get(name)
+    options = checked_options(factory, cfg.curriculum.options, "curriculum.options", f"curriculum {name!r}")
+    return factory(rows=rows, base_lr=cfg.train.lr, log=log, **options)
+
+
+def pretraining_config(cfg: Config) -> Config | None:
+    """The training config of the design's pre-trained part (``Denoiser.pretrained_part``, registered by its
+    method in ``pretraining.PRETRAINING``), or None when the design has none."""
+    part = MODELS.get(cfg.model.name).pretrained_part
+    return PRETRAINING.get(cfg.model.name)(cfg) if part else None

@@ -102,17 +102,12 @@ class TrainConfig:
 
 @dataclass
 class CurriculumConfig:
-    """PalScDiff's Progressive Augmentation Learning (methods/palscdiff.py): stage 1 trains on the easy pool, each
-    later stage adds the next hard group (manifest column ``difficulty_group``), at a lower learning rate, with
-    the hard samples augmented more strongly."""
+    """Which rows the Trainer draws when, how it augments them and at what learning rate (``curricula.py``):
+    ``name`` a registered curriculum (``palscdiff``: PalScDiff's Progressive Augmentation Learning) or ``none``,
+    and its ``options``, checked against its constructor when the run is built."""
 
-    enabled: bool = False
-    stage_fractions: list[float] = field(default_factory=lambda: [0.4, 0.2, 0.2, 0.2])  # of steps or time budget
-    lr_factor: float = 0.5  # each stage's learning rate = the previous stage's x lr_factor
-    hard_augment: list[str] = field(default_factory=lambda: ["flip", "scale", "noise", "blur", "erosion"])
-    hard_augment_p: float = 0.5  # probability of each augmentation of a hard sample
-    hard_strength: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0])  # per hard stage; scales blur too
-    easy_fraction: float = 0.5  # when the manifest has no difficulty columns: the share scored easy
+    name: str = "none"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,9 +218,11 @@ class Config:
                     raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
                 node = node[part]
             last = parts[-1]
-            free = (("model", "options"), ("diffusion", "objective_options"), ("sample", "options"))  # checked
+            free = (("model", "options"), ("diffusion", "objective_options"), ("sample", "options"),
+                    ("curriculum", "options"))  # checked
             # against the part's constructor when it is built (build.py)
-            if last not in node and not (len(parts) == 3 and tuple(parts[:2]) in free):
+            old_curriculum = parts[0] == "curriculum" and len(parts) == 2 and last in OLD_CURRICULUM
+            if last not in node and not (len(parts) == 3 and tuple(parts[:2]) in free) and not old_curriculum:
                 raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
             node[last] = value
         return Config.from_dict(data, source="command-line overrides")
@@ -236,9 +233,37 @@ MOVED = {("diffusion", "objective_options", k): ("sample", "options", k)
          for k in ("t_first", "t_stride", "sigma", "otsu", "threshold", "temperature", "shared_noise")}
 
 
+# The curriculum section before curricula were registered (``enabled`` and PalScDiff's settings as its keys):
+# old key -> its option of the palscdiff curriculum
+OLD_CURRICULUM = {"enabled": None, "stage_fractions": "level_fractions", "lr_factor": "lr_factor",
+                  "hard_augment": "hard_augment", "hard_augment_p": "hard_augment_p",
+                  "hard_strength": "hard_strength", "easy_fraction": "easy_fraction"}
+
+
+def _migrate_curriculum(section: Any) -> tuple[Any, bool]:
+    """An old-style curriculum section as ``{name, options}`` (enabled: the palscdiff curriculum with its
+    settings as options; disabled: none), and whether it was an enabled old-style one (worth a notice)."""
+    if not isinstance(section, dict) or not any(k in section for k in OLD_CURRICULUM):
+        return section, False
+    enabled = bool(section.get("enabled", section.get("name", "none") != "none"))
+    if not enabled:
+        return {"name": "none", "options": {}}, False
+    options = dict(section.get("options") or {})
+    options.update({new: section[old] for old, new in OLD_CURRICULUM.items() if new and old in section})
+    return {"name": section.get("name") if section.get("name", "none") != "none" else "palscdiff",
+            "options": options}, True
+
+
 def migrate(data: dict[str, Any], source: str, notice: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``data`` with the keys of :data:`MOVED` at their new place (an old key's value replaces the new one's: it
-    was given, e.g. as an override), and one deprecation line on stderr (``notice``) naming the old keys."""
+    was given, e.g. as an override) and an old-style curriculum section as ``{name, options}``, and one
+    deprecation line on stderr (``notice``) naming the old keys."""
+    curriculum, changed = _migrate_curriculum(data.get("curriculum"))
+    if curriculum is not data.get("curriculum"):
+        data = {**data, "curriculum": curriculum}
+    if changed:
+        (notice or _stderr)(f"{source}: deprecated curriculum keys (enabled, stage_fractions, ...): now "
+                            "curriculum.name palscdiff with curriculum.options (read from the old place)")
     moved = []
     for (sec, mapping, key), (new_sec, new_mapping, new_key) in MOVED.items():
         old = (data.get(sec) or {}).get(mapping) or {}
@@ -298,9 +323,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.val_samples": (1, MAX_SAMPLES, False, False),
     "train.log_every": (1, None, False, False),
     "train.max_minutes": (0, None, False, False),
-    "curriculum.lr_factor": (0, None, True, False),
-    "curriculum.hard_augment_p": (0, 1, False, False),
-    "curriculum.easy_fraction": (0, 1, True, True),
     "diffusion.input_scale": (0, 1, True, False),
     "sample.steps": (1, None, False, False),
     "sample.samples": (1, MAX_SAMPLES, False, False),
@@ -347,9 +369,6 @@ def check_values(cfg: Config, source: str = "config") -> None:
     if cfg.diffusion.beta_start > cfg.diffusion.beta_end:
         raise LesiondiffError(f"{source}: diffusion.beta_start ({cfg.diffusion.beta_start:g}) must not exceed "
                               f"diffusion.beta_end ({cfg.diffusion.beta_end:g})")
-    fractions = cfg.curriculum.stage_fractions
-    if not fractions or any(f <= 0 for f in fractions):
-        raise LesiondiffError(f"{source}: curriculum.stage_fractions must be positive, got {fractions!r}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:

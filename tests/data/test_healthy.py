@@ -146,7 +146,7 @@ def _fake_trainer(data, augment) -> SimpleNamespace:
     cfg.train.batch_size = len(data)
     return SimpleNamespace(accelerator=SimpleNamespace(num_processes=1, process_index=0), cfg=cfg,
                            perm=torch.arange(len(data)), pos=0, train_data=data, augment=augment, curriculum=None,
-                           gen=torch.Generator().manual_seed(3), device="cpu", stage=0)
+                           gen=torch.Generator().manual_seed(3), device="cpu", level=0)
 
 
 def test_next_batch_keeps_healthy_and_lesion_and_augments_healthy_like_the_image(tmp_path):

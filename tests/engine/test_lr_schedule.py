@@ -6,10 +6,9 @@ import math
 import pytest
 
 from lesiondiff.config import load_preset
-from lesiondiff.engine.lr_schedule import LRSchedule
+from lesiondiff.engine.lr_schedule import LRSchedule, training_progress
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.methods.palscdiff import training_progress
 from tiny_settings import TINY_MODEL
 
 

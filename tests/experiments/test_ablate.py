@@ -31,10 +31,10 @@ def test_arms_differ_only_in_their_component(manifest, tmp_path):
     runs = {r["name"]: r for r in abl.plan(settings(manifest, tmp_path, baselines=["unet"]))}
     assert list(runs) == ["baseline", "ibpa", "standard-aug", "pal", "ibpa-pal", "ref-unet"]
     cfg = {n: abl.run_config(r, settings(manifest, tmp_path)) for n, r in runs.items()}
-    facts = {n: (c.model.options["branches"], c.curriculum.enabled, c.data.augment) for n, c in cfg.items()
+    facts = {n: (c.model.options["branches"], c.curriculum.name, c.data.augment) for n, c in cfg.items()
              if n != "ref-unet"}
-    assert facts == {"baseline": (1, False, []), "ibpa": (2, False, []), "standard-aug": (1, False, ["flip", "scale"]),
-                     "pal": (1, True, []), "ibpa-pal": (2, True, [])}
+    assert facts == {"baseline": (1, "none", []), "ibpa": (2, "none", []), "standard-aug": (1, "none", ["flip", "scale"]),
+                     "pal": (1, "palscdiff", []), "ibpa-pal": (2, "palscdiff", [])}
     # everything else is shared, and the user's overrides come last
     shared = {(c.data.size, c.train.seed, c.train.steps, c.train.max_minutes, c.model.base_channels)
               for c in cfg.values()}

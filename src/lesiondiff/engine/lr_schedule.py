@@ -1,7 +1,7 @@
 """Learning-rate schedules of the training recipe: a linear warm-up, then ``constant`` or ``cosine``.
 
 The cosine runs over the run's *progress*, the fraction done of whichever limit stops the run first:
-``max(step / train.steps, elapsed / train.max_minutes)`` (``methods.palscdiff.training_progress``), with elapsed
+``max(step / train.steps, elapsed / train.max_minutes)`` (:func:`training_progress`), with elapsed
 time on the run's clock (``train.clock``). A time-budgeted run therefore ends at the bottom of its cosine,
 however many steps the machine managed, and a step-limited run at its last step.
 
@@ -53,3 +53,11 @@ class LRSchedule:
             return f"{warm}constant {lr:g}"
         return (f"{warm}cosine from {lr:g} to {lr * self.final_ratio:g} at the end of the run's limit "
                 "(steps or time budget, whichever ends it first)")
+
+
+def training_progress(step: int, steps: int, elapsed_s: float, max_minutes: float) -> float:
+    """max(step / steps, elapsed / budget): the fraction done of whichever limit ends the run first."""
+    progress = step / steps if steps > 0 else 0.0
+    if max_minutes > 0:
+        progress = max(progress, elapsed_s / (60 * max_minutes))
+    return min(progress, 1.0)

@@ -4,17 +4,18 @@ Run directory layout (the seam to the Predictor):
     config.yaml                 the full config used, with the resolved channel count
     checkpoints/last.safetensors  written every ``val_every`` steps, on Ctrl-C / SIGTERM and at the end
     checkpoints/best.safetensors  the step with the highest validation Dice so far
-    log.csv                     step, losses, validation Dice, elapsed seconds (with a curriculum: stage, lr)
-    summary.json                what the run reached (with a curriculum: each stage and the step it began at)
+    log.csv                     step, losses, validation Dice, elapsed seconds (with a curriculum: level, lr)
+    summary.json                what the run reached (with a curriculum: each level and the step it began at)
     timestep_weights.csv        t, p: the probability of drawing each training timestep (diffusion.timestep_sampling;
                                 recomputed, identically, on resume)
-Curriculum (``curriculum.enabled``, PalScDiff's Progressive Augmentation Learning; ``methods/palscdiff.py``): before
-every step the stage is looked up from the training progress; entering a stage sets its learning rate, draws
-from its pool in a new random order and prints the change. The stage is saved in checkpoints, so a resumed run
-continues in the same stage with the same order.
+Curriculum (``curriculum.name``, a registered ``curricula.Curriculum``, e.g. PalScDiff's Progressive Augmentation
+Learning; built by ``build.build_curriculum``, so this loop knows no method): before every step the level is
+looked up from the training progress; entering a level sets its learning-rate factor, draws from its pool in a
+new random order and prints the change; each row is augmented as the curriculum says for it. The level is saved
+in checkpoints, so a resumed run continues in the same level with the same order.
 Learning rate: ``train.schedule`` (constant or cosine) after ``train.warmup`` linear warm-up steps, over the run's
 progress (``engine/lr_schedule.py``); the rate of every step is logged (``lr`` column). With a curriculum the
-schedule scales each stage's rate.
+schedule scales each level's rate.
 Designs that equal a known-good model at initialisation (``Denoiser.validate_at_start``: the refiner, equal to
 its prior) are validated before the first step, so the best checkpoint can stay the initial one.
 Validation: the EMA weights sample each validation image once (``train.val_samples``) with a fixed seed and a
@@ -37,11 +38,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..build import (
+    build_curriculum,
     build_model,
     build_objective,
     build_sampler,
     build_timestep_sampler,
     check_size,
+    pretraining_config,
     visited_timesteps,
 )
 from ..config import Config
@@ -51,12 +54,10 @@ from ..data.transforms import Augment
 from ..diffusion.recoverability import training_slope
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
-from ..methods.palscdiff import Curriculum, row_groups, training_progress
-from ..methods.pretrain import PRETRAINING
 from ..models import MODELS, count_parameters
 from .checkpoint import Checkpoint, load_frozen, run_checkpoint, save_checkpoint
 from .device import make_accelerator
-from .lr_schedule import LRSchedule
+from .lr_schedule import LRSchedule, training_progress
 from .outputs import OutputLock
 
 # What train.max_minutes and elapsed_s count: wall-clock time, or this process's CPU time (all its threads), which
@@ -141,11 +142,10 @@ class Trainer:
         self.augment = Augment(cfg.data.augment) if cfg.data.augment else None
         self.lr_schedule = LRSchedule(cfg.train.schedule, cfg.train.warmup, cfg.train.final_lr_ratio)
         self.validate_at_start = model.validate_at_start
-        self.curriculum = (Curriculum(cfg.curriculum, row_groups(self.train_data.rows, cfg.curriculum, log=self._print),
-                                      cfg.train.lr) if cfg.curriculum.enabled else None)
+        self.curriculum = build_curriculum(cfg, self.train_data.rows, log=self._print)
 
         self.step, self.best, self.best_step, self.elapsed = 0, -1.0, -1, float(elapsed)
-        self.stage, self.stage_steps = 0, [0]  # curriculum stage, and the step at which each stage began
+        self.level, self.level_steps = 0, [0]  # curriculum level, and the step at which each level began
         self.pool = self.curriculum.pool(0) if self.curriculum else torch.arange(len(self.train_data))
         self.perm, self.pos = self._permutation(), 0
         self.log_rows: list[dict] = []
@@ -179,7 +179,7 @@ class Trainer:
             tqdm.write(message)
 
     def _permutation(self) -> torch.Tensor:
-        """A fresh random order of the rows trained on now (all rows, or the curriculum stage's pool)."""
+        """A fresh random order of the rows trained on now (all rows, or the curriculum level's pool)."""
         return self.pool[torch.randperm(len(self.pool), generator=self.gen)]
 
     def _next_batch(self) -> dict:
@@ -197,7 +197,7 @@ class Trainer:
             images = torch.cat([batch["image"], batch["healthy"]], 1) if "healthy" in batch else batch["image"]
             pairs = []
             for i, im, m in zip(index.tolist(), images, batch["mask"]):
-                augment = self.curriculum.augment_for(i, self.stage) if self.curriculum else None
+                augment = self.curriculum.augment_for(i, self.level) if self.curriculum else None
                 augment = augment or self.augment
                 pairs.append(augment(im, m, self.gen) if augment is not None else (im, m))
             images = torch.stack([p[0] for p in pairs])
@@ -206,39 +206,39 @@ class Trainer:
                 batch["healthy"] = images[:, c:]
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def _set_stage(self, stage: int) -> None:
-        """Enter curriculum ``stage``: its learning rate and its pool (a new random order of it)."""
-        self.stage = stage
+    def _set_level(self, level: int) -> None:
+        """Enter curriculum ``level``: its learning rate and its pool (a new random order of it)."""
+        self.level = level
         for group in self.optimizer.param_groups:
-            group["lr"] = self.curriculum.stages[stage].lr
-        self.pool = self.curriculum.pool(stage)
+            group["lr"] = self.cfg.train.lr * self.curriculum.lr_factor(level)
+        self.pool = self.curriculum.pool(level)
 
     def _progress(self) -> float:
         t = self.cfg.train
         return training_progress(self.step, t.steps, self.elapsed, t.max_minutes)
 
     def _set_lr(self) -> float:
-        """The coming step's learning rate: the schedule's factor times the peak (the curriculum stage's rate)."""
-        peak = self.curriculum.stages[self.stage].lr if self.curriculum is not None else self.cfg.train.lr
+        """The coming step's learning rate: the schedule's factor times the peak (the curriculum level's rate)."""
+        level_factor = self.curriculum.lr_factor(self.level) if self.curriculum is not None else 1.0
+        peak = self.cfg.train.lr * level_factor
         lr = peak * self.lr_schedule.factor(self.step, self._progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
     def _advance_curriculum(self) -> None:
-        stage = self.curriculum.stage_at(self._progress())
-        if stage > self.stage:
-            self.stage_steps += [self.step] * (stage - self.stage)
-            self._set_stage(stage)
+        level = self.curriculum.level_at(self._progress())
+        if level > self.level:
+            self.level_steps += [self.step] * (level - self.level)
+            self._set_level(level)
             self.perm, self.pos = self._permutation(), 0
-            n = len(self.curriculum.stages)
-            self._print(f"curriculum: step {self.step}: {self.curriculum.stages[stage].describe(n)}")
+            self._print(f"curriculum: step {self.step}: {self.curriculum.describe(level)}")
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"step": self.step, "pos": self.pos, "best": self.best, "best_step": self.best_step,
-                "elapsed": self.elapsed, "preset": self.cfg.preset, "stage": self.stage,
-                "stage_steps": self.stage_steps, "warmup_progress": self.lr_schedule.warmup_progress}
+                "elapsed": self.elapsed, "preset": self.cfg.preset, "level": self.level,
+                "level_steps": self.level_steps, "warmup_progress": self.lr_schedule.warmup_progress}
 
     def _all_agree(self, flag: bool) -> bool:
         """True when any process says so: with several processes (DDP) every rank must stop at the same step,
@@ -276,9 +276,9 @@ class Trainer:
             self.best, self.best_step = b["best"], b["best_step"]
         if s.get("warmup_progress") is not None:
             self.lr_schedule.warmup_progress = float(s["warmup_progress"])
-        if self.curriculum is not None:
-            self._set_stage(int(s.get("stage", 0)))
-            self.stage_steps = list(s.get("stage_steps", [0]))
+        if self.curriculum is not None:  # "stage": checkpoints written before curricula had levels
+            self._set_level(int(s.get("level", s.get("stage", 0))))
+            self.level_steps = list(s.get("level_steps", s.get("stage_steps", [0])))
         log = self.out / "log.csv"
         if log.is_file():
             with log.open(encoding="utf-8") as f:
@@ -331,9 +331,10 @@ class Trainer:
                   f"{self.cfg.train.grad_clip:g}, EMA {self.cfg.train.ema_decay:g}, augment "
                   f"{', '.join(self.cfg.data.augment) or 'none'}", flush=True)
             if self.curriculum is not None:
-                n = len(self.curriculum.stages)
-                print("curriculum, by progress = max(step / train.steps, elapsed / train.max_minutes):\n" + "\n".join(
-                    f"  from {s.start:.0%}: {s.describe(n)}" for s in self.curriculum.stages), flush=True)
+                c = self.curriculum
+                print(f"curriculum {self.cfg.curriculum.name}, by progress = max(step / train.steps, elapsed / "
+                      "train.max_minutes):\n" + "\n".join(f"  from {c.start(k):.0%}: {c.describe(k)}"
+                                                         for k in range(c.n_levels)), flush=True)
         # noise shaped like the image for objectives that noise the image (DiffSeg's class_eps), else like the mask
         like = self.objective.noise_like
         # with a time budget the bar follows the budget (seconds on train.clock; the step is in the postfix), so
@@ -381,7 +382,7 @@ class Trainer:
                     row = {"step": self.step, **{k: f"{v / n:.5f}" for k, v in running.items()}, "lr": f"{lr_mean:.4g}",
                            "elapsed_s": f"{self.elapsed:.1f}"}
                     if self.curriculum is not None:
-                        row["stage"] = self.stage + 1
+                        row["level"] = self.level + 1
                     running = {}
                     if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
                         row["val_dice"] = f"{self._validate_and_save():.4f}"
@@ -433,8 +434,8 @@ class Trainer:
             "processes": self.accelerator.num_processes,
             **({"aligned_timesteps": self.timestep_sampler.visited.tolist()} if self.aligned else {}),
             "recipe": self.cfg.recipe, "lr_schedule": self.lr_schedule.describe(self.cfg.train.lr),
-            **({"curriculum": [{**stage, "began_at_step": self.stage_steps[k] if k < len(self.stage_steps) else None}
-                               for k, stage in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),
+            **({"curriculum": [{**level, "began_at_step": self.level_steps[k] if k < len(self.level_steps) else None}
+                               for k, level in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),
             "val_protocol": ("no validation (data.val_max_images 0 or no validation rows): best = last"
                              if self.val_data is None else
                              f"EMA weights, {self._val_sampling()}, "
@@ -451,7 +452,8 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
               log=print) -> dict:
     """Train (or resume) a run, pre-training first the part of the design that trains apart and then stays
     frozen, when the design has one (``Denoiser.pretrained_part``; its method registers the part's training config in
-    ``methods.pretrain.PRETRAINING``: UniSegDiff's CFENet, the refiner's prior).
+    ``pretraining.PRETRAINING``, read through ``build.pretraining_config``: UniSegDiff's CFENet, the refiner's
+    prior).
 
     The run folder is locked while it trains (``engine/outputs.OutputLock``, as predict's): a second ``train``
     into it gets a one-line error. The part is trained as its own run in ``out_dir/<name>`` (``pretrained_part``; resumed or skipped like any
@@ -472,12 +474,12 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
 def _train_run(cfg: Config, out: Path, device: str | None, resume: bool, log) -> dict:
     resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
     name = MODELS.get(cfg.model.name).pretrained_part
-    pretrain_config = PRETRAINING.get(cfg.model.name) if name else None
+    pre_cfg = pretraining_config(cfg)
     pretrained, elapsed, pre_summary = None, 0.0, None
-    if resume and pretrain_config is not None and (out / "summary.json").is_file():
+    if resume and pre_cfg is not None and (out / "summary.json").is_file():
         # read before fit() rewrites it: the pre-training's summary stays with the run
         pre_summary = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("pretraining")
-    if pretrain_config is not None and not resume:
+    if pre_cfg is not None and not resume:
         given = (cfg.model.options or {}).get(f"{name}_checkpoint")
         if given:
             pretrained = Path(given)
@@ -492,7 +494,7 @@ def _train_run(cfg: Config, out: Path, device: str | None, resume: bool, log) ->
                 out.mkdir(parents=True, exist_ok=True)
                 cfg.save(out / "config.yaml")
             pre_out = out / name
-            pre_summary = train_in(pretrain_config(cfg), pre_out, device, lambda m: log(f"{name}: {m}"),
+            pre_summary = train_in(pre_cfg, pre_out, device, lambda m: log(f"{name}: {m}"),
                                    runner=_plain)
             if pre_summary["status"] == "interrupted":
                 return {**pre_summary, "pretraining": dict(pre_summary)}

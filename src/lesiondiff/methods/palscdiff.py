@@ -9,26 +9,28 @@ Where the method lives:
 - the majority-vote fusion: ``fusion.py`` (``fusion.method=majority``);
 - the settings: ``presets/palscdiff.yaml`` and its ablations, ``presets/ablations/palscdiff.yaml``.
 
-Progressive Augmentation Learning (``Curriculum``, whose stage schedule the Trainer follows): the model is
-first trained on the easy samples; the hard pool is split into three groups of rising difficulty that join one
-after another, each stage at a lower learning rate, with the hard samples augmented (flips and scaling, noise
-injection, boundary erosion or blur) and the blur strength rising with the stage.
+Progressive Augmentation Learning (``ProgressiveAugmentation``, registered as the curriculum ``palscdiff``, whose
+levels the generic Trainer follows through ``curricula.Curriculum``): the model is first trained on the easy
+samples; the hard pool is split into three groups of rising difficulty that join one after another, each level at
+a lower learning rate, with the hard samples augmented (flips and scaling, noise injection, boundary erosion or
+blur) and the blur strength rising with the level. (The paper calls them stages; lesiondiff keeps "stage" for
+UniSegDiff's timestep stages.)
 
 Difficulty groups come from the manifest column ``difficulty_group`` (0 = easy pool, 1..G = hard groups;
 ``lesiondiff data difficulty``, ``data/difficulty.py``). When the training rows lack it, they are scored when
 training starts, with the same defaults as that command.
 
-Stages (``curriculum`` section of the config, recorded in every run's config.yaml):
-- stage s = 0 .. G trains on the rows of groups 0 .. s, drawn uniformly, so the share of hard samples grows;
-- stage s begins when the training progress passes ``stage_fractions[0] + ... + stage_fractions[s-1]``
+Levels (``curriculum: {name: palscdiff, options: {...}}`` in the config, recorded in every run's config.yaml):
+- level k = 0 .. G trains on the rows of groups 0 .. k, drawn uniformly, so the share of hard samples grows;
+- level k begins when the training progress passes ``level_fractions[0] + ... + level_fractions[k-1]``
   (normalised to sum 1). Progress is ``max(step / train.steps, elapsed / train.max_minutes)``, whichever limit
-  ends the run first: with a wall-clock budget the stages split the budget's time;
-- the learning rate of stage s is ``train.lr * lr_factor ** s`` (the paper: "a lower learning rate");
+  ends the run first (``engine/lr_schedule.training_progress``): with a time budget the levels split its time;
+- the learning rate of level k is ``train.lr * lr_factor ** k`` (the paper: "a lower learning rate");
 - a hard row (group >= 1) is augmented with ``hard_augment`` at probability ``hard_augment_p`` and strength
-  ``hard_strength[s-1]`` (``data.transforms.Augment``: the strength scales the noise std, the blur sigma and the
+  ``hard_strength[k-1]`` (``data.transforms.Augment``: the strength scales the noise std, the blur sigma and the
   zoom range); easy rows keep ``data.augment``.
-The paper gives none of the numbers; the defaults (40 % of training on the easy pool, 20 % per hard stage,
-lr x 0.5 per stage, strengths 1, 1.5, 2) are ours.
+The paper gives none of the numbers; the defaults (40 % of training on the easy pool, 20 % per hard level,
+lr x 0.5 per level, strengths 1, 1.5, 2) are ours.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import CurriculumConfig
+from ..curricula import CURRICULA, Curriculum
 from ..data.difficulty import format_summary, score_manifest
 from ..data.manifest import Manifest
 from ..data.transforms import Augment
@@ -115,73 +117,96 @@ GROUP_COLUMN = "difficulty_group"
 
 
 @dataclass
-class Stage:
+class Level:
     index: int  # 0: the easy pool alone
     start: float  # training progress in [0, 1) at which it begins
-    lr: float
+    lr_factor: float  # its learning rate as a multiple of train.lr
     n_rows: int  # rows in its pool
-    strength: float | None  # augmentation strength of its hard rows (None in stage 0)
+    strength: float | None  # augmentation strength of its hard rows (None at level 0)
 
-    def describe(self, n_stages: int) -> str:
+    def describe(self, n_levels: int, base_lr: float) -> str:
         pool = "easy pool" + (f" + hard groups 1-{self.index}" if self.index > 1 else
                               " + hard group 1" if self.index == 1 else "")
         aug = f", hard rows augmented at strength {self.strength:g}" if self.strength is not None else ""
-        return f"stage {self.index + 1}/{n_stages}: {pool} ({self.n_rows} images), lr {self.lr:.3g}{aug}"
+        return (f"level {self.index + 1}/{n_levels}: {pool} ({self.n_rows} images), lr "
+                f"{base_lr * self.lr_factor:.3g}{aug}")
 
 
-class Curriculum:
-    """The schedule over training rows with difficulty ``groups`` [N] (0 = easy, 1..G = hard)."""
+@CURRICULA.register("palscdiff")
+class ProgressiveAugmentation(Curriculum):
+    """PalScDiff's Progressive Augmentation Learning over training rows with difficulty groups (0 = easy,
+    1..G = hard; the manifest's ``difficulty_group`` column, scored now when absent): level 0 trains on the easy
+    pool, each later level adds the next hard group, at ``lr_factor`` times the previous level's rate, its hard
+    rows augmented with ``hard_augment`` (each with probability ``hard_augment_p``) at that level's
+    ``hard_strength``. ``level_fractions``: each level's share of the run (normalised), one more than the hard
+    groups. ``easy_fraction``: the share scored easy when the manifest has no difficulty columns."""
 
-    def __init__(self, cfg: CurriculumConfig, groups: Sequence[int], base_lr: float) -> None:
-        n_hard = len(cfg.hard_strength)
-        if len(cfg.stage_fractions) != n_hard + 1:
-            raise LesiondiffError(f"curriculum.stage_fractions needs {n_hard + 1} values (the easy stage and one "
-                                  f"per hard group of curriculum.hard_strength), got {len(cfg.stage_fractions)}")
-        fractions = np.asarray(cfg.stage_fractions, dtype=np.float64)
+    def __init__(self, rows: list[dict], base_lr: float, log: Callable[[str], None] = print,
+                 level_fractions: list[float] = (0.4, 0.2, 0.2, 0.2), lr_factor: float = 0.5,
+                 hard_augment: list[str] = ("flip", "scale", "noise", "blur", "erosion"),
+                 hard_augment_p: float = 0.5, hard_strength: list[float] = (1.0, 1.5, 2.0),
+                 easy_fraction: float = 0.5, groups: Sequence[int] | None = None) -> None:
+        """``groups``: the rows' difficulty groups [N], when the caller has them (else read or scored)."""
+        super().__init__(rows, base_lr, log)
+        n_hard = len(hard_strength)
+        if len(level_fractions) != n_hard + 1:
+            raise LesiondiffError(f"curriculum.options.level_fractions needs {n_hard + 1} values (the easy level "
+                                  f"and one per hard group of hard_strength), got {len(level_fractions)}")
+        fractions = np.asarray(level_fractions, dtype=np.float64)
         if (fractions <= 0).any():
-            raise LesiondiffError(f"curriculum.stage_fractions must be > 0, got {cfg.stage_fractions}")
-        if cfg.lr_factor <= 0:
-            raise LesiondiffError(f"curriculum.lr_factor must be > 0, got {cfg.lr_factor}")
-        self.groups = np.asarray(groups, dtype=np.int64)
+            raise LesiondiffError(f"curriculum.options.level_fractions must be > 0, got {list(level_fractions)}")
+        if lr_factor <= 0:
+            raise LesiondiffError(f"curriculum.options.lr_factor must be > 0, got {lr_factor}")
+        if not 0 <= hard_augment_p <= 1 or not 0 < easy_fraction < 1:
+            raise LesiondiffError("curriculum.options: hard_augment_p must lie in [0, 1] and easy_fraction in "
+                                  f"(0, 1), got {hard_augment_p}, {easy_fraction}")
+        self.hard_augment, self.hard_augment_p = list(hard_augment), hard_augment_p
+        self.groups = np.asarray(groups if groups is not None else row_groups(rows, easy_fraction, n_hard, log),
+                                 dtype=np.int64)
         if len(self.groups) and (self.groups.min() < 0 or self.groups.max() > n_hard):
-            raise LesiondiffError(f"difficulty groups must lie in 0..{n_hard} (one per hard stage), got "
+            raise LesiondiffError(f"difficulty groups must lie in 0..{n_hard} (one per hard level), got "
                                   f"{sorted(set(self.groups.tolist()))}")
         if not (self.groups == 0).any():
             raise LesiondiffError("the curriculum's easy pool (difficulty_group 0) is empty")
-        self.cfg = cfg
         # rounded so that 0.4 + 0.2 starts at exactly 0.6 (step 24 of 40), not at 0.6000000000000001
         starts = np.round(np.concatenate([[0.0], np.cumsum(fractions)[:-1] / fractions.sum()]), 9)
-        self.stages = [Stage(s, float(starts[s]), base_lr * cfg.lr_factor ** s, int((self.groups <= s).sum()),
-                             None if s == 0 else float(cfg.hard_strength[s - 1])) for s in range(n_hard + 1)]
-        self._augments = [None] + [Augment(cfg.hard_augment, p=cfg.hard_augment_p, strength=st.strength)
-                                   for st in self.stages[1:]]
+        self.levels = [Level(k, float(starts[k]), lr_factor ** k, int((self.groups <= k).sum()),
+                             None if k == 0 else float(hard_strength[k - 1])) for k in range(n_hard + 1)]
+        self._augments = [None] + [Augment(self.hard_augment, p=hard_augment_p, strength=lv.strength)
+                                   for lv in self.levels[1:]]
 
-    def stage_at(self, progress: float) -> int:
-        """The stage at training progress ``progress`` in [0, 1] (the last one from its start on)."""
-        return max(s.index for s in self.stages if s.start <= progress)
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
 
-    def pool(self, stage: int) -> torch.Tensor:
-        """Row indices [n] (int64) trained on in ``stage``: groups 0 .. stage."""
-        return torch.from_numpy(np.flatnonzero(self.groups <= stage))
+    def start(self, level: int) -> float:
+        return self.levels[level].start
 
-    def augment_for(self, index: int, stage: int) -> Augment | None:
-        """The hard-sample augmentation for row ``index`` in ``stage``; None for easy rows."""
-        return self._augments[stage] if self.groups[index] > 0 else None
+    def level_at(self, progress: float) -> int:
+        """The level at training progress ``progress`` in [0, 1] (the last one from its start on)."""
+        return max(lv.index for lv in self.levels if lv.start <= progress)
+
+    def pool(self, level: int) -> torch.Tensor:
+        """Row indices [n] (int64) trained on at ``level``: groups 0 .. level."""
+        return torch.from_numpy(np.flatnonzero(self.groups <= level))
+
+    def augment_for(self, index: int, level: int) -> Augment | None:
+        """The hard-sample augmentation for row ``index`` at ``level``; None for easy rows."""
+        return self._augments[level] if self.groups[index] > 0 else None
+
+    def lr_factor(self, level: int) -> float:
+        return self.levels[level].lr_factor
+
+    def describe(self, level: int) -> str:
+        return self.levels[level].describe(self.n_levels, self.base_lr)
 
     def schedule(self) -> list[dict]:
-        return [{"stage": s.index + 1, "starts_at_progress": round(s.start, 4), "lr": s.lr, "images": s.n_rows,
-                 "hard_strength": s.strength} for s in self.stages]
+        return [{"level": lv.index + 1, "starts_at_progress": round(lv.start, 4), "lr": self.base_lr * lv.lr_factor,
+                 "images": lv.n_rows, "hard_strength": lv.strength} for lv in self.levels]
 
 
-def training_progress(step: int, steps: int, elapsed_s: float, max_minutes: float) -> float:
-    """max(step / steps, elapsed / budget): the fraction done of whichever limit ends the run first."""
-    progress = step / steps if steps > 0 else 0.0
-    if max_minutes > 0:
-        progress = max(progress, elapsed_s / (60 * max_minutes))
-    return min(progress, 1.0)
-
-
-def row_groups(rows: list[dict], cfg: CurriculumConfig, log: Callable[[str], None] = print) -> np.ndarray:
+def row_groups(rows: list[dict], easy_fraction: float = 0.5, n_hard_groups: int = 3,
+               log: Callable[[str], None] = print) -> np.ndarray:
     """``difficulty_group`` of each row [N] int64, scored now (and logged) when any row lacks the column."""
     if all(str(r.get(GROUP_COLUMN, "")).strip() != "" for r in rows):
         try:
@@ -191,7 +216,7 @@ def row_groups(rows: list[dict], cfg: CurriculumConfig, log: Callable[[str], Non
             raise LesiondiffError(f"{bad['image']}: difficulty_group {bad[GROUP_COLUMN]!r} is not an integer") from None
     log("curriculum: the manifest has no difficulty columns for these rows; scoring them now "
         "(lesiondiff data difficulty writes them into the manifest once)")
-    scored, summary = score_manifest(Manifest(rows), split=None, easy_fraction=cfg.easy_fraction,
-                                     n_hard_groups=len(cfg.hard_strength), progress=False)
+    scored, summary = score_manifest(Manifest(rows), split=None, easy_fraction=easy_fraction,
+                                     n_hard_groups=n_hard_groups, progress=False)
     log(format_summary(summary))
     return np.asarray([int(r[GROUP_COLUMN]) for r in scored.rows()], dtype=np.int64)

@@ -20,7 +20,7 @@ from ..diffusion.samplers import INDEPENDENT_SAMPLES, SAMPLERS, Sampler
 from ..diffusion.schedules import alphas_cumprod
 from ..errors import LesiondiffError
 from ..models.base import Denoiser
-from .pretrain import PRETRAINING, segmenter_pretrain_config
+from ..pretraining import PRETRAINING, segmenter_pretrain_config
 
 
 @SAMPLERS.register("refine")

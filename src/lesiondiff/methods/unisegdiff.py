@@ -45,7 +45,7 @@ from ..diffusion.samplers import SAMPLERS, Sampler, auto_max_batch, start_noise
 from ..diffusion.schedules import alphas_cumprod
 from ..errors import LesiondiffError
 from ..models.base import Denoiser, DenoiserOutput
-from .pretrain import PRETRAINING, segmenter_pretrain_config
+from ..pretraining import PRETRAINING, segmenter_pretrain_config
 
 RAPID, PROBABILISTIC, REFINEMENT = 0, 1, 2
 STAGE_NAMES = ("rapid", "probabilistic", "refinement")

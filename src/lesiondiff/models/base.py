@@ -54,7 +54,7 @@ class Denoiser(nn.Module):
     - ``class_conditional``: a class-conditional image model (``noise_prediction(x_t, t, cls)``; DiffSeg);
     - ``has_prior_mask``: ``start_mask(condition)`` gives a prior's mask to start sampling from (the refiner);
     - ``pretrained_part``: the name of a frozen feed-forward segmenter inside the network, trained first
-      (``pretrained_module``; UniSegDiff's "cfenet", the refiner's "prior"; ``methods/pretrain.py``);
+      (``pretrained_module``; UniSegDiff's "cfenet", the refiner's "prior"; ``pretraining.py``);
     - ``validate_at_start``: the Trainer validates before the first step (the untrained design is meaningful);
     - ``cam_layers``: Grad-CAM's default target layers by name (``analysis/gradcam.py``);
     - ``multiple``: what the input side must be a multiple of, the total stride (default: the U-Net body's).

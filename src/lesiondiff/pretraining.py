@@ -1,17 +1,18 @@
 """Pre-trained parts: the designs whose network includes a frozen feed-forward segmenter (UniSegDiff's CFENet,
 the refiner's prior) name it (``Denoiser.pretrained_part``), and their method registers here how that
-segmenter's own training run is configured. ``engine/train.train_run`` trains it first (or takes
-``model.options.<part>_checkpoint``), then the design with it frozen, in one budget.
+segmenter's own training run is configured (``PRETRAINING``: model name -> cfg -> the pre-training run's
+Config). ``engine/train.train_run`` trains it first (or takes ``model.options.<part>_checkpoint``), then the
+design with it frozen, in one budget; it reaches the registry through ``build.pretraining_config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..config import Config
-from ..registry import Registry
+from .config import Config
+from .registry import Registry
 
-PRETRAINING = Registry("pre-training")  # model name -> (cfg -> the pre-training run's Config)
+PRETRAINING = Registry("pre-training")
 
 
 def segmenter_pretrain_config(cfg: Config, fraction: float, base_channels: int, name: str) -> Config:
@@ -24,4 +25,4 @@ def segmenter_pretrain_config(cfg: Config, fraction: float, base_channels: int, 
     train = dataclasses.replace(cfg.train, steps=max(1, round(fraction * cfg.train.steps)),
                                 max_minutes=fraction * cfg.train.max_minutes)
     return dataclasses.replace(cfg, preset=f"{cfg.preset}/{name}", model=model, diffusion=diffusion, train=train,
-                               curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
+                               curriculum=dataclasses.replace(cfg.curriculum, name="none", options={}))
