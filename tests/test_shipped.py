@@ -8,6 +8,7 @@ count or CPU changes the order of floating-point sums, which can flip a few bord
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,27 @@ def test_models_ship_and_are_listed(capsys):
         text = (model_dir(name) / "MODEL_CARD.md").read_text(encoding="utf-8")
         assert "not a medical device" in text and "## Known failure modes" in text
         assert f"{100 * card['test']['lesion_dice']:.2f} %" in text
+
+
+def test_models_markdown_gives_test_counts_and_is_the_readmes_table(capsys):
+    assert main(["models", "--markdown"]) == 0
+    table = capsys.readouterr().out.rstrip("\n")
+    lines = table.splitlines()
+    assert "test images (lesion / lesion-free)" in lines[0] and len(lines) == 2 + len(NAMES)
+    for name, line in zip(NAMES, lines[2:]):
+        t = model_card(name)["test"]
+        assert t["images"] == t["lesion_images"] + t["lesion_free_images"]
+        assert f"| `{name}` |" in line and f"| {t['images']} ({t['lesion_images']} / {t['lesion_free_images']}) |" in line
+    if "isic" in NAMES:  # a small test split: the table must say so
+        assert "| 12 (12 / 0) |" in lines[2 + NAMES.index("isic")]
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md not found beside tests/")
+    text = readme.read_text(encoding="utf-8")
+    marker = "<!-- shipped-models -->\n"
+    assert marker in text
+    start = text.index(marker) + len(marker)
+    assert text[start:text.index("\n\n", start)] == table, "README table out of date: lesiondiff models --markdown"
 
 
 def test_model_and_run_name_the_same_folder():

@@ -21,8 +21,9 @@ threshold is foreground.
   prior. ``staple(..., init="vote", prior="mean", tolerance=1e-7)`` reproduces it (see ``staple``).
 
 - ``densecrf``: the mean of the S maps refined by ``crf_refine`` with the image.
-- ``crf_rounds``: DiffSeg's optimisation (paper 003, Sec. 3.3, Eq. 12): K rounds of DenseCRF on random
-  subsets of the samples, each round averaged and binarised, then the K binary rounds averaged.
+- ``crf_rounds``: DiffSeg's optimisation (Shuai et al., arXiv preprint 2024, Sec. 3.3, Eq. 12): K rounds of
+  DenseCRF on random subsets of the samples, each round averaged and binarised, then the K binary rounds
+  averaged.
 
 ``crf_refine`` applies a fully connected CRF (Kraehenbuehl and Koltun, 2011; pydensecrf2) to a probability map
 and its image, as DiffSeg does; ``fuse`` chains a fuser and, optionally, the CRF. The two CRF fusers need the
@@ -324,8 +325,8 @@ def crf_rounds(
     theta_gamma: float = 3.0,
     **kw: Any,
 ) -> np.ndarray:
-    """DiffSeg's result optimisation (paper 003, Sec. 3.3): ``[S,H,W]`` in [0,1] and the image ->
-    ``[H,W]`` float32 in {0, 1/K, ..., 1}, ``K = rounds``.
+    """DiffSeg's result optimisation (Shuai et al., arXiv 2024, Sec. 3.3): ``[S,H,W]`` in [0,1] and the image
+    -> ``[H,W]`` float32 in {0, 1/K, ..., 1}, ``K = rounds``.
 
     In each of the K rounds, ``per_round`` of the S maps are drawn uniformly without replacement (all S when
     ``per_round >= S``); each drawn map is refined by DenseCRF with that map as its unary probability

@@ -11,9 +11,10 @@ Set distances, from binary masks:
 
 - ``ged``: the standard generalised energy distance (Kohl et al., "A Probabilistic U-Net", NeurIPS 2018)
   between the samples and a set of ground-truth annotations, with ``d = 1 - IoU``.
-- ``ged_diffseg``: the quantity DiffSeg (paper 003) calls GED. It has no ground-truth term: it is the mean
-  pairwise root-mean-square pixel difference within the output set, i.e. a diversity of the outputs and not a
-  distance to the annotations. The two are not comparable and are never reported under the same name.
+- ``ged_diffseg``: the quantity DiffSeg (Shuai et al., arXiv preprint 2024) calls GED. It has no ground-truth
+  term: it is the mean pairwise root-mean-square pixel difference within the output set, i.e. a diversity of
+  the outputs and not a distance to the annotations. The two are not comparable and are never reported under
+  the same name.
 
 Calibration: ``expected_calibration_error``, the binary ECE of the foreground probability over all pixels, and
 the per-bin sums behind it (``reliability_bins``), which ``merge_bins`` adds up over images so that a pooled,
@@ -106,7 +107,8 @@ def ged(samples: np.ndarray, ground_truths: np.ndarray) -> float:
 
 
 def ged_diffseg(outputs: np.ndarray) -> float:
-    """DiffSeg's "GED" (paper 003, Eqs. 5 and 7): a diversity of the output set, with no ground-truth term.
+    """DiffSeg's "GED" (Shuai et al. 2024, Eqs. 5 and 7): a diversity of the output set, with no ground-truth
+    term.
 
     ``D^2 = (2/N^2) sum_{i<j} d(y_i, y_j) - (1/N^2) sum_i d(y_i, y_i) - (1/N^2) sum_j d(y_j, y_j)``, where
     ``d(P, Q) = sqrt(sum_k (p_k - q_k)^2 / (w*h))`` is the root-mean-square pixel difference. The last two

@@ -77,7 +77,10 @@ def register(sub) -> None:
                     help="or: these timesteps, each taken at the nearest step of the trajectory")
     gc.add_argument("--sampler", default="ddim", help="ddim, ddpm, dpmsolver, dpmsolver++ or unipc")
     gc.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's, as predict)")
-    gc.add_argument("--threshold", type=float, default=None, help="final region R: probability >= this")
+    gc.add_argument("--threshold", type=float, default=None,
+                    help="probability threshold of the region R that Grad-CAM explains: R is where the "
+                         "trajectory's final sample, mapped to [0, 1], is >= this (default: the run's "
+                         "sample.threshold, as predict uses)")
     gc.add_argument("--checkpoint", default="best", help="best or last")
     gc.add_argument("--device", default=None)
     gc.add_argument("--list-layers", action="store_true", help="print every module's name and output, then stop")

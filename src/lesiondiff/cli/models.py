@@ -36,13 +36,15 @@ def cmd_models(args) -> int:
 
 def markdown_table(cards: list[dict]) -> str:
     """The shipped models as a markdown table, from their cards (test split, per image, original size)."""
-    lines = ["| `--model` | data | model | lesion-image Dice | overall Dice | lesion-free predicted empty | ECE | "
-             "s / image (S) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| `--model` | data | model | test images (lesion / lesion-free) | lesion-image Dice | overall Dice | "
+             "lesion-free predicted empty | ECE | s / image (S) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cards:
         t, s = c["test"], c["sampling"]
         free = (f"{100 * t['lesion_free_predicted_empty']:.1f} % of {t['lesion_free_images']}"
                 if t["lesion_free_images"] else "–")
         lines.append(f"| `{c['name']}` | {c['data']['name']} | {c['candidate']}, {c['size']} px | "
+                     f"{t['images']} ({t['lesion_images']} / {t['lesion_free_images']}) | "
                      f"{100 * t['lesion_dice']:.2f} % | {100 * t['dice']:.2f} % | {free} | {t['ece']:.4f} | "
                      f"{s['s_per_image']:.2f} ({s['samples']}) |")
     return "\n".join(lines)

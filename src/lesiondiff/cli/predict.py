@@ -25,7 +25,12 @@ def register(sub) -> None:
     pr.add_argument("--steps", type=int, default=None)
     pr.add_argument("--fusion", default=None, help="mean, majority, staple, densecrf (mean + DenseCRF) or crf_rounds (DiffSeg)")
     pr.add_argument("--crf", action="store_true", help="refine the fused probability with DenseCRF")
-    pr.add_argument("--threshold", type=float, default=None)
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="probability threshold of the fused mask (sample.threshold, in (0, 1); default: the "
+                         "run's, 0.5 unless it says otherwise): <id>_mask.png is fused probability >= this. "
+                         "The same cut binarises each sample for majority, staple and crf_rounds fusion, "
+                         "sample.maps=masks and the agreement and lesion_fraction scores; evaluate --pred "
+                         "scores at it")
     pr.add_argument("--prediction", choices=["epsilon", "x0"], default=None,
                     help="the head the sampler steps with, for designs that predict both (palscdiff; default: the run's)")
     pr.add_argument("--seed", type=int, default=None)
@@ -97,9 +102,12 @@ def register(sub) -> None:
                         help="a folder of mask files from any tool, matched to the manifest's ids by file name "
                              "(case1.png, case1_mask.png, case1_seg.nii.gz, ...)")
     ev.add_argument("--threshold", type=float, default=None,
-                    help="--masks: read grey values as probabilities (value / maximum >= threshold). Without it "
-                         "a mask must be binary (0/1, 0/255) or a label map (whole numbers 0..31), foreground > 0; "
-                         "other grey values are refused")
+                    help="--masks only: read every mask file's grey values as probabilities, foreground where "
+                         "value / 255 >= this (in (0, 1); 16-bit and 1-bit files are scaled to 0..255 first), "
+                         "e.g. soft outputs saved as 8-bit PNG. Without it a mask must be binary (0/1, 0/255) "
+                         "or a label map (whole numbers 0..31), foreground > 0, and other grey values are "
+                         "refused. Not for --pred: predictions are scored at the probability threshold "
+                         "predict used (predict --threshold)")
     ev.add_argument("--missing", choices=["error", "empty"], default="error",
                     help="--masks: split images without a mask file stop the evaluation (error) or count as "
                          "empty predictions (empty)")

@@ -3,9 +3,10 @@
 Images are resized once to ``size`` and kept as float16 tensors, so a training step costs no disk I/O or
 decoding; at 128 px that is 32 KiB per grey image. Masks are the union of all of a row's mask files.
 
-With ``DataConfig.healthy`` set (DiffSeg's class-labelled training data, paper 003 Sec. 4.1), each row also
-gets a healthy version of its image (data/healthy.py): the resized image with its resized lesion filled in
-from the surrounding skin, or the image itself where the mask is empty (a normal image, e.g. BUSI normal).
+With ``DataConfig.healthy`` set (DiffSeg's class-labelled training data, Shuai et al. 2024, Sec. 4.1), each
+row also gets a healthy version of its image (data/healthy.py): the resized image with its resized lesion
+filled in from the surrounding skin, or the image itself where the mask is empty (a normal image, e.g. BUSI
+normal).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Healthy-image synthesis: a lesion image with its lesion filled in from the surrounding skin or tissue.
 
-DiffSeg (paper 003, Sec. 4.1) trains its class-conditional diffusion model on two classes, c1 "unhealthy" (the
-lesion image) and c0 "healthy"; having no healthy skin images, it uses "the annotations corresponding to the
-training set as masks to remove the lesion areas in the disease images". The paper does not say how the
-region is filled. Here it is filled by solving a smooth interpolation problem inside the (slightly dilated)
-mask, with the pixels around it as boundary values:
+DiffSeg (Shuai et al., arXiv preprint 2024, Sec. 4.1) trains its class-conditional diffusion model on two
+classes, c1 "unhealthy" (the lesion image) and c0 "healthy"; having no healthy skin images, it uses "the
+annotations corresponding to the training set as masks to remove the lesion areas in the disease images". The
+paper does not say how the region is filled. Here it is filled by solving a smooth interpolation problem
+inside the (slightly dilated) mask, with the pixels around it as boundary values:
 
 - ``biharmonic`` (default): scikit-image's ``inpaint_biharmonic`` (Damelin and Hoang, 2018), i.e. the fill
   solves the biharmonic equation ``Delta^2 u = 0``, which continues both the values and the gradients of the

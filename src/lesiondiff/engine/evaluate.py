@@ -12,8 +12,8 @@ Every figure is per image at the original image size, thresholded at the predict
 - ``pooled``: Dice and IoU of the fused masks from summed pixel counts over the split, labelled as pooled.
 Per class where the manifest has labels. Uncertainty, of the binarised samples, per image then mean +-
 population std: ``ged``, the standard GED (d = 1 - IoU) between the S samples and the one ground truth;
-``ged_diffseg``, DiffSeg's "GED" (paper 003, Eqs. 5-7), the mean pairwise RMS difference among the S samples
-alone (a diversity, no ground truth; ``uncertainty.ged_diffseg``).
+``ged_diffseg``, DiffSeg's "GED" (Shuai et al., arXiv preprint 2024, Eqs. 5-7), the mean pairwise RMS
+difference among the S samples alone (a diversity, no ground truth; ``uncertainty.ged_diffseg``).
 
 Several datasets (a unified manifest, ``lesiondiff data index A B C``; UniSegDiff): where the evaluated rows
 name their ``dataset``, ``summary["datasets"]`` holds, per dataset name, ``{"n_images": N, "fused":
@@ -561,7 +561,7 @@ def format_table(summary: dict, keys: tuple[str, ...] = METRIC_NAMES) -> str:
                  "the S samples against the ground truth)")
     if "ged_diffseg" in u:
         lines.append(f"uncertainty per image: DiffSeg GED {u['ged_diffseg']['mean']:.3f} ±{u['ged_diffseg']['std']:.3f} "
-                     "(paper 003 Eqs. 5-7: mean RMS pixel difference over all pairs of the S samples, no ground truth)")
+                     "(Shuai et al. 2024, Eqs. 5-7: mean RMS pixel difference over all pairs of the S samples, no ground truth)")
     lines.append(calibration_line(summary))
     lines += image_level_lines(summary)
     lines += trust_lines(summary)

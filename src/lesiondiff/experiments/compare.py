@@ -1,11 +1,11 @@
 """Feed-forward against diffusion training of the same architectures, on the same data, split and budget.
 
-The experiment of "Analysing Diffusion Segmentation" (shared paper 004): Table 1 (IoU and ECE per method in
-feed-forward and in diffusion mode, and their difference) and Fig. 1 (mean and standard deviation of several
-predictions per method and mode). This module holds the plan (every preset x mode), the protocol line, the
-table and the figure; the runs are trained, predicted and evaluated by ``experiments/runner.py``, into the
-usual run, prediction and evaluation folders (``engine/stages.py``), so any of them can be inspected or rerun
-on its own.
+The experiment of "Analysing Diffusion Segmentation for Medical Images" (Öttl et al., arXiv preprint 2024):
+Table 1 (IoU and ECE per method in feed-forward and in diffusion mode, and their difference) and Fig. 1 (mean
+and standard deviation of several predictions per method and mode). This module holds the plan (every preset x
+mode), the protocol line, the table and the figure; the runs are trained, predicted and evaluated by
+``experiments/runner.py``, into the usual run, prediction and evaluation folders (``engine/stages.py``), so
+any of them can be inspected or rerun on its own.
 
 Layout of ``out/``:
     <preset>-<mode>/train/        a run directory (config.yaml, checkpoints/, log.csv, summary.json)

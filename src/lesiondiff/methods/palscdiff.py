@@ -1,5 +1,5 @@
-"""PalScDiff (shared paper 000): the method's own training pieces, the dual-head alignment loss and
-Progressive Augmentation Learning.
+"""PalScDiff (Yang and Tong, J. Intelligent & Fuzzy Systems 2024): the method's own training pieces, the
+dual-head alignment loss and Progressive Augmentation Learning.
 
 Where the method lives:
 - the network (two IBPA branches, parameter-shared, eps and x0 heads): ``models/palscdiff.py``;

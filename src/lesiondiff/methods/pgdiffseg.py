@@ -4,7 +4,7 @@ Where the method lives:
 - the network (dual flows, parameter-shared attention, the prior branch): ``models/pgdiffseg.py``;
 - the loss: this file;
 - the fast samplers it is evaluated with (DDIM, DPM-Solver, UniPC): ``diffusion/samplers.py``;
-- Grad-CAM of the prior branch and the flows: ``analysis/gradcam.py`` (``lesiondiff analyze gradcam``);
+- Grad-CAM of the prior branch and the flows: ``analysis/gradcam/`` (``lesiondiff analyze gradcam``);
 - the settings: ``presets/pgdiffseg.yaml`` and ``presets/ablations/pgdiffseg.yaml``.
 """
 

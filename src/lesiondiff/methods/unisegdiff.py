@@ -1,6 +1,6 @@
-"""UniSegDiff ("Boosting Unified Lesion Segmentation via a Staged Diffusion Model", shared paper 002): the
-method's own training and inference pieces, the three stages of the timestep axis, the staged objective, the
-staged sampler and CFENet's pre-training run.
+"""UniSegDiff ("Boosting Unified Lesion Segmentation via a Staged Diffusion Model", Hu et al., MICCAI 2025):
+the method's own training and inference pieces, the three stages of the timestep axis, the staged objective,
+the staged sampler and CFENet's pre-training run.
 
 Where the method lives:
 - the network (frozen CFENet, DNet with Dual Cross-Attention, eps and x0 decoders): ``models/unisegdiff.py``;
@@ -102,7 +102,7 @@ class Stages:
 
 @OBJECTIVES.register("staged")
 class Staged(Objective):
-    """UniSegDiff's staged training (shared paper 002, Eq. 1; stages and weights: ``Stages``).
+    """UniSegDiff's staged training (Hu et al., MICCAI 2025, Eq. 1; stages and weights: ``Stages``).
 
     Each sample of the batch is noised at its own t as usual; the network is given the remapped timestep
     (T - 1 above ``high``, 0 below ``low``), and its loss is ``alpha_stage * MSE(eps decoder, noise) +
@@ -135,7 +135,7 @@ class Staged(Objective):
 
 @SAMPLERS.register("staged")
 class StagedSampler(Sampler):
-    """UniSegDiff's staged inference (shared paper 002, sec. 2.2) for designs with eps and x0 decoders.
+    """UniSegDiff's staged inference (Hu et al., MICCAI 2025, sec. 2.2) for designs with eps and x0 decoders.
 
     Per image, with the stage thresholds of the run (``Stages``; 600 and 300 by default):
     1. one x_{T-1} ~ N(0, I); one call of the x0 decoder (network t = T - 1) and a DDIM step straight to

@@ -56,7 +56,7 @@ class Denoiser(nn.Module):
     - ``pretrained_part``: the name of a frozen feed-forward segmenter inside the network, trained first
       (``pretrained_module``; UniSegDiff's "cfenet", the refiner's "prior"; ``pretraining.py``);
     - ``validate_at_start``: the Trainer validates before the first step (the untrained design is meaningful);
-    - ``cam_layers``: Grad-CAM's default target layers by name (``analysis/gradcam.py``);
+    - ``cam_layers``: Grad-CAM's default target layers by name (read by ``analysis/gradcam/layers.py``);
     - ``multiple``: what the input side must be a multiple of, the total stride (default: the U-Net body's).
     """
 

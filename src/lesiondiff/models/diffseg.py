@@ -1,8 +1,8 @@
 """DiffSeg (preset ``diffseg-weak``): a class-conditional diffusion model over images, for weakly supervised
 segmentation by the difference of its noise predictions under the two classes.
 
-"DiffSeg: A Segmentation Model for Skin Lesions Based on Diffusion Difference" (shared paper 003). Not Google's
-unsupervised "DiffSeg" (Tian et al., CVPR 2024), hence the preset's name.
+"DiffSeg: A Segmentation Model for Skin Lesions Based on Diffusion Difference" (Shuai et al., arXiv preprint
+2024). Not Google's unsupervised "DiffSeg" (Tian et al., CVPR 2024), hence the preset's name.
 
 The network f_theta(x_t, c, t) predicts the noise of a noisy IMAGE x_t [B,C,H,W] under a class c: 0 for c0
 "healthy", 1 for c1 "unhealthy" (lesion). It is trained on class labels only (Eq. 1; objective ``class_eps``),

@@ -1,9 +1,9 @@
 """PalScDiff: MedSegDiff with Inter-branch Prediction Alignment (IBPA) heads.
 
-PalScDiff, a conditional diffusion framework for breast-lesion segmentation on BUSI (shared paper 000). The
-conditional denoiser is the MedSegDiff baseline (``medsegdiff.py``: a condition encoder joined by dynamic
-conditional encoding, FF-Parser). IBPA replaces its single output layer by two parallel prediction heads that
-share every encoder and decoder feature but none of their own parameters.
+PalScDiff, a conditional diffusion framework for breast-lesion segmentation on BUSI (Yang and Tong, J.
+Intelligent & Fuzzy Systems 2024). The conditional denoiser is the MedSegDiff baseline (``medsegdiff.py``: a
+condition encoder joined by dynamic conditional encoding, FF-Parser). IBPA replaces its single output layer by
+two parallel prediction heads that share every encoder and decoder feature but none of their own parameters.
 Each head is, as the paper describes it, a grouped 1x1 convolution, batch normalisation and a non-linearity,
 followed by the output convolution.
 

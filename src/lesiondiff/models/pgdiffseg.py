@@ -2,8 +2,8 @@
 prior-supervision branch.
 
 PGDiffSeg, "Prior-Guided Denoising Diffusion Model with Parameter-Shared Attention for Breast Cancer
-Segmentation" (shared paper 001; BUSI and breast DCE-MRI). The paper's equations were lost in extraction; where
-this file reads them, the docstring of the part says how.
+Segmentation" (Feng et al., arXiv preprint 2024; BUSI and breast DCE-MRI). The paper's equations were lost in
+extraction; where this file reads them, the docstring of the part says how.
 
 Data flow (``encode`` runs once per image, ``denoise`` at every sampling step):
 

@@ -1,8 +1,8 @@
 """UniSegDiff: a frozen, segmentation-pre-trained condition network (CFENet) and a denoising network (DNet) with
 Dual Cross-Attention condition injection and two decoders, one for eps and one for x0.
 
-UniSegDiff, "Boosting Unified Lesion Segmentation via a Staged Diffusion Model" (shared paper 002). Data flow
-(``encode`` runs once per image, ``denoise`` at every sampling step):
+UniSegDiff, "Boosting Unified Lesion Segmentation via a Staged Diffusion Model" (Hu et al., MICCAI 2025). Data
+flow (``encode`` runs once per image, ``denoise`` at every sampling step):
 
     image --CFENet (U-Net, frozen)--> CF1..CF5 (decoder features, full resolution to bottleneck)
     x_t --stem--> DNet encoder: at level i, DF_i <- FF_i(DF_i, CF_i) --> bottleneck --+--> eps decoder

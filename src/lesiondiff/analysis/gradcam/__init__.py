@@ -1,8 +1,8 @@
 """Grad-CAM of chosen layers at chosen steps of one sampling trajectory.
 
-After PGDiffSeg (shared paper 001, sec. 5.1-5.3 and Figs. 6, 7, 8, 13): where in the image each layer looks, and
-how that moves as the reverse process runs from t near T to t near 0. Works for any registered architecture:
-layers are named as in ``model.named_modules()``.
+After PGDiffSeg (Feng et al., arXiv preprint 2024, sec. 5.1-5.3 and Figs. 6, 7, 8, 13): where in the image
+each layer looks, and how that moves as the reverse process runs from t near T to t near 0. Works for any
+registered architecture: layers are named as in ``model.named_modules()``.
 
 Protocol (``gradcam_analysis``), for one image at the network size, EMA weights, eval mode:
 1. One trajectory: the scheduler-based reverse process (DDIM by default, "trailing" timesteps, ``steps``
