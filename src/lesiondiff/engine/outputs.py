@@ -5,7 +5,7 @@ that never replaces a file lesiondiff did not write.
   two processes that start together one gets the folder and the other a one-line error. A lock left by a process
   that no longer runs (on this host) is taken over with a notice. ``train`` takes the same lock on its run folder.
 - **Ownership**: every file is written through :class:`~lesiondiff.io_utils.OwnedFolder`, which lists what
-  lesiondiff wrote (``.lesiondiff-files.jsonl``: name, size, sha256). Before anything is written, the names a
+  lesiondiff wrote (``.lesiondiff-files.jsonl``: name, bytes, sha256). Before anything is written, the names a
   ``predict`` would write are checked: one that exists and is not on that list (a ground-truth mask beside its
   image, ``benign (2)_mask.png``, in a folder predicted into itself) is refused in one line, and nothing is
   written. ``--overwrite`` removes only files on the list.
