@@ -35,7 +35,7 @@ import numpy as np
 
 from bench_runs import LESIONDIFF, parse, sh, train
 from lesiondiff.engine.evaluate import fused_metrics
-from lesiondiff.reporting.selective_figures import compare_risk_coverage
+from lesiondiff.render.selective_figures import compare_risk_coverage
 from lesiondiff.selective import aurc, confidence, eaurc, risk_coverage
 
 MEMBERS = 3

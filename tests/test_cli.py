@@ -291,7 +291,7 @@ def test_help_shows_defaults(capsys):
 
 
 def test_maps_png_has_titles_and_colour_bars():
-    from lesiondiff.reporting.maps import BAR_H, TITLE_H, uncertainty_panel
+    from lesiondiff.render.maps import BAR_H, TITLE_H, uncertainty_panel
 
     rng = np.random.default_rng(0)
     maps = {k: rng.random((16, 16)) for k in ("coherence", "ambiguity", "entropy")}

@@ -1,5 +1,5 @@
-"""matplotlib has one home, ``lesiondiff/reporting/``: no other module imports it, at the top of a file or inside a
-function, nor takes ``pyplot`` from reporting; read from the source with ``ast``, like test_import_cycles."""
+"""matplotlib has one home, ``lesiondiff/render/``: no other module imports it, at the top of a file or inside a
+function, nor takes ``pyplot`` from render; read from the source with ``ast``, like test_import_cycles."""
 
 import ast
 from pathlib import Path
@@ -7,9 +7,6 @@ from pathlib import Path
 import lesiondiff
 
 ROOT = Path(lesiondiff.__file__).parent
-# compare.py draws its own figure and is moving from engine/ to experiments/ (either path is allowed until its
-# figure moves to reporting/); figures.py is the one-name shim it imports pyplot from meanwhile
-ALLOWED = {"engine/compare.py", "experiments/compare.py", "figures.py"}
 
 
 def draws(source: str) -> list[str]:
@@ -26,17 +23,16 @@ def draws(source: str) -> list[str]:
     return found
 
 
-def test_only_reporting_imports_matplotlib():
+def test_only_render_imports_matplotlib():
     where = {path.relative_to(ROOT).as_posix(): draws(path.read_text(encoding="utf-8"))
              for path in ROOT.rglob("*.py")}
-    assert where["reporting/figures.py"] == ["matplotlib", "matplotlib.pyplot"]  # the scan sees imports in functions
-    outside = {name: found for name, found in where.items()
-               if found and not name.startswith("reporting/") and name not in ALLOWED}
+    assert where["render/figures.py"] == ["matplotlib", "matplotlib.pyplot"]  # the scan sees imports in functions
+    outside = {name: found for name, found in where.items() if found and not name.startswith("render/")}
     assert outside == {}
 
 
 def test_the_scan_finds_every_form():
     source = ("import matplotlib\nimport matplotlib.pyplot as plt\nfrom matplotlib import colormaps\n"
-              "def f():\n    from ..reporting.figures import pyplot, save\n")
-    assert draws(source) == ["matplotlib", "matplotlib.pyplot", "matplotlib", "reporting.figures.pyplot"]
+              "def f():\n    from ..render.figures import pyplot, save\n")
+    assert draws(source) == ["matplotlib", "matplotlib.pyplot", "matplotlib", "render.figures.pyplot"]
     assert draws("from .figures import save\nimport numpy\n") == []

@@ -21,7 +21,7 @@ from PIL import Image
 from lesiondiff.cli import build_parser, main
 from lesiondiff.engine.checkpoint import run_checkpoint
 from lesiondiff.errors import LesiondiffError
-from lesiondiff.reporting.maps import sample_masks
+from lesiondiff.render.maps import sample_masks
 from lesiondiff.serve import app as app_module
 from lesiondiff.serve import jobs as jobs_module
 from lesiondiff.serve import uploads as uploads_module

@@ -23,7 +23,7 @@ from lesiondiff.data.transforms import preprocess_image
 from lesiondiff.engine.predict import Predictor, load_run
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import MODELS, Denoiser, DenoiserOutput
-from lesiondiff.reporting.gradcam_figures import plot_grid
+from lesiondiff.render.gradcam_figures import plot_grid
 
 SIZE = 32
 

@@ -13,7 +13,7 @@ from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.experiments import compare as cmp
 from lesiondiff.experiments.runner import sampling
-from lesiondiff.reporting import compare_figure
+from lesiondiff.render import compare_figure
 from tiny_settings import TINY_MODEL
 
 TINY = ["data.size=32", *TINY_MODEL,

@@ -51,7 +51,7 @@ from ..engine.predict import load_run
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..models import Denoiser, DenoiserOutput
-from ..reporting.fingerprint_figures import dataset_fingerprint_figure, model_curves_figure
+from ..render.fingerprint_figures import dataset_fingerprint_figure, model_curves_figure
 
 MODEL_CURVES = ("mask_error_conditioned", "mask_error_unconditioned", "loss_eps", "loss_x0", "grad_norm")
 DATASET_CURVES = ("recoverability", "recoverability_slope")

@@ -56,7 +56,7 @@ from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import image_dice
 from ..models import Denoiser
-from ..reporting.sampler_figures import dice_vs_nfe_figure
+from ..render.sampler_figures import dice_vs_nfe_figure
 from .fingerprint import dataset_name, split_rows
 
 DEFAULT_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc")

@@ -77,8 +77,8 @@ from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
-from ..reporting.figures import reliability_figure, reliability_title
-from ..reporting.selective_figures import pixel_roc_figure, risk_coverage_figure
+from ..render.figures import reliability_figure, reliability_title
+from ..render.selective_figures import pixel_roc_figure, risk_coverage_figure
 from ..selective import (
     AUROC_BINS,
     UEO_THRESHOLDS,

@@ -49,7 +49,7 @@ from ..models import Denoiser
 from ..postprocess import FILE as POSTPROCESS_FILE
 from ..postprocess import PostProcess
 from ..postprocess import load as load_postprocess
-from ..reporting.maps import overlay, uncertainty_panel
+from ..render.maps import overlay, uncertainty_panel
 from ..uncertainty import SCORES, ambiguity, coherence, entropy, image_scores
 from .average import average_probability, is_average, read_average
 from .calibration import calibration_settings

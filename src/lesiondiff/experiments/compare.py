@@ -51,7 +51,7 @@ from ..data.transforms import resize_prob
 from ..engine.outputs import read_predictions
 from ..engine.stages import CHECKPOINT
 from ..errors import LesiondiffError
-from ..reporting.compare_figure import draw_compare_figure
+from ..render.compare_figure import draw_compare_figure
 from . import runner
 from .runner import ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables
 
@@ -263,7 +263,7 @@ def _maps(pred_dir: Path, rows: dict[str, dict], id_: str, hw: tuple[int, int]) 
 
 
 def compare_figure(path: Path, s: CompareSettings, results: dict) -> Path | None:
-    """Fig. 1 form (``reporting.compare_figure``): one row per (image, preset) of the ``figure_images`` images
+    """Fig. 1 form (``render.compare_figure``): one row per (image, preset) of the ``figure_images`` images
     evenly spaced over the split, the diffusion and the feed-forward run's mean and std of the S samples."""
     presets = [p for p in s.presets if any("summary" in results.get((p, m), {}) for m in MODES)]
     rows_by_id = {r["id"]: r for r in Manifest.read(s.manifest).rows(split=s.split)}

@@ -26,10 +26,10 @@ from ..engine.evaluate import (
 )
 from ..io_utils import OwnedFolder, atomic_write_text
 from ..metrics import METRIC_NAMES
+from ..render.figures import reliability_figure, reliability_title
+from ..render.selective_figures import pixel_roc_figure, risk_coverage_figure
 from ..uncertainty import SCORES
-from .figures import reliability_figure, reliability_title
 from .run_figures import examples_figure, rounds_figure, training_figure
-from .selective_figures import pixel_roc_figure, risk_coverage_figure
 
 
 def _metrics_table(summary: dict) -> str:

@@ -1,5 +1,6 @@
 """Figures of one run and its predictions, for the report: training curves (``log.csv``), prediction examples
-with their uncertainty maps, and the sampling rounds beside the fused mask (PalScDiff Fig. 5)."""
+with their uncertainty maps, and the sampling rounds beside the fused mask (PalScDiff Fig. 5). This module reads
+the files; ``render/run_figures.py`` draws."""
 
 from __future__ import annotations
 
@@ -15,11 +16,9 @@ from ..data.manifest import evenly_spaced
 from ..data.transforms import resize_prob
 from ..engine.outputs import read_predictions
 from ..metrics import image_dice
-from .figures import pyplot, save
+from ..render.run_figures import GT_COLOUR, image_grid, training_curves
 
-# green: visible on a white mask, a black background and a grey ultrasound image alike, and apart from the
-# overlays' colours (red: ambiguity, yellow: the fused mask's contour)
-GT_COLOUR = "#00c853"
+__all__ = ["GT_COLOUR", "examples_figure", "rounds_figure", "training_figure"]
 
 
 def training_figure(run: Path, path: Path) -> bool:
@@ -31,16 +30,7 @@ def training_figure(run: Path, path: Path) -> bool:
         rows = list(csv.DictReader(f))
     if not rows:
         return False
-    plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
-    steps = [int(r["step"]) for r in rows]
-    ax[0].plot(steps, [float(r["loss"]) for r in rows])
-    ax[0].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss (mean over log interval)")
-    val = [(int(r["step"]), float(r["val_dice"])) for r in rows if r.get("val_dice")]
-    if val:
-        ax[1].plot(*zip(*val), marker="o")
-    ax[1].set(xlabel="step", ylabel="validation Dice", ylim=(0, 1), title="validation Dice (EMA, per-image mean)")
-    save(fig, path)
+    training_curves(rows, path)
     return True
 
 
@@ -53,16 +43,13 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
                                                              list(preds.items())[:n]]
     if not chosen:
         return False
-    plt = pyplot()
     titles = ["image", "ground truth", "fused contour (yellow)\n+ ambiguity (red)", "coherence (mean)",
               "ambiguity (variance)", "entropy (bits)"]
     h, w = image_size(chosen[0]["image"])  # the header only: the pixels are read once, in the loop below
-    fig, axes = plt.subplots(len(chosen), 6, figsize=(15, 0.4 + len(chosen) * min(2.6, 2.5 * h / w + 0.3)),
-                             squeeze=False, layout="constrained")
     source = (f"the S = {settings.get('samples', '?')} samples binarised at {settings.get('threshold', 0.5):g}"
               if settings.get("maps") == "masks" else "the S sampled probabilities")
-    fig.suptitle(f"coherence, ambiguity and entropy over {source}", fontsize=9)
-    for i, row in enumerate(chosen):
+    grid = []
+    for row in chosen:
         p = preds[row["id"]]
         image = read_image(row["image"])
         npz = read_npz(pred_dir / p["probs"], ("coherence", "ambiguity", "entropy"))
@@ -70,19 +57,12 @@ def examples_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 6) ->
         gt_paths = mask_paths(row) if "masks" in row else []
         gt = read_masks(gt_paths, shape=image.shape[:2]) if gt_paths else None
         over = np.asarray(Image.open(pred_dir / p["overlay"]).convert("RGB"))
-        cells = [(image[..., 0] if image.shape[2] == 1 else image / 255.0, "gray", None),
-                 (gt if gt is not None else np.zeros(image.shape[:2]), "gray", None),
-                 (over, None, None), (maps["coherence"], "viridis", (0, 1)),
-                 (maps["ambiguity"], "magma", (0, 0.25)), (maps["entropy"], "magma", (0, 1))]
-        for j, (img, cmap, lim) in enumerate(cells):
-            ax = axes[i, j]
-            ax.imshow(img, cmap=cmap, vmin=lim[0] if lim else None, vmax=lim[1] if lim else None)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(titles[j], fontsize=9)
-        axes[i, 0].set_ylabel(row["id"][:24], fontsize=8)
-    save(fig, path)
+        grid.append((row["id"], [(image[..., 0] if image.shape[2] == 1 else image / 255.0, "gray", None),
+                                 (gt if gt is not None else np.zeros(image.shape[:2]), "gray", None),
+                                 (over, None, None), (maps["coherence"], "viridis", (0, 1)),
+                                 (maps["ambiguity"], "magma", (0, 0.25)), (maps["entropy"], "magma", (0, 1))]))
+    image_grid(grid, titles, f"coherence, ambiguity and entropy over {source}", path,
+               row_height=min(2.6, 2.5 * h / w + 0.3))
     return True
 
 
@@ -112,13 +92,9 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
     n_samples = int(read_npz(pred_dir / preds[chosen[0]["id"]]["probs"], ("samples",))["samples"].shape[0])
     if n_samples < 2:
         return []
-    plt = pyplot()
-    cols = n_samples + 2
-    fig, axes = plt.subplots(len(chosen), cols, figsize=(1.9 * cols, 2.0 * len(chosen) + 0.7), squeeze=False,
-                             layout="constrained")  # keeps the three-line suptitle clear of the panels
     fusion = settings.get("fusion", "fused")
-    records = []
-    for i, row in enumerate(chosen):
+    records, grid, contours = [], [], []
+    for row in chosen:
         p = preds[row["id"]]
         image = read_image(row["image"])
         hw = image.shape[:2]
@@ -130,24 +106,18 @@ def rounds_figure(pred_dir: Path, rows: list[dict], path: Path, n: int = 4,
         dice = [None if gt is None else image_dice(m, gt) for m in masks]
         records.append({"id": row["id"], "rounds": dice[:-1], "fused": dice[-1]})
         names = [f"round {k + 1}" for k in range(len(masks) - 1)] + [f"fused ({fusion})"]
-        panels = [(image[..., 0] if image.shape[2] == 1 else image / 255.0, "image + GT contour")]
-        panels += [(m, name if d is None else f"{name}\nDice {d:.3f}") for m, name, d in zip(masks, names, dice)]
-        for j, (img, title) in enumerate(panels):
-            ax = axes[i, j]
-            ax.imshow(img, cmap="gray", vmin=0 if j else None, vmax=1 if j else None, interpolation="nearest")
-            if gt is not None:
-                ax.contour(gt.astype(np.float32), levels=[0.5], colors=GT_COLOUR, linewidths=0.9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(title, fontsize=8)
-        axes[i, 0].set_ylabel(row["id"][:24], fontsize=8)
+        cells = [(image[..., 0] if image.shape[2] == 1 else image / 255.0, "gray", None, "image + GT contour")]
+        cells += [(m, "gray", (0, 1), name if d is None else f"{name}\nDice {d:.3f}")
+                  for m, name, d in zip(masks, names, dice)]
+        grid.append((row["id"], cells))
+        contours.append(gt)
     which = (f"{len(chosen)} of the {len(with_gt)} images with a non-empty ground truth, evenly spaced over the "
              "sorted ids" if with_gt else f"{len(chosen)} images evenly spaced over the sorted ids (no ground "
              "truth given)")
     # short lines, so the title never sets the width of a figure with few rounds
     are = settings.get("samples_are")
-    fig.suptitle(f"Sampling rounds and the fused mask\n{which}\nround k = the k-th sample at threshold {thr:g}, "
-                 "resized to the original size; green: ground-truth contour" + (f"\nsamples: {are}" if are else ""),
-                 fontsize=9)
-    save(fig, path)
+    title = (f"Sampling rounds and the fused mask\n{which}\nround k = the k-th sample at threshold {thr:g}, "
+             "resized to the original size; green: ground-truth contour" + (f"\nsamples: {are}" if are else ""))
+    cols = n_samples + 2
+    image_grid(grid, [], title, path, row_height=2.0, width=1.9 * cols, contours=contours, titles_per_cell=True)
     return records

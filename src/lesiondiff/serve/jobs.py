@@ -119,7 +119,7 @@ def draw_samples(folder: Path, image_id: str) -> None:
     """``out/<id>_samples.png`` of a job's ``folder``: the S samples of ``out/<id>_probs.npz`` binarised at its
     threshold, the run's."""
     from ..data.io import read_npz, write_png
-    from ..reporting.maps import sample_masks
+    from ..render.maps import sample_masks
 
     probs = read_npz(job_path(folder, "out", f"{image_id}{OUTPUTS['probs']}"), ("samples", "threshold"))
     grid = sample_masks(probs["samples"].astype(np.float32), float(probs["threshold"]))

@@ -36,5 +36,5 @@ One job per module: ``layers`` (which layers, and whether Grad-CAM can use them)
 process and the steps to explain), ``cam`` (the Grad-CAM target and maps through MONAI), ``study`` (the protocol
 above, ``gradcam_analysis``), ``summary`` (gradcam.json and gradcam.md), ``run`` (a run and an image in, the
 files out: ``write_gradcam``, what ``lesiondiff analyze gradcam`` calls). The figures are drawn by
-``reporting.gradcam_figures``.
+``render.gradcam_figures``.
 """

@@ -9,7 +9,7 @@ import torch
 
 from ...errors import LesiondiffError
 from ...io_utils import atomic_write_text
-from ...reporting.gradcam_figures import gradcam_figures
+from ...render.gradcam_figures import gradcam_figures
 from .layers import candidate_layers, format_layers, probe_layers, resolve_views
 from .study import GradCamResult, gradcam_analysis
 from .summary import format_table, summarise
