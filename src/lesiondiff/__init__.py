@@ -1,8 +1,8 @@
 """lesiondiff: diffusion-model segmentation of lesions in 2D medical images.
 
-``lesiondiff.load("busi" | "runs/my_run")`` gives a ready segmenter (:func:`lesiondiff.api.load`). Importing the
-package loads nothing heavy: ``lesiondiff.load`` imports the API, and with it the engine and torch, when it is
-first looked up."""
+``lesiondiff.load("busi" | "runs/my_run")`` gives a ready segmenter (:func:`lesiondiff.api.load`). Importing
+the package loads nothing heavy: ``lesiondiff.load`` imports the API, and with it the engine and torch, when
+it is first looked up."""
 
 from __future__ import annotations
 

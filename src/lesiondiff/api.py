@@ -1,10 +1,10 @@
-"""The Python API: ``lesiondiff.load(name_or_folder)`` -> a :class:`Segmenter`, whose ``predict(image)`` gives one
-image's :class:`Segmentation` in memory, the same numbers ``lesiondiff predict`` writes, and writes no files.
+"""The Python API: ``lesiondiff.load(name_or_folder)`` -> a :class:`Segmenter`, whose ``predict(image)`` gives
+one image's :class:`Segmentation` in memory: the numbers ``lesiondiff predict`` writes, and no files.
 
-    >>> import lesiondiff
-    >>> seg = lesiondiff.load("busi")                      # a shipped model (lesiondiff models)
-    >>> result = seg.predict("case.png")                   # or an array H x W (x C) in [0, 255]
-    >>> result.mask.shape, result.scores, result.review
+    import lesiondiff
+    seg = lesiondiff.load("busi")            # a shipped model (lesiondiff models), or a run folder
+    result = seg.predict("case.png")         # or an array H x W (x C) in [0, 255]
+    result.mask, result.scores, result.review
 
 A loaded model is a :class:`~lesiondiff.engine.predict.Predictor` (``Segmenter.predictor``) with the run's
 settings and the keyword arguments of :func:`load` laid over them as config overrides, as the options of
@@ -38,8 +38,8 @@ OPTIONS = {"samples": "sample.samples", "steps": "sample.steps", "sampler": "sam
 @dataclass
 class Segmentation:
     """One image's prediction. ``mask`` and ``probability`` are at the input's size (what ``<id>_mask.png``
-    holds, and the npz's ``fused`` resized as predict resizes it before thresholding); ``samples`` and the maps
-    at the network size (the npz's arrays, ``samples`` in float32 where the npz keeps float16)."""
+    holds, and the npz's ``fused`` resized as predict resizes it before thresholding); ``samples`` and the
+    maps at the network size (the npz's arrays, ``samples`` in float32 where the npz keeps float16)."""
 
     id: str
     mask: np.ndarray  # [H,W] bool: probability >= threshold, then the run's lesion / no-lesion rule
@@ -66,15 +66,15 @@ class Segmenter:
 
     def __repr__(self) -> str:
         s = self.config.sample
-        return (f"Segmenter({self.source!r}: model {self.config.model.name}, sampler {s.sampler}, {s.steps} steps, "
-                f"S={s.samples}, device {self.predictor.device})")
+        return (f"Segmenter({self.source!r}: model {self.config.model.name}, sampler {s.sampler}, "
+                f"{s.steps} steps, S={s.samples}, device {self.predictor.device})")
 
     def predict(self, image: str | Path | np.ndarray, id: str | None = None) -> Segmentation:
         """Segment one image: a file path (any format ``lesiondiff predict`` reads) or an array H x W or
         H x W x C (C = 1, 3, or 4 whose alpha is dropped), uint8 or float, in grey levels [0, 255].
 
-        ``id`` seeds the image's noise as predict's image id does (default: the file's stem; ``"image"`` for an
-        array), so the same id gives the same result as ``lesiondiff predict``."""
+        ``id`` seeds the image's noise as predict's image id does (default: the file's stem; ``"image"`` for
+        an array), so the same id gives the same result as ``lesiondiff predict``."""
         if isinstance(image, (str, Path)):
             path = Path(image)
             if not path.is_file():
@@ -91,10 +91,11 @@ class Segmenter:
 
 
 def as_image(values: np.ndarray) -> np.ndarray:
-    """An array H x W, H x W x 1, x 3 or x 4 in [0, 255] as predict reads an image file: float32 H x W x C, C 1
-    or 3 (alpha dropped; three equal channels become one, as ``read_image`` does)."""
+    """An array H x W, H x W x 1, x 3 or x 4 in [0, 255] as predict reads an image file: float32 H x W x C,
+    C 1 or 3 (alpha dropped; three equal channels become one, as ``read_image`` does)."""
     arr = np.asarray(values)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    numbers = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    if arr.dtype == bool or not numbers:
         raise LesiondiffError(f"expected an image of numbers, got an array of {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -102,14 +103,15 @@ def as_image(values: np.ndarray) -> np.ndarray:
         raise LesiondiffError(f"expected an image H x W or H x W x C (C 1, 3 or 4), got shape {arr.shape}")
     arr = arr[..., :3].astype(np.float32)
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-        raise LesiondiffError(f"expected grey levels in [0, 255], got values in [{arr.min():g}, {arr.max():g}]")
+        raise LesiondiffError(f"expected grey levels in [0, 255], got values in "
+                              f"[{arr.min():g}, {arr.max():g}]")
     if arr.shape[2] == 3 and (arr == arr[..., :1]).all():
         arr = arr[..., :1]
     return arr
 
 
 def resolve(name_or_folder: str | Path) -> Path:
-    """The folder ``load`` reads: a shipped model's (a ``str`` that is one of their names) or the given path."""
+    """The folder ``load`` reads: a shipped model's (a ``str`` that is one of their names), else the path."""
     if isinstance(name_or_folder, str) and name_or_folder in model_names():
         return model_dir(name_or_folder)
     folder = Path(name_or_folder)
@@ -121,19 +123,20 @@ def resolve(name_or_folder: str | Path) -> Path:
 
 def load(name_or_folder: str | Path, device: str | None = None, checkpoint: str = "best",
          overrides: list[str] | None = None, postprocess: bool = True, **options) -> Segmenter:
-    """A ready :class:`Segmenter` of a shipped model (``"busi"``; ``lesiondiff models``), a run folder, an ensemble
-    folder (``lesiondiff ensemble``) or an average folder (``lesiondiff average``). A name of a shipped model
-    means that model; write a folder of the same name as ``"./busi"`` or a ``Path``.
+    """A ready :class:`Segmenter` of a shipped model (``"busi"``; ``lesiondiff models``), a run folder, an
+    ensemble folder (``lesiondiff ensemble``) or an average folder (``lesiondiff average``). A name of a
+    shipped model means that model; write a folder of the same name as ``"./busi"`` or a ``Path``.
 
     ``device``: cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu). ``checkpoint``: best or last.
-    ``options``: sampling settings as ``lesiondiff predict`` takes them, each a config override (:data:`OPTIONS`):
-    ``samples``, ``steps``, ``sampler``, ``seed``, ``tta`` (none, flips, d4), ``mc_dropout``, ``threshold``,
-    ``fusion``, ``crf``, ``prediction``; ``overrides``: any other ``section.key=value``. ``postprocess``: apply the
-    run's lesion / no-lesion rule (``postprocess.json``) when it has one."""
+    ``options``: sampling settings as ``lesiondiff predict`` takes them, each a config override
+    (:data:`OPTIONS`): ``samples``, ``steps``, ``sampler``, ``seed``, ``tta`` (none, flips, d4),
+    ``mc_dropout``, ``threshold``, ``fusion``, ``crf``, ``prediction``; ``overrides``: any other
+    ``section.key=value``. ``postprocess``: apply the run's lesion / no-lesion rule (``postprocess.json``)
+    when it has one. Nothing is written."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise LesiondiffError(f"load: unknown option {unknown[0]!r}; known: {', '.join(OPTIONS)} (other settings "
-                              "as overrides=['section.key=value'])")
+        raise LesiondiffError(f"load: unknown option {unknown[0]!r}; known: {', '.join(OPTIONS)} (other "
+                              "settings as overrides=['section.key=value'])")
     folder = resolve(name_or_folder)
     check_device(device)
     settings = [f"{OPTIONS[k]}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()
