@@ -262,7 +262,10 @@ class Predictor:
         return preprocess_image(image, d.size, d.channels, d.intensity_window)[None].to(self.device)
 
     def predict(self, id_: str, path: str) -> Prediction:
-        image = read_image(path)
+        return self.predict_image(id_, read_image(path))
+
+    def predict_image(self, id_: str, image: np.ndarray) -> Prediction:
+        """One image HxWxC in [0,255] (as ``read_image`` gives it) -> its Prediction; ``id_`` seeds its noise."""
         probs = self.sample(id_, image)
         f = self.cfg.fusion
         needs_image = f.crf or f.method in IMAGE_FUSERS
@@ -343,23 +346,35 @@ class Predictor:
                 "predict_s": round(self.total_seconds, 3), "scores_s": round(self.scoring_seconds, 4),
                 "threads": torch.get_num_threads()}
 
+    def full_mask(self, pred: Prediction) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The image's fused probability at its original size [H,W] float32 (resized bilinearly from the network
+        size), its mask [H,W] bool (probability >= threshold, then the run's lesion / no-lesion rule when it has
+        one), and whether that rule emptied a non-empty mask."""
+        probability = resize_prob(pred.fused, pred.original_size)
+        mask = probability >= self.cfg.sample.threshold
+        if self.postprocess is None:
+            return probability, mask, False
+        kept = self.postprocess.apply(mask, probability)
+        return probability, kept, bool(mask.any() and not kept.any())
+
+    def maps(self, pred: Prediction) -> dict[str, np.ndarray]:
+        """The coherence, ambiguity and entropy maps [h,w] of the S samples at the network size, from the samples
+        as they are or, with ``sample.maps=masks``, binarised at the threshold (the module docstring)."""
+        probs, thr = pred.probs, self.cfg.sample.threshold
+        source = (probs >= thr).astype(np.float32) if self.cfg.sample.maps == "masks" else probs
+        return {"coherence": coherence(source), "ambiguity": ambiguity(source), "entropy": entropy(source)}
+
     def write(self, pred: Prediction, out: PredictionFolder | Path) -> dict:
         """Write one image's files (module docstring) into a prediction folder (or a plain folder, each file
         listed as lesiondiff's); returns their names by kind."""
         put = out.write if isinstance(out, PredictionFolder) else OwnedFolder(out).write_bytes
         thr = self.cfg.sample.threshold
-        fused_full = resize_prob(pred.fused, pred.original_size)
-        mask = fused_full >= thr
-        if self.postprocess is not None:
-            kept = self.postprocess.apply(mask, fused_full)
-            self.declared_empty += bool(mask.any() and not kept.any())
-            mask = kept
+        _, mask, emptied = self.full_mask(pred)
+        self.declared_empty += emptied
         names = dict(zip(("mask", "probs", "overlay", "maps"), image_outputs(pred.id)))
         put(names["mask"], encode_png(mask_image(mask)))
-        source = (pred.probs >= thr).astype(np.float32) if self.cfg.sample.maps == "masks" else pred.probs
         arrays = {
-            "samples": pred.probs.astype(np.float16), "fused": pred.fused,
-            "coherence": coherence(source), "ambiguity": ambiguity(source), "entropy": entropy(source),
+            "samples": pred.probs.astype(np.float16), "fused": pred.fused, **self.maps(pred),
             "original_size": np.array(pred.original_size), "threshold": np.array(thr),
         }
         buffer = _io.BytesIO()
