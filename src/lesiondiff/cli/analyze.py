@@ -88,7 +88,7 @@ def register(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from ..bench import run_speed
+    from ..analysis.bench import run_speed
 
     run_speed(sizes=args.sizes, samples=args.samples, batch=args.batch, preset=args.preset, repeats=args.repeats,
               monai=not args.no_monai, device=args.device, json_path=args.json)

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import torch
 
-from .build import build_model, build_sampler
-from .config import load_preset
-from .diffusion.samplers import auto_max_batch
-from .models import count_parameters
+from ..build import build_model, build_sampler
+from ..config import load_preset
+from ..diffusion.samplers import auto_max_batch
+from ..models import count_parameters
 
 MONAI_CANDIDATES = [(32, 64, 64, 64), (32, 64, 96, 96), (32, 64, 128, 128), (64, 64, 128, 128)]
 
@@ -87,7 +87,7 @@ def run_speed(sizes=(64, 128), samples: int = 10, batch: int = 8, preset: str = 
     if json_path:
         from pathlib import Path
 
-        from .io_utils import atomic_write_text
+        from ..io_utils import atomic_write_text
 
         atomic_write_text(Path(json_path), json.dumps(results, indent=2))
     return results
