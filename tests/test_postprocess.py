@@ -4,7 +4,7 @@ image-level figures of evaluate."""
 import numpy as np
 import pytest
 
-from lesiondiff.engine.evaluate import image_level
+from lesiondiff.engine.scoring import image_level
 from lesiondiff.postprocess import GRID, PostProcess, choose, grid_rules
 
 

@@ -5,7 +5,6 @@ import csv
 import json
 import re
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,6 +29,7 @@ from lesiondiff.metrics import binary_metrics
 from lesiondiff.reporting.report import write_report
 from lesiondiff.reporting.run_figures import rounds_figure
 from lesiondiff.uncertainty import expected_calibration_error
+from tiny_settings import file_writer
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,7 @@ def _rounds_predictions(root, n_samples: int = 3):
     image, "c", has an empty ground truth and is in split "val". Returns (pred_dir, manifest)."""
     pred = root / "pred"
     pred.mkdir(parents=True)
-    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")),
-                             postprocess=None)
+    writer = file_writer()
     masks = {**ROUNDS, "c": [np.zeros((8, 8), bool)] * 3}
     rows, preds = [], []
     for id_, rounds in masks.items():
@@ -333,8 +332,7 @@ def test_mean_of_samples_view_and_diffseg_ged(tmp_path):
     sqrt(16/64) = 1/2, over 3^2 = 2/9; both 0 for q."""
     pred = tmp_path / "pred"
     pred.mkdir()
-    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps="probabilities")),
-                             postprocess=None)
+    writer = file_writer()
     gts = {"p": GT["a"], "q": GT["b"]}
     samples = {"p": np.stack([0.9 * GT["a"], 0.4 * GT["a"], 0.4 * GT["a"]]).astype(np.float32),
                "q": np.stack([GT["b"]] * 3).astype(np.float32)}
@@ -455,3 +453,25 @@ def test_every_reader_of_probability_files_refuses_a_spoilt_one(reader, tmp_path
     with pytest.raises(FileError, match=re.escape("_probs.npz: not a readable probability file (BadZipFile")):
         _readers()[reader](pred, manifest, rows, tmp_path)
     assert not (tmp_path / "postprocess.json").exists()
+
+
+def test_evaluate_and_evaluate_masks_give_identical_rows_from_one_scorer(tmp_path):
+    """The same masks scored as lesiondiff predictions and as another tool's mask files: the fused rows of
+    metrics.csv and the shared summary sections are the same (one per-image loop, engine/scoring.py)."""
+    from lesiondiff.engine.evaluate_masks import evaluate_masks
+
+    pred, manifest = _rounds_predictions(tmp_path)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for f in pred.glob("*_mask.png"):
+        (masks / f.name).write_bytes(f.read_bytes())
+    own = evaluate(pred, manifest, "test", out=tmp_path / "own")
+    given = evaluate_masks(masks, manifest, "test", out=tmp_path / "given")
+
+    def fused_rows(folder):
+        with (folder / "metrics.csv").open() as f:
+            return [{k: v for k, v in r.items() if k != "file"} for r in csv.DictReader(f) if r["which"] == "fused"]
+
+    assert fused_rows(tmp_path / "own") == fused_rows(tmp_path / "given") and len(fused_rows(tmp_path / "own")) == 2
+    for section in ("fused", "pooled", "lesion_images", "image_level", "n_images", "split"):
+        assert json.dumps(own[section]) == json.dumps(given[section]), section  # (nan == nan as text)

@@ -3,7 +3,6 @@
 import tempfile
 import tracemalloc
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from lesiondiff.engine.memory import check_prediction_memory, prediction_bytes
 from lesiondiff.engine.predict import Prediction, Predictor
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.fusion import fuse
+from tiny_settings import file_writer
 
 GIB = 2**30
 
@@ -41,7 +41,7 @@ def test_the_estimate_does_not_overcount_what_predict_holds(maps):
     """The refusal must be honest: the numpy arrays the Predictor holds for one image (measured by tracemalloc)
     reach the estimate. If this fails after a change to Predictor.write, update BYTES_PER_SAMPLE_PIXEL."""
     s, n = 16, 128
-    writer = SimpleNamespace(cfg=SimpleNamespace(sample=SimpleNamespace(threshold=0.5, maps=maps)), postprocess=None)
+    writer = file_writer(maps=maps)
     sampled = np.random.default_rng(0).random((s, n, n), dtype=np.float32)
     tracemalloc.start()
     try:

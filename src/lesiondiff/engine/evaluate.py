@@ -63,12 +63,10 @@ and drawn as ``reliability.png`` beside it.
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.dataset import mask_paths
 from ..data.io import read_mask, read_masks, read_npz
@@ -76,7 +74,7 @@ from ..data.manifest import Manifest
 from ..data.transforms import resize_prob
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
-from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
+from ..metrics import METRIC_NAMES, binary_metrics, summarize
 from ..render.figures import reliability_figure, reliability_title
 from ..render.selective_figures import pixel_roc_figure, risk_coverage_figure
 from ..selective import (
@@ -98,6 +96,7 @@ from ..uncertainty import (
     reliability_table,
 )
 from .outputs import owned_folder, read_predictions
+from .scoring import metrics_csv, score
 
 EVALUATION_FILES = ("metrics.csv", "summary.json", "rounds.md", "reliability.png", "risk_coverage.png",
                     "pixel_roc.png")
@@ -112,11 +111,34 @@ FUSION_NAMES = {"majority": "majority vote", "mean": "mean fusion", "staple": "S
 SPREAD_ROW = "spread (max - min over rounds)"
 
 
+class SampleViews:
+    """The views evaluate adds on top of the fused row (module docstring): every sample alone, the mean of the
+    samples, the uncertainty of the binarised samples, the calibration bins and the pixel view."""
+
+    def __init__(self, threshold: float) -> None:
+        self.thr = threshold
+        self.per_sample, self.per_mean, self.uncertainty, self.bins = [], [], [], []
+        self.n_samples: set[int] = set()
+        self.pixels = PixelUncertainty()
+
+    def add(self, tags: dict, fused: np.ndarray, gt: np.ndarray, samples: np.ndarray) -> None:
+        thr = self.thr
+        coh = samples.mean(axis=0)  # the mean of the S samples (not npz "coherence", which sample.maps may binarise)
+        self.per_mean.append({**tags, "which": "mean_of_samples", **binary_metrics(coh >= thr, gt)})
+        for k, s in enumerate(samples):
+            self.per_sample.append({**tags, "which": f"sample_{k}", **binary_metrics(s >= thr, gt)})
+        self.bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
+        self.n_samples.add(int(samples.shape[0]))
+        self.uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ged_diffseg": ged_diffseg(samples >= thr),
+                                 "ece": ece_from_bins(self.bins[-1])})
+        self.pixels.add(entropy(coh[None]), fused ^ gt)
+
+
 def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", out: str | Path | None = None,
              threshold: float | None = None) -> dict:
-    """Score the predictions in ``pred_dir`` against ``split`` of ``manifest`` (module docstring); writes
-    ``metrics.csv``, ``summary.json``, ``rounds.md`` and ``reliability.png`` to ``out`` (default: ``pred_dir``)
-    and returns the summary."""
+    """Score the predictions in ``pred_dir`` against ``split`` of ``manifest`` (module docstring) with the one
+    scorer (``engine/scoring.py``) and this module's sample views; writes ``metrics.csv``, ``summary.json``,
+    ``rounds.md`` and the figures to ``out`` (default: ``pred_dir``) and returns the summary."""
     pred_dir = Path(pred_dir)
     out = Path(out) if out else pred_dir
     preds, meta = read_predictions(pred_dir)
@@ -128,49 +150,28 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         raise LesiondiffError(f"{pred_dir}: no prediction for {len(missing)} of {len(rows)} {split} images "
                               f"(first: {missing[0]}); predict with --manifest {manifest} --split {split}")
     thr = float(meta.get("threshold", 0.5)) if threshold is None else threshold
-    per_image, per_sample, per_mean, uncertainty = [], [], [], []
-    fused_masks, gts, bins, n_samples = [], [], [], set()
-    presence = []  # (ground truth non-empty, prediction non-empty, label) per image
-    pixels = PixelUncertainty()
-    # the bar is closed (its line ended) before an error about a file is printed, not run into by it
-    with tqdm(rows, desc=f"evaluate {split}", unit="img") as bar:
-        for row in bar:
-            p = preds[row["id"]]
-            fused = read_mask(pred_dir / p["mask"])
-            paths = mask_paths(row)
-            gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
-            keys = ("samples",) if threshold is None else ("samples", "fused")
-            npz = read_npz(pred_dir / p["probs"], keys)
-            samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
-            if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
-                fused = resize_prob(npz["fused"], gt.shape) >= thr
-            coh = samples.mean(axis=0)  # the mean of the S samples (not npz "coherence", which sample.maps may binarise)
-            tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
-            per_image.append({**tags, "which": "fused", **binary_metrics(fused, gt)})
-            per_mean.append({**tags, "which": "mean_of_samples", **binary_metrics(coh >= thr, gt)})
-            for k, s in enumerate(samples):
-                per_sample.append({**tags, "which": f"sample_{k}", **binary_metrics(s >= thr, gt)})
-            bins.append(reliability_bins(coh, gt, n_bins=N_BINS))
-            n_samples.add(int(samples.shape[0]))
-            uncertainty.append({"ged": ged(samples >= thr, gt[None]), "ged_diffseg": ged_diffseg(samples >= thr),
-                                "ece": ece_from_bins(bins[-1])})
-            fused_masks.append(fused)
-            gts.append(gt)
-            presence.append((bool(gt.any()), bool(fused.any()), row.get("label", "")))
-            pixels.add(entropy(coh[None]), fused ^ gt)
 
-    labels = sorted({r["label"] for r in per_image if r["label"]})
-    rounds = rounds_summary(per_sample, min(n_samples), labels)
-    fused_all = summarize(per_image)
-    spread, gain = rounds_spread(rounds, fused_all)
+    def read(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p = preds[row["id"]]
+        fused = read_mask(pred_dir / p["mask"])
+        paths = mask_paths(row)
+        gt = read_masks(paths, shape=fused.shape) if paths else np.zeros(fused.shape, bool)
+        npz = read_npz(pred_dir / p["probs"], ("samples",) if threshold is None else ("samples", "fused"))
+        samples = resize_prob(npz["samples"].astype(np.float32), gt.shape)
+        if threshold is not None:  # re-threshold the fused probability instead of reading the written mask
+            fused = resize_prob(npz["fused"], gt.shape) >= thr
+        return fused, gt, samples
+
+    views = SampleViews(thr)
+    scorer = score(rows, read, f"evaluate {split}", [views])
+    per_image, per_sample, per_mean = scorer.rows, views.per_sample, views.per_mean
+    labels = scorer.labels()
+    rounds = rounds_summary(per_sample, min(views.n_samples), labels)
+    common = scorer.summary(split, manifest, f"threshold {thr} (prob >= threshold)")
+    spread, gain = rounds_spread(rounds, common["fused"]["all"])
+    scored = [preds[r["id"]] for r in rows]
     summary = {
-        "protocol": (f"split {split} of {manifest}: {len(rows)} images; threshold {thr} (prob >= threshold); "
-                     "metrics per image at the original image size, then mean +- population std over images; "
-                     "hd95 in pixels, images where exactly one mask is empty left out (n_nan)"),
-        "split": split, "n_images": len(rows), "threshold": thr, "manifest": str(manifest),
-        "predictions": str(pred_dir), "prediction_settings": meta,
-        "fused": {"all": fused_all, **{lb: summarize([r for r in per_image if r["label"] == lb])
-                                       for lb in labels}},
+        **common, "threshold": thr, "predictions": str(pred_dir), "prediction_settings": meta,
         "mean_of_samples": {"all": summarize(per_mean), **{lb: summarize([r for r in per_mean if r["label"] == lb])
                                                            for lb in labels}},
         "single_sample": {"all": summarize(per_sample),
@@ -178,26 +179,19 @@ def evaluate(pred_dir: str | Path, manifest: str | Path, split: str = "test", ou
         "rounds": rounds,
         "rounds_spread": spread,
         "ensemble_minus_best_round": gain,
-        "pooled": {"fused": pooled_metrics(fused_masks, gts)},
-        "lesion_images": summarize([r for r, (has, _, _) in zip(per_image, presence) if has]),
-        "image_level": image_level(presence),
         "postprocess": (meta.get("postprocess") or {}).get("description", "none recorded"),
-        "uncertainty": {k: summarize(uncertainty, [k])[k] for k in ("ged", "ged_diffseg", "ece")},
-        "calibration": calibration_summary(bins, [u["ece"] for u in uncertainty], n_samples),
-        "failure_detection": failure_summary([r["dice"] for r in per_image], [preds[r["id"]] for r in rows]),
-        "pixel_uncertainty": pixels.summary(),
-        "selective": selective_view(per_image, [preds[r["id"]] for r in rows], meta),
+        "uncertainty": {k: summarize(views.uncertainty, [k])[k] for k in ("ged", "ged_diffseg", "ece")},
+        "calibration": calibration_summary(views.bins, [u["ece"] for u in views.uncertainty], views.n_samples),
+        "failure_detection": failure_summary(scorer.dice(), scored),
+        "pixel_uncertainty": views.pixels.summary(),
+        "selective": selective_view(per_image, scored, meta),
     }
     datasets = sorted({r["dataset"] for r in per_image if r["dataset"]})
     if datasets:
         summary["datasets"] = {name: dataset_summary(per_image, per_sample, name) for name in datasets}
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["id", "label", "dataset", "which", *METRIC_NAMES])
-    writer.writeheader()
-    writer.writerows(per_image + per_sample)
     outputs = format_outputs_markdown(summary)
     with owned_folder(out).writing(EVALUATION_FILES) as paths:
-        atomic_write_text(paths["metrics.csv"], buffer.getvalue())
+        atomic_write_text(paths["metrics.csv"], metrics_csv(per_image + per_sample))
         atomic_write_text(paths["summary.json"], json.dumps(summary, indent=2))
         atomic_write_text(paths["rounds.md"],
                           format_rounds_markdown(summary) + "\n" + (f"\n{outputs}\n" if outputs else ""))
@@ -287,22 +281,6 @@ def image_level_lines(summary: dict) -> list[str]:
     lines.append(text)
     lines.append(f"lesion / no-lesion decision: {summary.get('postprocess', 'none recorded')}")
     return lines
-
-
-def image_level(presence: list[tuple[bool, bool, str]]) -> dict:
-    """Image-level figures from (ground truth non-empty, prediction non-empty, label) per image."""
-    lesion = [pred for has, pred, _ in presence if has]
-    empty = [not pred for has, pred, _ in presence if not has]
-    normal = [not pred for _, pred, label in presence if label == "normal"]
-
-    def ratio(k: int, n: int) -> float:
-        return k / n if n else float("nan")
-
-    return {"lesion_images": len(lesion), "detected": int(sum(lesion)),
-            "detection_sensitivity": ratio(sum(lesion), len(lesion)),
-            "empty_images": len(empty), "predicted_empty": int(sum(empty)), "specificity": ratio(sum(empty), len(empty)),
-            **({"normal_images": len(normal), "normal_predicted_empty": ratio(sum(normal), len(normal))}
-               if normal else {})}
 
 
 def dataset_summary(per_image: list[dict], per_sample: list[dict], name: str) -> dict:

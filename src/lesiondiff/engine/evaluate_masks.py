@@ -32,13 +32,11 @@ figures, the image-level decision and pooled Dice, and no sampling rounds, uncer
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..data.dataset import mask_paths
 from ..data.io import (
@@ -54,10 +52,10 @@ from ..data.io import (
 from ..data.manifest import Manifest
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
-from ..metrics import METRIC_NAMES, binary_metrics, pooled_metrics, summarize
 from ..uncertainty import SCORES
-from .evaluate import failure_summary, image_level
+from .evaluate import failure_summary
 from .outputs import owned_folder
+from .scoring import metrics_csv, score
 
 SUFFIXES = ("_mask", "_pred", "_segmentation", "_seg")
 MISSING = ("error", "empty")
@@ -180,54 +178,36 @@ def evaluate_masks(mask_dir: str | Path, manifest: str | Path, split: str = "tes
             f"{_listing([f for fs in doubled.values() for f in fs])}")
     if absent:
         log(f"note: {len(absent)} {split} images have no mask file and are scored as empty: {_listing(absent)}")
-    per_image, masks, gts, presence, resized = [], [], [], [], 0
-    # the bar is closed (its line ended) before an error about a file is printed, not run into by it
-    with tqdm(rows, desc=f"evaluate masks {split}", unit="img") as bar:
-        for row in bar:
-            paths = mask_paths(row)
-            shape = image_size(row["image"])  # the header only: the pixels are not needed
-            gt = read_masks(paths, shape=shape) if paths else np.zeros(shape, bool)
-            if row["id"] in files:
-                pred = read_given_mask(files[row["id"]], threshold)
-                if pred.shape != gt.shape:
-                    resized += 1
-                    # np.array: a writable copy (np.asarray of a Pillow image is read-only)
-                    pred = np.array(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST), dtype=bool)
-            else:
-                pred = np.zeros(gt.shape, bool)
-            tags = {"id": row["id"], "label": row.get("label", ""), "dataset": row.get("dataset", "")}
-            per_image.append({**tags, "which": "fused", "file": str(files.get(row["id"], "")),
-                              **binary_metrics(pred, gt)})
-            masks.append(pred)
-            gts.append(gt)
-            presence.append((bool(gt.any()), bool(pred.any()), row.get("label", "")))
-    labels = sorted({r["label"] for r in per_image if r["label"]})
+    resized = []
+
+    def read(row: dict) -> tuple[np.ndarray, np.ndarray, None]:
+        paths = mask_paths(row)
+        shape = image_size(row["image"])  # the header only: the pixels are not needed
+        gt = read_masks(paths, shape=shape) if paths else np.zeros(shape, bool)
+        if row["id"] not in files:
+            return np.zeros(gt.shape, bool), gt, None
+        pred = read_given_mask(files[row["id"]], threshold)
+        if pred.shape != gt.shape:
+            resized.append(row["id"])
+            # np.array: a writable copy (np.asarray of a Pillow image is read-only)
+            pred = np.array(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST), dtype=bool)
+        return pred, gt, None
+
+    scorer = score(rows, read, f"evaluate masks {split}", columns=lambda row: {"file": str(files.get(row["id"], ""))})
     reading = ("grey value / maximum >= threshold " + f"{threshold:g}" if threshold is not None
                else f"as binary masks or label maps (0/1, 0/255 or labels 0..{LABEL_MAX}: foreground > 0; "
                     "JPEG > 127)")
     summary = {
-        "protocol": (f"split {split} of {manifest}: {len(rows)} images; masks from {mask_dir} read {reading}; "
-                     f"{len(absent)} images without a file scored as empty; {resized} masks resized to their "
-                     "image (nearest); metrics per image at the original image size, then mean +- population std "
-                     "over images; hd95 in pixels, images where exactly one mask is empty left out (n_nan)"),
-        "source": "masks", "split": split, "n_images": len(rows), "manifest": str(manifest),
-        "masks": str(mask_dir), "threshold": threshold, "missing_files": absent,
-        "extra_files": [str(p) for p in extra], "resized": resized, "prediction_settings": {},
-        "fused": {"all": summarize(per_image), **{lb: summarize([r for r in per_image if r["label"] == lb])
-                                                  for lb in labels}},
-        "pooled": {"fused": pooled_metrics(masks, gts)},
-        "lesion_images": summarize([r for r, (has, _, _) in zip(per_image, presence) if has]),
-        "image_level": image_level(presence),
+        **scorer.summary(split, manifest, f"masks from {mask_dir} read {reading}; {len(absent)} images without a "
+                                          f"file scored as empty; {len(resized)} masks resized to their image "
+                                          "(nearest)"),
+        "source": "masks", "masks": str(mask_dir), "threshold": threshold, "missing_files": absent,
+        "extra_files": [str(p) for p in extra], "resized": len(resized), "prediction_settings": {},
         "postprocess": "none (masks from another tool)",
     }
     if scores is not None:
-        summary["failure_detection"] = failure_summary([r["dice"] for r in per_image],
-                                                       read_scores(scores, [r["id"] for r in rows]))
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["id", "label", "dataset", "which", "file", *METRIC_NAMES])
-    writer.writeheader()
-    writer.writerows(per_image)
+        summary["failure_detection"] = failure_summary(scorer.dice(), read_scores(scores, [r["id"] for r in rows]))
     with owned_folder(out).writing(("metrics.csv", "summary.json")) as paths:
-        atomic_write_text(paths["metrics.csv"], buffer.getvalue())
+        atomic_write_text(paths["metrics.csv"], metrics_csv(scorer.rows, ["file"]))
         atomic_write_text(paths["summary.json"], json.dumps(summary, indent=2))
     return summary
