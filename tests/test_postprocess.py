@@ -76,7 +76,7 @@ def test_image_level_figures_on_hand_counted_cases():
 
 
 def test_printed_lines_give_lesion_dice_the_counts_and_the_rule():
-    from lesiondiff.engine.evaluate import image_level_lines
+    from lesiondiff.render.tables import image_level_lines
 
     stats = {"mean": 0.5, "std": 0.1, "n": 3, "n_nan": 0}
     summary = {"image_level": image_level([(True, True, "benign"), (False, False, "normal")]),

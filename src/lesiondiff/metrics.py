@@ -47,6 +47,7 @@ import numpy as np
 from .errors import LesiondiffError
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95")
+LOWER_IS_BETTER: tuple[str, ...] = ("hd95",)  # the metrics where a lower value is better
 
 Spacing = float | Sequence[float] | None
 

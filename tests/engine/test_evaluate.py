@@ -13,19 +13,19 @@ from PIL import Image
 from lesiondiff.data.io import write_mask_png, write_png
 from lesiondiff.data.manifest import Manifest
 from lesiondiff.diffusion.samplers import INDEPENDENT_SAMPLES
-from lesiondiff.engine.evaluate import (
+from lesiondiff.engine.evaluate import evaluate
+from lesiondiff.engine.predict import Prediction, Predictor
+from lesiondiff.errors import LesiondiffError
+from lesiondiff.fusion import majority
+from lesiondiff.metrics import binary_metrics
+from lesiondiff.render.tables import (
     SPREAD_ROW,
-    evaluate,
     format_outputs_markdown,
     format_rounds_markdown,
     format_table,
     rounds_table,
     samples_are,
 )
-from lesiondiff.engine.predict import Prediction, Predictor
-from lesiondiff.errors import LesiondiffError
-from lesiondiff.fusion import majority
-from lesiondiff.metrics import binary_metrics
 from lesiondiff.reporting.report import write_report
 from lesiondiff.reporting.run_figures import rounds_figure
 from lesiondiff.uncertainty import expected_calibration_error

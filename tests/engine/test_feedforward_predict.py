@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lesiondiff.cli import main
-from lesiondiff.engine.evaluate import evaluate, format_table
+from lesiondiff.engine.evaluate import evaluate
+from lesiondiff.render.tables import format_table
 
 
 @pytest.fixture(scope="module")

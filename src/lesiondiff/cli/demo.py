@@ -26,9 +26,10 @@ def cmd_demo(args) -> int:
     from ..data.layouts import index_folder
     from ..data.manifest import Manifest, assign_splits
     from ..data.synthetic import generate
-    from ..engine.evaluate import evaluate, format_table
+    from ..engine.evaluate import evaluate
     from ..engine.predict import Predictor, collect_inputs
     from ..engine.train import train_run
+    from ..render.tables import format_table
     from ..reporting.report import write_report
 
     out = Path(args.out)

@@ -231,7 +231,8 @@ def cmd_average(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..engine.evaluate import evaluate, format_table
+    from ..engine.evaluate import evaluate
+    from ..render.tables import format_table
 
     if args.masks:
         from ..engine.evaluate_masks import OUT_NAME, evaluate_masks

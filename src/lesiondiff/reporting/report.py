@@ -8,7 +8,11 @@ import json
 from pathlib import Path
 
 from ..data.manifest import Manifest
-from ..engine.evaluate import (
+from ..io_utils import OwnedFolder, atomic_write_text
+from ..metrics import METRIC_NAMES
+from ..render.figures import reliability_figure, reliability_title
+from ..render.selective_figures import pixel_roc_figure, risk_coverage_figure
+from ..render.tables import (
     COLUMN_NAMES,
     OUTPUT_COLUMNS,
     OUTPUT_METRICS,
@@ -24,10 +28,6 @@ from ..engine.evaluate import (
     samples_are,
     trust_lines,
 )
-from ..io_utils import OwnedFolder, atomic_write_text
-from ..metrics import METRIC_NAMES
-from ..render.figures import reliability_figure, reliability_title
-from ..render.selective_figures import pixel_roc_figure, risk_coverage_figure
 from ..uncertainty import SCORES
 from .run_figures import examples_figure, rounds_figure, training_figure
 
