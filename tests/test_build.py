@@ -67,7 +67,7 @@ def test_checked_options_coerce_to_the_annotated_type():
 
     assert checked_options(part, {"n": 3.0, "x": 2, "flag": 0, "name": "b"}, "sample.options", "p") == {
         "n": 3, "x": 2.0, "flag": False, "name": "b"}
-    for bad, why in (({"n": 2.5}, "expected int"), ({"flag": 2}, "expected bool"), ({"x": "1"}, "expected float"),
+    for bad, why in (({"n": 2.5}, "expected int"), ({"flag": 2}, "expected bool"), ({"x": "one"}, "expected float"),
                      ({"max_batch": 1}, "not an option")):
         with pytest.raises(LesiondiffError, match=why):
             checked_options(part, bad, "sample.options", "p")

@@ -136,8 +136,12 @@ BIG = 9007199254740993  # 2**53 + 1: the first int a float cannot hold (float(BI
 
 
 def test_large_integers_stay_exact():
-    cfg = Config().override([f"train.seed={BIG}", f"sample.seed={BIG}", f"fusion.crf_seed={BIG}"])
-    assert (cfg.train.seed, cfg.sample.seed, cfg.fusion.crf_seed) == (BIG, BIG, BIG)
+    cfg = Config().override([f"train.seed={BIG}", f"sample.seed={BIG}"])
+    assert (cfg.train.seed, cfg.sample.seed) == (BIG, BIG)
+    rounds = Config().override(["fusion.method=crf_rounds", f"fusion.options.seed={BIG}"])
+    from lesiondiff.build import build_fusion
+
+    assert build_fusion(rounds)[0]["seed"] == BIG
     assert Config.from_dict({"train": {"seed": str(BIG)}}).train.seed == BIG  # a quoted YAML value too
     assert Config().override(["train.steps=1e3"]).train.steps == 1000  # whole floats are still ints
     for bad in ("train.seed=.inf", "train.seed=.nan", "train.seed=2.5", "train.seed=true"):
@@ -152,3 +156,35 @@ def test_build_options_keep_large_integers_exact():
         return seed
 
     assert checked_options(factory, {"seed": BIG}, "model.options", "test") == {"seed": BIG}
+
+
+def test_a_range_declared_once_is_read_by_the_config_the_cli_and_serve(monkeypatch, capsys):
+    """Narrowing sample.samples in its declaration narrows the config's check, the CLI's --samples and serve's
+    job limit alike: there is no second table to forget."""
+    import dataclasses
+    from types import MappingProxyType
+
+    from lesiondiff.cli import main
+    from lesiondiff.config import SampleConfig, range_of
+    from lesiondiff.errors import LesiondiffError
+    from lesiondiff.serve.app import limits
+
+    field = next(f for f in dataclasses.fields(SampleConfig) if f.name == "samples")
+    assert range_of("sample.samples")[:2] == (1, 1024) and limits()["samples"] == (1, 1024)
+    monkeypatch.setattr(field, "metadata", MappingProxyType({"range": (1, 7, False, False)}))
+    assert limits()["samples"] == (1, 7)
+    with pytest.raises(LesiondiffError, match=r"sample.samples must be in \[1, 7\], got 8"):
+        Config().override(["sample.samples=8"])
+    assert main(["predict", "--run", "nowhere", "--samples", "8", "--out", "o", "x.png"]) == 2
+    assert "--samples must be in [1, 7], got 8" in capsys.readouterr().err
+
+
+def test_a_built_config_is_frozen():
+    import dataclasses
+
+    cfg = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data.channels = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sample = None
+    assert cfg.override(["data.channels=3"]).data.channels == 3 and cfg.data.channels == 0

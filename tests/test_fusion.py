@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from lesiondiff.build import build_fusion
 from lesiondiff.config import Config, FusionConfig
-from lesiondiff.data.io import write_png
+from lesiondiff.data.io import read_image, write_png
 from lesiondiff.data.transforms import resize_prob
 from lesiondiff.engine.predict import Predictor
 from lesiondiff.errors import LesiondiffError
@@ -98,9 +99,7 @@ def test_staple_defaults_are_unisegdiffs():
     defaults = {k: params[k].default for k in ("max_iterations", "sensitivity", "specificity", "prior")}
     assert defaults == {"max_iterations": 20, "sensitivity": 0.9, "specificity": 0.9, "prior": 0.5}
     assert params["tolerance"].default == 0.0 and params["init"].default == "rates"
-    cfg = FusionConfig()
-    assert (cfg.staple_max_iterations, cfg.staple_sensitivity, cfg.staple_specificity, cfg.staple_prior) == (
-        20, 0.9, 0.9, 0.5)
+    assert FusionConfig().options == {}  # a preset's STAPLE runs at these defaults unless its options say otherwise
 
 
 def test_staple_first_e_step_known_values():
@@ -323,9 +322,11 @@ def test_crf_kernels_map_eq10_names_to_crf_refine():
         "gaussian_compat": 4.0, "gaussian_sxy": 5.0}
     defaults = inspect.signature(crf_refine).parameters
     assert all(defaults[k].default == v for k, v in crf_kernels().items())  # the same defaults
-    cfg = FusionConfig()
-    assert (cfg.crf_rounds, cfg.crf_per_round, cfg.crf_iterations, cfg.crf_w1, cfg.crf_theta_alpha,
-            cfg.crf_theta_beta, cfg.crf_w2, cfg.crf_theta_gamma) == (3, 4, 5, 10.0, 80.0, 13.0, 3.0, 3.0)
+    rounds = inspect.signature(crf_rounds).parameters
+    assert {k: rounds[k].default for k in ("rounds", "per_round", "iterations", "w1", "theta_alpha", "theta_beta",
+                                            "w2", "theta_gamma")} == {
+        "rounds": 3, "per_round": 4, "iterations": 5, "w1": 10.0, "theta_alpha": 80.0, "theta_beta": 13.0,
+        "w2": 3.0, "theta_gamma": 3.0}
 
 
 def test_densecrf_fuser_is_the_crf_of_the_mean():
@@ -379,24 +380,40 @@ def test_crf_rounds_values_draw_and_seed():
 
 
 def test_predictor_passes_the_image_and_fusion_settings(tmp_path):
-    """``Predictor.predict`` gives the CRF fusers the image at the network size and the fusion.crf_* settings."""
+    """``Predictor.predict`` gives the CRF fusers the image at the network size and the fuser's own options
+    (``fusion.options``, checked against its signature), and the refinement its kernels (``fusion.crf_options``)."""
     truth, small, prob = _noisy_square_case()
     big = np.kron(small, np.ones((2, 2), np.uint8))  # the original image, twice the network size
     write_png(tmp_path / "x.png", big)
     rng = np.random.default_rng(2)
     probs = np.clip(prob[None] + rng.normal(0, 0.1, (5, *prob.shape)), 0, 1).astype(np.float32)
-    cfg = Config().override(["fusion.method=crf_rounds", "fusion.crf_rounds=4", "fusion.crf_per_round=2",
-                             "fusion.crf_seed=9", "fusion.crf_theta_gamma=2.0", "fusion.crf_w1=5.0"])
-    fake = SimpleNamespace(cfg=cfg, sample=lambda id_, image: probs)
-    pred = Predictor.predict(fake, "x", str(tmp_path / "x.png"))
+
+    def fake(*overrides):
+        cfg = Config().override(list(overrides))
+        options, crf = build_fusion(cfg)
+        f = SimpleNamespace(cfg=cfg, sample=lambda id_, image: probs, fusion_options=options, crf_kwargs=crf,
+                            partner=None)
+        return Predictor.predict_image(f, "x", read_image(tmp_path / "x.png")).fused
+
     net_image = np.moveaxis(resize_prob(np.moveaxis(big[..., None], -1, 0), probs.shape[-2:]), 0, -1)
     expected = crf_rounds(probs, net_image, rounds=4, per_round=2, seed=9, theta_gamma=2.0, w1=5.0)
-    np.testing.assert_array_equal(pred.fused, expected)
+    got = fake("fusion.method=crf_rounds", "fusion.options={rounds: 4, per_round: 2, seed: 9, theta_gamma: 2.0, "
+               "w1: 5.0}")
+    np.testing.assert_array_equal(got, expected)
     assert not np.array_equal(expected, crf_rounds(probs, net_image, rounds=4, per_round=2, seed=9))
-
-    fake.cfg = cfg.override(["fusion.method=densecrf"])
-    np.testing.assert_allclose(Predictor.predict(fake, "x", str(tmp_path / "x.png")).fused,
+    np.testing.assert_allclose(fake("fusion.method=densecrf", "fusion.options={theta_gamma: 2.0, w1: 5.0}"),
                                densecrf(probs, net_image, theta_gamma=2.0, w1=5.0), atol=1e-6)
-    fake.cfg = cfg.override(["fusion.method=mean", "fusion.crf=true"])  # crf=true uses the same kernels
-    np.testing.assert_allclose(Predictor.predict(fake, "x", str(tmp_path / "x.png")).fused,
+    np.testing.assert_allclose(fake("fusion.crf=true", "fusion.crf_options={theta_gamma: 2.0, w1: 5.0}"),
                                crf_refine(mean(probs), net_image, gaussian_sxy=2.0, bilateral_compat=5.0), atol=1e-6)
+    with pytest.raises(LesiondiffError, match=r"fusion.options.rounds: not an option of fuser 'densecrf'"):
+        build_fusion(Config().override(["fusion.method=densecrf", "fusion.options.rounds=3"]))
+
+
+def test_the_old_flat_fusion_keys_are_read_into_the_fusers_options(capsys):
+    cfg = Config().override(["fusion.method=staple", "fusion.staple_sensitivity=0.8", "fusion.crf_seed=4"])
+    assert cfg.fusion.options["sensitivity"] == 0.8 and "seed" not in cfg.fusion.options  # staple takes no seed
+    assert "deprecated keys fusion.{staple_*, crf_*}" in capsys.readouterr().err
+    rounds = Config().override(["fusion.method=crf_rounds", "fusion.crf_rounds=5", "fusion.crf_w2=1.0",
+                                "fusion.crf=true"])
+    assert rounds.fusion.options["rounds"] == 5 and rounds.fusion.options["w2"] == 1.0
+    assert rounds.fusion.crf_options["w2"] == 1.0  # the kernels of the refinement too

@@ -19,18 +19,20 @@ import numpy as np
 import torch
 
 from . import methods  # noqa: F401  (registers each method's objectives, samplers, pre-training and curricula)
-from .config import Config, DiffusionConfig
+from .config import Config, DiffusionConfig, coerce
 from .curricula import CURRICULA, Curriculum
 from .diffusion.objectives import OBJECTIVES, Objective
 from .diffusion.samplers import SAMPLERS, Sampler
 from .diffusion.timesteps import TIMESTEP_SAMPLERS, TimestepSampler
 from .errors import LesiondiffError
+from .fusion import FUSERS, crf_kernels
 from .models import MODELS, Denoiser
 from .pretraining import PRETRAINING
 
 FEEDFORWARD_SAMPLER = "oneshot"
 _OWN = ("self", "cfg", "max_batch", "image_channels", "prediction", "rows", "base_lr", "log", "groups")  # set by
 # the builders, not by options
+_FUSER_OWN = (*_OWN, "probs", "image", "threshold", "return_stats")  # a fuser's call arguments, not its options
 
 
 def prediction(cfg: Config) -> str:
@@ -47,21 +49,7 @@ def sampler_names() -> list[str]:
     return SAMPLERS.names()
 
 
-def _coerce(value: Any, annotation: str, key: str) -> Any:
-    """``value`` as the constructor annotation ``annotation`` says (int, float, bool, str, lists as given)."""
-    kind = annotation.split("|")[0].strip()
-    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer(),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "bool": lambda v: isinstance(v, bool) or v in (0, 1),
-          "str": lambda v: isinstance(v, str)}.get(kind)
-    if ok is None:
-        return value
-    if not ok(value):
-        raise LesiondiffError(f"{key}: expected {kind}, got {value!r}")
-    return {"int": int, "float": float, "bool": bool, "str": str}[kind](value)
-
-
-def _keywords(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+def _keywords(factory: Callable[..., Any], own: tuple[str, ...] = _OWN) -> dict[str, inspect.Parameter]:
     """The keyword arguments ``factory`` takes, following ``**kwargs`` up a class's bases (PalScDiff's to
     MedSegDiff's), without those the builders set themselves."""
     params: dict[str, inspect.Parameter] = {}
@@ -70,25 +58,27 @@ def _keywords(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
         if isinstance(factory, type) and "__init__" not in vars(owner):
             continue
         signature = inspect.signature(init).parameters
-        params.update({n: p for n, p in signature.items() if n not in params and n not in _OWN
+        params.update({n: p for n, p in signature.items() if n not in params and n not in own
                        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)})
         if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
             break
     return params
 
 
-def checked_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str, part: str) -> dict:
+def checked_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str, part: str,
+                    own: tuple[str, ...] = _OWN) -> dict:
     """``options`` checked against ``factory``'s keyword arguments and coerced to their annotated types; an
     unknown key or a wrong type is a one-line error naming ``where.<key>``."""
-    params = _keywords(factory)
+    params = _keywords(factory, own)
     out = {}
     for key, value in (options or {}).items():
         if key not in params:
             known = ", ".join(params) or "none"
             raise LesiondiffError(f"{where}.{key}: not an option of {part} (known: {known})")
-        annotation = params[key].annotation
-        out[key] = _coerce(value, annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""),
-                           f"{where}.{key}")
+        try:
+            out[key] = coerce(value, params[key].annotation)
+        except TypeError as exc:
+            raise LesiondiffError(f"{where}.{key}: expected {exc}, got {value!r}") from None
     return out
 
 
@@ -177,3 +167,14 @@ def pretraining_config(cfg: Config) -> Config | None:
     method in ``pretraining.PRETRAINING``), or None when the design has none."""
     part = MODELS.get(cfg.model.name).pretrained_part
     return PRETRAINING.get(cfg.model.name)(cfg) if part else None
+
+
+def build_fusion(cfg: Config) -> tuple[dict, dict | None]:
+    """The fuser's options (``fusion.options`` checked against the fuser ``fusion.method``'s signature) and, when
+    ``fusion.crf`` is on, the DenseCRF refinement's arguments (``fusion.crf_options`` checked against
+    ``fusion.crf_kernels``); None when it is off."""
+    f = cfg.fusion
+    options = checked_options(FUSERS.get(f.method), f.options, "fusion.options", f"fuser {f.method!r}", _FUSER_OWN)
+    if not f.crf:
+        return options, None
+    return options, crf_kernels(**checked_options(crf_kernels, f.crf_options, "fusion.crf_options", "DenseCRF"))

@@ -19,55 +19,74 @@ import yaml
 
 from .errors import LesiondiffError
 
+MAX_SIZE = 2048
+"""The largest ``data.size`` (and ``--size``); the presets use 128 px at most. Every array of an image is
+size x size, S of them at predict time (``engine/memory.py``): 16384 px ended in an allocator traceback instead
+of a one-line error."""
+MAX_SAMPLES = 1024
+"""The largest ``sample.samples`` and ``train.val_samples`` (and ``--samples``); the presets draw 20 at most. An
+image's S x size x size probabilities are held at once: 100000 samples at 128 px are 6.1 GiB for one image.
+What fits this machine within the bound is checked by ``engine.memory.check_run_memory``."""
 
-@dataclass
+
+
+def ranged(default: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> Any:
+    """A field with its value range declared beside it: ``lo``/``hi`` the bounds (None: unbounded), ``*_open``
+    True where the bound itself is excluded. Whenever a Config is built (preset, file, overrides),
+    :func:`check_values` refuses a value out of range in one line naming the key, before anything loads; the
+    CLI's options and serve's limits for the same setting read the same declaration (:func:`range_of`)."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
+@dataclass(frozen=True)
 class DataConfig:
     manifest: str = ""
-    size: int = 128  # square side in px that images and masks are resized to for the network
-    channels: int = 0  # 0: decided from the manifest's images (1 if all grey, else 3)
+    size: int = ranged(128, 8, MAX_SIZE)  # square side in px that images and masks are resized to for the network
+    channels: int = ranged(0, 0, 3)  # 0: decided from the manifest's images (1 if all grey, else 3)
     intensity_window: list[float] | None = None  # [lo, hi] in 0..255 grey levels, clipped before scaling
     augment: list[str] = field(default_factory=lambda: ["flip", "rot90"])
     train_split: str = "train"
     val_split: str = "val"
     fold: int | None = None  # with k-fold manifests: train on folds != fold, validate on fold
-    val_max_images: int = 32  # validation images, spread evenly over the validation split (sorted by id)
+    val_max_images: int = ranged(32, 0, None)  # validation images, spread evenly over the validation split (sorted by id)
     include_labels: list[str] | None = None  # e.g. drop BUSI "normal" from training: ["benign", "malignant"]
     # DiffSeg's class-labelled data: also build each image's healthy version, its lesion filled from the
     # surrounding skin at the model size by "biharmonic" or "harmonic" (data/healthy.py); None: not built.
     healthy: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "ensemdiff"
-    base_channels: int = 32
+    base_channels: int = ranged(32, 1, None)
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
-    num_res_blocks: int = 1
+    num_res_blocks: int = ranged(1, 1, None)
     attention_levels: list[bool] = field(default_factory=lambda: [False, False, False, True])
-    num_groups: int = 8
-    dropout: float = 0.0
+    num_groups: int = ranged(8, 1, None)
+    dropout: float = ranged(0.0, 0, 1, False, True)
     options: dict[str, Any] = field(default_factory=dict)  # design-specific constructor arguments
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiffusionConfig:
     mode: str = "diffusion"  # "diffusion" or "feedforward" (random noise as x_t, Dice+BCE on x0)
     schedule: str = "linear"
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 2e-2
+    num_train_timesteps: int = ranged(1000, 2, None)
+    beta_start: float = ranged(1e-4, 0, 1, True, True)
+    beta_end: float = ranged(2e-2, 0, 1, True, True)
     prediction: str = "epsilon"  # what the network's head predicts: "epsilon" or "x0"
     objective: str = "eps_mse"
     # Training timesteps: "uniform" (t ~ U{0..T-1}) or "fingerprint" (p(t) from the slope of the training masks'
     # recoverability curve, Analysing Diffusion Segmentation sec. 4.3; see diffusion/timesteps.py).
     timestep_sampling: str = "uniform"
-    timestep_uniform_mix: float = 0.1  # fingerprint sampling: share of the probability spread evenly over all t
-    fingerprint_sigma: float = 2.0  # px at data.size: Gaussian smoothing of x_t before thresholding it at 0
+    timestep_uniform_mix: float = ranged(0.1, 0, 1)  # fingerprint sampling: share of the probability spread evenly over all t
+    fingerprint_sigma: float = ranged(2.0, 0, None)  # px at data.size: Gaussian smoothing of x_t before thresholding it at 0
     objective_options: dict[str, Any] = field(default_factory=dict)  # the objective's loss weights (methods/)
     # Input scaling (Chen, "On the importance of noise scheduling for diffusion models", 2023): the mask's signal
     # enters the forward process as input_scale * mask, x_t = sqrt(abar) b m + sqrt(1 - abar) eps, a harder noise
     # level at the same schedule for b < 1; the samplers work in that scaled space and map back (1: off)
-    input_scale: float = 1.0
+    input_scale: float = ranged(1.0, 0, 1, True, False)
 
     @property
     def feedforward(self) -> bool:
@@ -75,32 +94,32 @@ class DiffusionConfig:
         return self.mode == "feedforward"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-4  # the peak learning rate (after warm-up), or the constant one
+    steps: int = ranged(2000, 1, None)
+    batch_size: int = ranged(8, 1, None)
+    lr: float = ranged(1e-4, 0, None, True, False)  # the peak learning rate (after warm-up), or the constant one
     # Learning-rate schedule (engine/lr_schedule.py): "constant" or "cosine", from lr down to lr * final_lr_ratio at
     # the end of whichever limit stops the run first (train.steps, or train.max_minutes on train.clock), after a
     # linear warm-up over the first ``warmup`` steps
     schedule: str = "constant"
-    warmup: int = 0
-    final_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    val_every: int = 250
+    warmup: int = ranged(0, 0, None)
+    final_lr_ratio: float = ranged(0.0, 0, 1)
+    weight_decay: float = ranged(0.0, 0, None)
+    ema_decay: float = ranged(0.999, 0, 1, False, True)
+    grad_clip: float = ranged(1.0, 0, None)
+    val_every: int = ranged(250, 1, None)
     val_sampler: str = "ddim"
-    val_steps: int = 10
-    val_samples: int = 1
-    log_every: int = 25
+    val_steps: int = ranged(10, 1, None)
+    val_samples: int = ranged(1, 1, MAX_SAMPLES)
+    log_every: int = ranged(25, 1, None)
     seed: int = 0
-    max_minutes: float = 0.0  # time budget; 0 means no limit (stops cleanly, keeps last and best)
+    max_minutes: float = ranged(0.0, 0, None)  # time budget; 0 means no limit (stops cleanly, keeps last and best)
     clock: str = "wall"  # what max_minutes counts: "wall" clock or "process" CPU time (all threads)
     mixed_precision: str = "no"  # passed to Accelerate: "no", "fp16", "bf16"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CurriculumConfig:
     """Which rows the Trainer draws when, how it augments them and at what learning rate (``curricula.py``):
     ``name`` a registered curriculum (``palscdiff``: PalScDiff's Progressive Augmentation Learning) or ``none``,
@@ -110,21 +129,21 @@ class CurriculumConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleConfig:
     sampler: str = "ddim"
-    steps: int = 20
-    samples: int = 5
-    threshold: float = 0.5
-    seed: int = 0
-    max_batch: int = 0  # most samples per network evaluation; 0: automatic by image size (see diffusion/samplers.py)
+    steps: int = ranged(20, 1, None)
+    samples: int = ranged(5, 1, MAX_SAMPLES)
+    threshold: float = ranged(0.5, 0, 1, True, True)
+    seed: int = ranged(0, 0, 2**63 - 1)
+    max_batch: int = ranged(0, 0, None)  # most samples per network evaluation; 0: automatic by image size (see diffusion/samplers.py)
     # what the coherence, ambiguity and entropy maps are computed from: the S "probabilities" as sampled, or
     # the S "masks" (each sample >= threshold; DiffSeg's Eqs. 3-4 over its binarised outputs)
     maps: str = "probabilities"
     # the refine sampler (refiner preset): start from pure "noise" at t = T-1, or from the prior's own mask
     # noised to t = start_t ("prior", as SegRefiner starts from the coarse mask)
     start: str = "noise"
-    start_t: int = 500
+    start_t: int = ranged(500, 0, None)
     # the run's sampler's own settings, checked against its constructor (build.build_sampler): e.g. DiffSeg's
     # class_difference t_first, sigma, otsu ...; UniSegDiff's staged stride and final_eta
     options: dict[str, Any] = field(default_factory=dict)
@@ -136,30 +155,25 @@ class SampleConfig:
     mc_dropout: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class FusionConfig:
     # "mean", "majority", "staple", "densecrf" (the mean, then DenseCRF) or "crf_rounds" (DiffSeg's K rounds
     # of DenseCRF on random subsets of the samples, Eq. 12); the last two need pydensecrf2 (fusion.py)
     method: str = "mean"
     crf: bool = False  # DenseCRF refinement of the fused probability (needs pydensecrf2)
-    staple_max_iterations: int = 20
-    staple_sensitivity: float = 0.9  # STAPLE's initial sensitivity of every sample (UniSegDiff: 0.9)
-    staple_specificity: float = 0.9  # initial specificity, 1 - false-positive rate (UniSegDiff: 0.9)
-    staple_prior: float = 0.5  # prior foreground probability P(y_i=1) of every pixel (UniSegDiff: 0.5)
-    crf_rounds: int = 3  # crf_rounds: K rounds (DiffSeg Eq. 12)
-    crf_per_round: int = 4  # crf_rounds: samples drawn (without replacement) per round
-    crf_seed: int = 0  # crf_rounds: seed of the draw (the same subsets for every image)
-    # DenseCRF kernels in DiffSeg's Eq. 10 names (fusion.crf_kernels), for densecrf, crf_rounds and crf=true:
-    crf_iterations: int = 5  # mean-field steps
-    crf_w1: float = 10.0  # appearance kernel weight
-    crf_theta_alpha: float = 80.0  # appearance kernel position width, px at data.size
-    crf_theta_beta: float = 13.0  # appearance kernel colour width, grey levels 0..255
-    crf_w2: float = 3.0  # smoothness kernel weight
-    crf_theta_gamma: float = 3.0  # smoothness kernel width, px at data.size
+    # the fuser's own options, checked against its signature in fusion.py (build.build_fusion): STAPLE's
+    # max_iterations, sensitivity, specificity, prior (UniSegDiff: 20, 0.9, 0.9, 0.5); densecrf's kernels
+    # (iterations, w1, theta_alpha, theta_beta, w2, theta_gamma, in DiffSeg's Eq. 10 names); crf_rounds' rounds,
+    # per_round, seed and the same kernels
+    options: dict[str, Any] = field(default_factory=dict)
+    crf_options: dict[str, Any] = field(default_factory=dict)  # crf=true: the kernels (fusion.crf_kernels)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """A run's whole configuration, frozen once built (a new Config comes from :meth:`override` or
+    ``dataclasses.replace``); values a run derives (its channel count) go to the run's own config.yaml."""
+
     preset: str = "custom"
     # the training recipe applied over the preset's method (presets/recipes/<name>.yaml); a record only: its
     # settings are already in the train and data sections
@@ -219,10 +233,11 @@ class Config:
                 node = node[part]
             last = parts[-1]
             free = (("model", "options"), ("diffusion", "objective_options"), ("sample", "options"),
-                    ("curriculum", "options"))  # checked
+                    ("curriculum", "options"), ("fusion", "options"), ("fusion", "crf_options"))  # checked
             # against the part's constructor when it is built (build.py)
-            old_curriculum = parts[0] == "curriculum" and len(parts) == 2 and last in OLD_CURRICULUM
-            if last not in node and not (len(parts) == 3 and tuple(parts[:2]) in free) and not old_curriculum:
+            old_key = len(parts) == 2 and (parts[0] == "curriculum" and last in OLD_CURRICULUM
+                                           or parts[0] == "fusion" and last in OLD_FUSION)
+            if last not in node and not (len(parts) == 3 and tuple(parts[:2]) in free) and not old_key:
                 raise LesiondiffError(f"unknown config key {key!r} (from override {item!r})")
             node[last] = value
         return Config.from_dict(data, source="command-line overrides")
@@ -254,6 +269,39 @@ def _migrate_curriculum(section: Any) -> tuple[Any, bool]:
             "options": options}, True
 
 
+# The flat fusion keys before fusers took typed options: old key -> (default, its option name); a key applies to
+# fusion.options where the method uses it, to fusion.crf_options (the kernels) where crf is on
+_KERNEL = {"crf_iterations": (5, "iterations"), "crf_w1": (10.0, "w1"), "crf_theta_alpha": (80.0, "theta_alpha"),
+           "crf_theta_beta": (13.0, "theta_beta"), "crf_w2": (3.0, "w2"), "crf_theta_gamma": (3.0, "theta_gamma")}
+OLD_FUSION = {"staple_max_iterations": (20, "max_iterations"), "staple_sensitivity": (0.9, "sensitivity"),
+              "staple_specificity": (0.9, "specificity"), "staple_prior": (0.5, "prior"),
+              "crf_rounds": (3, "rounds"), "crf_per_round": (4, "per_round"), "crf_seed": (0, "seed"), **_KERNEL}
+_USES = {"staple": ("staple_",), "densecrf": tuple(_KERNEL), "crf_rounds": ("crf_rounds", "crf_per_round", "crf_seed",
+                                                                           *_KERNEL)}
+
+
+def _migrate_fusion(section: Any) -> tuple[Any, bool]:
+    """An old flat fusion section as ``{method, crf, options, crf_options}``: each old key moves to the option
+    of the fuser that uses it (and the kernels to crf_options when crf is on); keys no part used are dropped.
+    Whether an old key set a value other than its default (worth a notice)."""
+    if not isinstance(section, dict) or not any(k in section for k in OLD_FUSION):
+        return section, False
+    method, crf = section.get("method", "mean"), bool(section.get("crf", False))
+    options, crf_options = dict(section.get("options") or {}), dict(section.get("crf_options") or {})
+    changed = False
+    for key, (default, name) in OLD_FUSION.items():
+        if key not in section:
+            continue
+        value = section[key]
+        changed = changed or value != default
+        if any(key.startswith(prefix) for prefix in _USES.get(method, ())):
+            options[name] = value
+        if crf and key in _KERNEL:
+            crf_options[name] = value
+    rest = {k: v for k, v in section.items() if k not in OLD_FUSION}
+    return {**rest, "options": options, "crf_options": crf_options}, changed
+
+
 def migrate(data: dict[str, Any], source: str, notice: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``data`` with the keys of :data:`MOVED` at their new place (an old key's value replaces the new one's: it
     was given, e.g. as an override) and an old-style curriculum section as ``{name, options}``, and one
@@ -264,6 +312,12 @@ def migrate(data: dict[str, Any], source: str, notice: Callable[[str], None] | N
     if changed:
         (notice or _stderr)(f"{source}: deprecated curriculum keys (enabled, stage_fractions, ...): now "
                             "curriculum.name palscdiff with curriculum.options (read from the old place)")
+    fusion, changed = _migrate_fusion(data.get("fusion"))
+    if fusion is not data.get("fusion"):
+        data = {**data, "fusion": fusion}
+    if changed:
+        (notice or _stderr)(f"{source}: deprecated keys fusion.{{staple_*, crf_*}}: now fusion.options (the fuser's "
+                            "own options) and fusion.crf_options (read from the old place)")
     moved = []
     for (sec, mapping, key), (new_sec, new_mapping, new_key) in MOVED.items():
         old = (data.get(sec) or {}).get(mapping) or {}
@@ -285,58 +339,22 @@ def _stderr(line: str) -> None:
     print(f"lesiondiff: {line}", file=sys.stderr)
 
 
-MAX_SIZE = 2048
-"""The largest ``data.size`` (and ``--size``); the presets use 128 px at most. Every array of an image is
-size x size, S of them at predict time (``engine/memory.py``): 16384 px ended in an allocator traceback instead
-of a one-line error."""
-MAX_SAMPLES = 1024
-"""The largest ``sample.samples`` and ``train.val_samples`` (and ``--samples``); the presets draw 20 at most. An
-image's S x size x size probabilities are held at once: 100000 samples at 128 px are 6.1 GiB for one image.
-What fits this machine within the bound is checked by ``engine.memory.check_run_memory``."""
+def ranges() -> dict[str, tuple[float | None, float | None, bool, bool]]:
+    """Every ranged key's ``(lowest, highest, lowest excluded, highest excluded)``, read from the fields' own
+    declarations (:func:`ranged`) each time, so that a range is declared once, beside its field, and the
+    config's, the CLI's and serve's checks all read it."""
+    out = {}
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory if section.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(cls):
+            out.update({f"{section.name}.{f.name}": f.metadata["range"] for f in dataclasses.fields(cls)
+                        if "range" in f.metadata})
+    return out
 
-# Value ranges of the numeric keys, checked whenever a Config is built (preset, file, overrides), so that a
-# count, size or probability out of range is a one-line error naming the key before anything loads.
-# key -> (lowest, highest, lowest excluded, highest excluded); None: unbounded on that side.
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "data.size": (8, MAX_SIZE, False, False),
-    "data.channels": (0, 3, False, False),
-    "data.val_max_images": (0, None, False, False),  # 0: no validation (best = last)
-    "model.base_channels": (1, None, False, False),
-    "model.num_res_blocks": (1, None, False, False),
-    "model.num_groups": (1, None, False, False),
-    "model.dropout": (0, 1, False, True),
-    "diffusion.num_train_timesteps": (2, None, False, False),
-    "diffusion.beta_start": (0, 1, True, True),
-    "diffusion.beta_end": (0, 1, True, True),
-    "diffusion.timestep_uniform_mix": (0, 1, False, False),
-    "diffusion.fingerprint_sigma": (0, None, False, False),
-    "train.steps": (1, None, False, False),
-    "train.batch_size": (1, None, False, False),
-    "train.lr": (0, None, True, False),
-    "train.warmup": (0, None, False, False),
-    "train.final_lr_ratio": (0, 1, False, False),
-    "train.weight_decay": (0, None, False, False),
-    "train.ema_decay": (0, 1, False, True),
-    "train.grad_clip": (0, None, False, False),
-    "train.val_every": (1, None, False, False),
-    "train.val_steps": (1, None, False, False),
-    "train.val_samples": (1, MAX_SAMPLES, False, False),
-    "train.log_every": (1, None, False, False),
-    "train.max_minutes": (0, None, False, False),
-    "diffusion.input_scale": (0, 1, True, False),
-    "sample.steps": (1, None, False, False),
-    "sample.samples": (1, MAX_SAMPLES, False, False),
-    "sample.threshold": (0, 1, True, True),
-    "sample.max_batch": (0, None, False, False),
-    "sample.start_t": (0, None, False, False),
-    "fusion.staple_max_iterations": (1, None, False, False),
-    "fusion.staple_sensitivity": (0, 1, True, True),
-    "fusion.staple_specificity": (0, 1, True, True),
-    "fusion.staple_prior": (0, 1, True, True),
-    "fusion.crf_rounds": (1, None, False, False),
-    "fusion.crf_per_round": (1, None, False, False),
-    "fusion.crf_iterations": (1, None, False, False),
-}
+
+def range_of(key: str) -> tuple[float | None, float | None, bool, bool]:
+    """The declared range of ``section.key`` (:func:`ranges`)."""
+    return ranges()[key]
 
 
 def out_of_range(value: float, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str | None:
@@ -352,9 +370,9 @@ def out_of_range(value: float, lo: float | None, hi: float | None, lo_open: bool
 
 
 def check_values(cfg: Config, source: str = "config") -> None:
-    """Every key of :data:`RANGES` within its range, ``model.channel_mult`` positive and, for the samplers that
+    """Every ranged key (:func:`ranges`) within its range, ``model.channel_mult`` positive and, for the samplers that
     start part-way, ``sample.start_t`` below the schedule's length; else a one-line error naming the key."""
-    for key, rng in RANGES.items():
+    for key, rng in ranges().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         wanted = out_of_range(value, *rng)
@@ -389,30 +407,60 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """Check a scalar against its field's type: YAML reads 3e-4 as a string, and a typo should fail here, not
-    deep inside an optimizer."""
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _scalar_kind(hint: Any) -> tuple[str | None, bool]:
+    """(the scalar type a hint names, or None for anything else, such as lists; whether None is allowed), for a
+    type, a typing hint (``int | None``) or an annotation string (``"int | None"``, as ``inspect`` gives for
+    modules with postponed annotations)."""
+    if isinstance(hint, str):
+        names = [p.strip() for p in hint.split("|")]
+        optional = "None" in names
+        kinds = [n for n in names if n != "None"]
+        return (kinds[0] if len(kinds) == 1 and kinds[0] in _SCALARS else None), optional
     args = typing.get_args(hint)
-    if value is None and type(None) in args:
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0].__name__ if len(rest) == 1 and rest[0] in _SCALARS.values() else None), True
+    return (hint.__name__ if hint in _SCALARS.values() else None), False
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` names (the one coercion of config keys and of the parts' options): an int
+    exactly (whole floats and numeric strings too, never through float), a float (numbers and numeric strings:
+    YAML reads 3e-4 as a string), a bool (True, False, 1, 0), a str; None where the hint allows it; anything else
+    (lists, mappings) as it is. A value of the wrong type raises ``TypeError`` with the expected type's name."""
+    kind, optional = _scalar_kind(hint)
+    if value is None and optional:
         return None
-    base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+    if kind is None:
+        return value
     try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
+        if kind == "bool":
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
             raise ValueError
-        if base is int:
+        if kind == "int":
             return _as_int(value)
-        if base is float:
+        if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if base is str:
-            return str(value)
+        if isinstance(value, (list, dict)):
+            raise ValueError
+        return str(value)
     except (TypeError, ValueError):
-        name = getattr(base, "__name__", str(base))
-        raise LesiondiffError(f"{source}: config key {key!r} must be {name}, got {value!r}") from None
-    return value
+        raise TypeError(kind) from None
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """A config key's value checked against its field's type (:func:`coerce`): a typo should fail here, in one
+    line naming the key, not deep inside an optimizer."""
+    try:
+        return coerce(value, hint)
+    except TypeError as exc:
+        raise LesiondiffError(f"{source}: config key {key!r} must be {exc}, got {value!r}") from None
 
 
 def _as_int(value: Any) -> int:

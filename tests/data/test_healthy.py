@@ -142,8 +142,7 @@ def test_load_rows_builds_healthy_images_and_lesion_flags(tmp_path):
 
 def _fake_trainer(data, augment) -> SimpleNamespace:
     """What ``Trainer._next_batch`` reads from ``self``: one process, a fixed order, no curriculum."""
-    cfg = Config()
-    cfg.train.batch_size = len(data)
+    cfg = Config().override([f"train.batch_size={len(data)}"])
     return SimpleNamespace(accelerator=SimpleNamespace(num_processes=1, process_index=0), cfg=cfg,
                            perm=torch.arange(len(data)), pos=0, train_data=data, augment=augment, curriculum=None,
                            gen=torch.Generator().manual_seed(3), device="cpu", level=0)

@@ -123,8 +123,7 @@ def test_preset_is_the_papers_setting():
     cfg = load_preset("unisegdiff")
     assert cfg.diffusion.objective == "staged" and cfg.sample.sampler == "staged"
     assert cfg.sample.samples == 20 and cfg.fusion.method == "staple"
-    assert (cfg.fusion.staple_sensitivity, cfg.fusion.staple_specificity, cfg.fusion.staple_prior,
-            cfg.fusion.staple_max_iterations) == (0.9, 0.9, 0.5, 20)
+    assert cfg.fusion.options == {}  # STAPLE at its defaults, which are the paper's (tests/test_fusion.py)
     assert cfg.diffusion.objective_options == {"high": 600, "low": 300}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import MAX_SAMPLES, MAX_SIZE
 from ..errors import LesiondiffError
 
 
@@ -113,15 +112,17 @@ def ints(text: str | None, option: str, example: str) -> list[int]:
         raise LesiondiffError(f"{option} {text!r}: expected comma-separated integers, e.g. {example}") from None
 
 
-# Numeric options checked before any command runs: attribute -> (option, lowest, highest, lowest excluded,
-# highest excluded); None: unbounded on that side. Each gives a one-line error naming the option. --samples and
-# --size have the config's bounds (config.MAX_SAMPLES, config.MAX_SIZE).
-ARG_RANGES = {
-    "samples": ("--samples", 1, MAX_SAMPLES, False, False),
-    "steps": ("--steps", 1, None, False, False),
-    "max_steps": ("--max-steps", 1, None, False, False),
-    "size": ("--size", 8, MAX_SIZE, False, False),
-    "threshold": ("--threshold", 0, 1, True, True),
+# Numeric options checked before any command runs, each a one-line error naming the option: attribute ->
+# (option, config key) for an option that sets a config key, whose range is the key's own declaration
+# (config.range_of), or (option, lowest, highest, lowest excluded, highest excluded) for an option of the command
+# line alone (None: unbounded on that side).
+ARG_RANGES: dict[str, tuple] = {
+    "samples": ("--samples", "sample.samples"),
+    "steps": ("--steps", "sample.steps"),
+    "seed": ("--seed", "sample.seed"),
+    "max_steps": ("--max-steps", "train.steps"),
+    "size": ("--size", "data.size"),
+    "threshold": ("--threshold", "sample.threshold"),
     "budget_minutes": ("--budget-minutes", 0, None, True, False),
     "n": ("--n", 1, None, False, False),
     "folds": ("--folds", 0, None, False, False),
@@ -131,6 +132,14 @@ ARG_RANGES = {
     "port": ("--port", 1, 65535, False, False),
     "max_upload_mb": ("--max-upload-mb", 0, None, True, False),
 }
+
+
+def option_range(entry: tuple) -> tuple:
+    """(option, range) of an :data:`ARG_RANGES` entry, a config key's range read from its declaration."""
+    from ..config import range_of
+
+    option, *rest = entry
+    return option, (range_of(rest[0]) if isinstance(rest[0], str) else tuple(rest))
 
 
 def check_args(args) -> None:
@@ -147,11 +156,14 @@ def check_args(args) -> None:
         else:
             check_output_dir(args.out, "--out")
 
-    for attr, (option, *rng) in ARG_RANGES.items():
+    for attr, entry in ARG_RANGES.items():
         value = getattr(args, attr, None)
-        wanted = None if value is None else out_of_range(value, *rng)
+        if value is None:
+            continue
+        option, rng = option_range(entry)
+        wanted = out_of_range(value, *rng)
         if wanted:
-            raise LesiondiffError(f"{option} must be {wanted}, got {value:g}")
+            raise LesiondiffError(f"{option} must be {wanted}, got {value if isinstance(value, int) else f'{value:g}'}")
     if getattr(args, "ratios", None) is not None and (min(args.ratios) < 0 or sum(args.ratios) <= 0):
         raise LesiondiffError(f"--ratios must be three non-negative shares with a positive sum, got {args.ratios}")
     if getattr(args, "device", None):

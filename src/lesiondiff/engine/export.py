@@ -5,6 +5,7 @@ maker's). No optimizer state, no RNG: it predicts, it does not resume."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -30,8 +31,9 @@ def export_run(run: str | Path, out: str | Path, dtype: torch.dtype = torch.floa
     with atomic_path(out / "checkpoints" / "best.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"exported_from": str(ckpt.path), "dtype": str(dtype)})
     cfg = Config.load(run / "config.yaml")
-    manifest, cfg.data.manifest = cfg.data.manifest, Path(cfg.data.manifest).name  # its folder is the maker's
-    cfg.save(out / "config.yaml")
+    manifest = cfg.data.manifest
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifest=Path(manifest).name))  # its folder
+    cfg.save(out / "config.yaml")  # is the maker's
     if (run / POSTPROCESS_FILE).is_file():  # its record names the manifest it was chosen on: by name, too
         text = (run / POSTPROCESS_FILE).read_text(encoding="utf-8")
         atomic_write_text(out / POSTPROCESS_FILE, text.replace(manifest, cfg.data.manifest) if manifest else text)

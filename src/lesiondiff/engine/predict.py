@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..build import build_model, build_sampler, visited_timesteps
+from ..build import build_fusion, build_model, build_sampler, visited_timesteps
 from ..config import Config
 from ..data.io import encode_png, is_image_file, mask_image, read_image, split_name
 from ..data.layouts import known_masks
 from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
 from ..errors import LesiondiffError
-from ..fusion import IMAGE_FUSERS, crf_kernels, fuse
+from ..fusion import IMAGE_FUSERS, fuse
 from ..io_utils import OwnedFolder
 from ..models import Denoiser
 from ..postprocess import FILE as POSTPROCESS_FILE
@@ -179,6 +179,7 @@ class Predictor:
         self.device = next(model.parameters()).device
         self.sampler = build_sampler(cfg)
         self.sampler.check_steps(cfg.sample.steps)
+        self.fusion_options, self.crf_kwargs = build_fusion(cfg)  # checked against the fuser's own signature
         if cfg.sample.maps not in MAPS_FROM:
             raise LesiondiffError(f"sample.maps must be one of {', '.join(MAPS_FROM)}, got {cfg.sample.maps!r}")
         self.members = Members(sources or [Source(model, self.sampler)], cfg.sample.samples, cfg.sample.tta,
@@ -270,15 +271,9 @@ class Predictor:
         f = self.cfg.fusion
         needs_image = f.crf or f.method in IMAGE_FUSERS
         small = resize_prob(np.moveaxis(image, -1, 0), probs.shape[-2:]) if needs_image else None
-        kernels = {"iterations": f.crf_iterations, "w1": f.crf_w1, "theta_alpha": f.crf_theta_alpha,
-                   "theta_beta": f.crf_theta_beta, "w2": f.crf_w2, "theta_gamma": f.crf_theta_gamma}
-        kw = {"staple": {"max_iterations": f.staple_max_iterations, "sensitivity": f.staple_sensitivity,
-                         "specificity": f.staple_specificity, "prior": f.staple_prior},
-              "densecrf": kernels,
-              "crf_rounds": {**kernels, "rounds": f.crf_rounds, "per_round": f.crf_per_round, "seed": f.crf_seed},
-              }.get(f.method, {})
         fused = fuse(probs, f.method, image=None if small is None else np.moveaxis(small, 0, -1),
-                     threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=crf_kernels(**kernels), **kw)
+                     threshold=self.cfg.sample.threshold, crf=f.crf, crf_kwargs=self.crf_kwargs,
+                     **self.fusion_options)
         if self.partner is not None:  # the mask from the average, the scores from the draws
             partner, weight = self.partner
             start = time.perf_counter()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -114,7 +115,9 @@ class Trainer:
         manifest = Manifest.read(cfg.data.manifest)
         self.train_data = load_rows(select_rows(manifest, cfg.data, "train"), cfg.data, cfg.data.channels,
                                     desc="loading train")
-        cfg.data.channels = self.train_data.images.shape[1]
+        # the channel count the images have: this run's own record (config.yaml), not the caller's Config
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, channels=self.train_data.images.shape[1]))
+        self.cfg = cfg
         # spread over the split (sorted by id, so over the datasets of a unified manifest), not its first rows
         val_rows = evenly_spaced(select_rows(manifest, cfg.data, "val"), cfg.data.val_max_images)
         self.val_data = load_rows(val_rows, cfg.data, cfg.data.channels, desc="loading val") if val_rows else None

@@ -38,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
+from ..config import range_of
 from ..errors import LesiondiffError
 from .catalog import Model
 from .hosts import HostCheck
@@ -53,7 +54,8 @@ from .uploads import (
     upload_name,
 )
 
-LIMITS = {"samples": (1, 64), "steps": (1, 1000), "seed": (0, 2**31 - 1)}  # what a job may ask for
+LIMITS = {"samples": "sample.samples", "steps": "sample.steps", "seed": "sample.seed"}  # what a job may ask for:
+# each within its config key's declared range (config.range_of), then the chosen model's own checks
 FORM_OVERHEAD = 64 * 2**10  # bytes of a multipart body beyond the file: boundaries and the other fields
 MAX_QUEUE = 8  # jobs queued or running
 
@@ -113,7 +115,7 @@ def index() -> FileResponse:
 def list_models(request: Request) -> dict:
     s = server_of(request)
     return {"models": [m.describe() for m in s.models.values()], "default": s.default,
-            "max_upload_bytes": s.max_upload, "max_pixels": s.max_pixels, "limits": LIMITS}
+            "max_upload_bytes": s.max_upload, "max_pixels": s.max_pixels, "limits": limits()}
 
 
 @router.post("/api/jobs", status_code=202)
@@ -189,17 +191,28 @@ def pick_model(s: Server, name) -> Model:
     return s.models[name]
 
 
+def limits() -> dict[str, tuple[int, int | None]]:
+    """Each setting's (lowest, highest) a job may ask for, from its config key's declaration (:data:`LIMITS`;
+    whole numbers, so an open bound is the next whole number in)."""
+    out = {}
+    for name, key in LIMITS.items():
+        lo, hi, lo_open, hi_open = range_of(key)
+        out[name] = (None if lo is None else int(lo) + lo_open, None if hi is None else int(hi) - hi_open)
+    return out
+
+
 def job_settings(form, defaults: dict) -> dict[str, int]:
-    """samples, steps and seed from the form (whole numbers within :data:`LIMITS`), else the run's own."""
+    """samples, steps and seed from the form (whole numbers within :func:`limits`), else the run's own."""
     settings = {}
-    for key, (lo, hi) in LIMITS.items():
+    for key, (lo, hi) in limits().items():
         raw = form.get(key)
         try:
             value = defaults[key] if raw in (None, "") else int(raw)
         except ValueError:
             raise UploadError(f"{key} must be a whole number, got {raw!r}", 422) from None
-        if not lo <= value <= hi:
-            raise UploadError(f"{key} must be from {lo} to {hi}, got {value}", 422)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bound = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+            raise UploadError(f"{key} must be {bound}, got {value}", 422)
         settings[key] = value
     return settings
 

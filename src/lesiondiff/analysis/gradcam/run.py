@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def write_gradcam(out: str | Path | None, run: str | Path, image: str | None = N
         d = cfg.data
         x = preprocess_image(read_image(path), d.size, d.channels, d.intensity_window)
     if seed is not None:
-        cfg.sample.seed = int(seed)
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, seed=int(seed)))
     if list_layers:
         dev = next(model.parameters()).device
         x_t = torch.randn(1, 1, *x.shape[-2:], generator=torch.Generator().manual_seed(0)).to(dev)
