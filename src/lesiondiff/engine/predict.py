@@ -42,7 +42,7 @@ from ..data.io import encode_png, is_image_file, mask_image, read_image, split_n
 from ..data.layouts import known_masks
 from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
-from ..errors import LesiondiffError
+from ..errors import LesiondiffError, ReportedByMain
 from ..fusion import IMAGE_FUSERS, crf_kernels, fuse
 from ..io_utils import OwnedFolder
 from ..models import Denoiser
@@ -418,9 +418,10 @@ class Predictor:
         self.scoring_seconds, self.total_seconds = 0.0, 0.0
         rank, world = process_rank()
         if part is not None:
-            if world > 1:
-                raise LesiondiffError("--part is for separate commands (a scheduler's array job), one process each; "
-                                      "under accelerate launch leave it out: the processes share the inputs")
+            if world > 1:  # said once, by the main process
+                raise (LesiondiffError if rank == 0 else ReportedByMain)(
+                    "--part is for separate commands (a scheduler's array job), one process each; under accelerate "
+                    "launch leave it out: the processes share the inputs")
             return run_part(self, items, out, part, checkpoint, overwrite, log, split, verify)
         if world > 1:
             return run_launch(self, items, out, rank, world, checkpoint, overwrite, log, split, verify)
