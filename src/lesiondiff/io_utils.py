@@ -158,9 +158,73 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def side_record(path: Path, writer: str) -> Path:
+    """The record of one writer among several beside the record ``path`` (``.lesiondiff-done.jsonl`` ->
+    ``.lesiondiff-done.rank1.jsonl``): what one process of a launch, or one ``--part``, appends to."""
+    if name_problem(writer) or "." in writer:
+        raise LesiondiffError(f"{writer!r}: not a writer's name (letters and digits)")
+    return path.with_name(f"{path.name.removesuffix('.jsonl')}.{writer}.jsonl")
+
+
+def side_records(path: Path) -> list[Path]:
+    """The records of the writers beside ``path`` (:func:`side_record`), sorted by name."""
+    stem = path.name.removesuffix(".jsonl")
+    return sorted(path.parent.glob(f"{stem}.*.jsonl")) if path.parent.is_dir() else []
+
+
+def record_lines(path: Path) -> list[str]:
+    """The lines of the record ``path`` and of its writers' records (:func:`side_records`), the main record
+    first: lines a kill cut short are returned too, for the reader to skip."""
+    lines = []
+    for one in [path, *side_records(path)]:
+        try:
+            lines += one.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:  # folded away between the listing and the read
+            continue
+    return lines
+
+
+def append_line(path: Path, line: str, sync: bool = False) -> None:
+    """Append one line to ``path`` with one ``write`` call on a descriptor opened ``O_APPEND``: POSIX appends each
+    such write whole at the end of the file, so the lines of processes that append at once never interleave on
+    a local file system (on NFS they may: there each process appends to its own record, :func:`side_record`).
+    A last line a kill cut short is ended first, so that it cannot swallow this one. ``sync``: fsync it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        cut = size > 0 and hasattr(os, "pread") and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, (("\n" if cut else "") + line.rstrip("\n") + "\n").encode("utf-8"))
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fold_records(path: Path) -> None:
+    """Fold the writers' records beside ``path`` into it (``path`` rewritten atomically with their lines after
+    its own, then theirs removed). Only for a process that alone writes the folder (it holds its lock and no
+    ``--part`` runs): a kill between the two steps leaves lines twice, which readers take once."""
+    sides = side_records(path)
+    if not sides:
+        return
+    texts = []
+    for one in [path, *sides]:
+        text = one.read_text(encoding="utf-8", errors="replace") if one.is_file() else ""
+        texts.append(text if not text or text.endswith("\n") else text + "\n")
+    atomic_write_text(path, "".join(texts))
+    for one in sides:
+        one.unlink(missing_ok=True)
+
+
 class OwnedFolder:
     """An output folder and the list of the files lesiondiff wrote in it (``.lesiondiff-files.jsonl``: one line
     per write, ``{"name", "bytes", "sha256"}``, the last line of a name wins).
+
+    ``writer``: this process is one of several writing the folder at once (a rank of ``accelerate launch``, a
+    ``predict --part``); it lists its files in its own ``.lesiondiff-files.<writer>.jsonl``, and every reader reads
+    the main list and all writers' lists (:func:`record_lines`) until the one writer left folds them
+    (:func:`fold_records`).
 
     A file lesiondiff would write is replaced only when the list says lesiondiff wrote it (:meth:`owns`; a file
     damaged since, e.g. cut short by a full disk, is still lesiondiff's and may be written again); a file of the
@@ -168,17 +232,22 @@ class OwnedFolder:
     tells whether a file is still as written. Every name is checked with :func:`inside`.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, writer: str | None = None) -> None:
         self.folder = Path(folder)
         self.list_path = self.folder / OWNED
+        self.write_path = self.list_path if writer is None else side_record(self.list_path, writer)
         self.files: dict[str, dict] = {}
-        if self.list_path.is_file():
-            for line in self.list_path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.files[str(entry["name"])] = entry
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a kill: that file counts as not written by lesiondiff
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the lists again (what the other writers of the folder listed since)."""
+        self.files = {}
+        for line in record_lines(self.list_path):
+            try:
+                entry = json.loads(line)
+                self.files[str(entry["name"])] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a kill: that file counts as not written by lesiondiff
 
     def path(self, name: str) -> Path:
         return inside(self.folder, name)
@@ -243,15 +312,16 @@ class OwnedFolder:
         path = self.folder / name
         entry = {"name": name, "bytes": path.stat().st_size, **({"sha256": file_sha256(path)} if sha else {})}
         self.files[name] = entry
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self.list_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_line(self.write_path, json.dumps(entry))
 
     def remove(self, names: Iterable[str]) -> None:
-        """Delete those of ``names`` that lesiondiff wrote; others stay."""
+        """Delete those of ``names`` that lesiondiff wrote; others stay. The lists are rewritten as one (only for
+        the one process writing the folder, :func:`fold_records`)."""
         gone = [n for n in names if self.owns(n)]
         for name in gone:
             (self.folder / name).unlink(missing_ok=True)
             self.files.pop(name, None)
         if gone:
             atomic_write_text(self.list_path, "".join(json.dumps(e) + "\n" for e in self.files.values()))
+            for side in side_records(self.list_path):
+                side.unlink(missing_ok=True)

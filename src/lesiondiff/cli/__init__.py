@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import LesiondiffError
+from ..errors import LesiondiffError, ReportedByMain
 from . import analyze, data, demo, experiments, models, predict, serve, train
 from .common import check_args, show_defaults
 from .predict import OVERRIDE
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         return COMMANDS[args.command](args)
     except LesiondiffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not isinstance(exc, ReportedByMain):  # the main process of a launch prints it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the output was cut short on purpose (| head)
         return 0

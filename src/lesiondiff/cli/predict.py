@@ -12,14 +12,24 @@ from .common import add_overrides, add_run_source, run_source
 
 def register(sub) -> None:
     """Add this module's commands to the ``lesiondiff`` sub-command parsers."""
-    pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps")
-    add_run_source(pr, several=True)
+    pr = sub.add_parser("predict", help="sample, fuse and write masks with uncertainty maps",
+                        description="Under accelerate launch the processes share the inputs and write one --out "
+                                    "folder; --part I/N predicts part I of N as one of N separate commands (an "
+                                    "array job), and --merge OUT writes the table of their finished parts.")
+    add_run_source(pr, required=False, several=True)
     pr.add_argument("inputs", nargs="*", metavar="INPUT_OR_OVERRIDE",
                     help="image files or folders, and config overrides section.key=value as for train (e.g. "
                          "sample.steps=10 sample.start=prior)")
     pr.add_argument("--manifest", default=None)
     pr.add_argument("--split", default=None, help="train, val, test or fold:K (a fold's rows; default: every row)")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", default=None, help="the prediction folder (required)")
+    pr.add_argument("--part", default=None, metavar="I/N",
+                    help="predict part I of N of the inputs (positions I, I+N, ... in their order), as one of N "
+                         "separate commands into one --out (e.g. a SLURM array job); the last part to finish "
+                         "writes predictions.csv and predict.json")
+    pr.add_argument("--merge", default=None, metavar="OUT",
+                    help="write predictions.csv and predict.json of the finished parts in OUT (refused while a "
+                         "part's images are missing); takes no run or inputs")
     pr.add_argument("--samples", type=int, default=None)
     pr.add_argument("--sampler", default=None, help="ddpm, ddim, dpmsolver, dpmsolver++, unipc, oneshot, staged (unisegdiff), class_difference (diffseg-weak)")
     pr.add_argument("--steps", type=int, default=None)
@@ -140,8 +150,24 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_predict(args) -> int:
+    from ..engine.device import process_rank
     from ..engine.memory import check_run_memory
     from ..engine.predict import Predictor, collect_inputs
+    from ..engine.sharding import merge_parts, parse_part
+
+    if args.merge is not None:
+        given = [o for o, v in (("--run", args.run), ("--model", args.model), ("--out", args.out),
+                                ("--part", args.part), ("--manifest", args.manifest)) if v] + args.inputs
+        if given:
+            raise LesiondiffError(f"--merge OUT takes the folder alone (and --verify); not {', '.join(given)}")
+        rows = merge_parts(args.merge, verify=args.verify)
+        print(f"wrote predictions.csv and predict.json of {len(rows)} images to {args.merge}")
+        return 0
+    if args.out is None:
+        raise LesiondiffError("predict needs --out (the prediction folder)")
+    if not (args.run or args.model):
+        raise LesiondiffError("predict needs --run DIR or --model NAME")
+    part = parse_part(args.part) if args.part is not None else None  # before anything loads
 
     overrides = [f"{k}={v}" for k, v in (("sample.samples", args.samples), ("sample.sampler", args.sampler),
                                           ("sample.steps", args.steps), ("fusion.method", args.fusion),
@@ -160,14 +186,21 @@ def cmd_predict(args) -> int:
     check_run_memory(source[0] if isinstance(source, list) else source, overrides)  # before any weights load
     predictor = Predictor.from_run(source, args.checkpoint, args.device, overrides,
                                    postprocess=not args.no_postprocess)
+    rank, world = process_rank()  # the processes of an accelerate launch: the main one (rank 0) reports
+    say = print if rank == 0 else (lambda *_: None)
     for note in predictor.notes({"--sampler": args.sampler, "--steps": args.steps, "--prediction": args.prediction,
                                  "--fusion": args.fusion}):
-        print(note)
-    items = collect_inputs(args.inputs, args.manifest, args.split)
-    rows = predictor.run(items, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
-                         split=args.split if args.manifest else None, verify=args.verify)
+        say(note)
+    items = collect_inputs(args.inputs, args.manifest, args.split, log=say)
+    rows = predictor.run(items, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite, log=say,
+                         split=args.split if args.manifest else None, verify=args.verify, part=part)
+    if part is not None:
+        print(f"part {part[0]}/{part[1]}: wrote {predictor.predicted_now} predictions to {args.out}"
+              + (f"; merged the parts ({len(rows)} images in predictions.csv)" if rows else ""))
+        return 0
+    by = f" with {world} processes" if world > 1 else ""
     more = f" ({len(rows)} in all, with those predicted there before)" if len(rows) > len(items) else ""
-    print(f"wrote {len(items)} predictions to {args.out}{more} (masks, probabilities, uncertainty maps, overlays)")
+    say(f"wrote {len(items)} predictions to {args.out}{by}{more} (masks, probabilities, uncertainty maps, overlays)")
     return 0
 
 

@@ -11,9 +11,10 @@ coherence (mean), ambiguity (variance) and entropy maps, and writes, under ``out
     <id>_maps.png       coherence (viridis, 0..1), ambiguity (magma, 0..0.25) and entropy (magma, 0..1 bit) side
                         by side, each at the overlay's size, titled, with its colour bar and range below
     predictions.csv     one row per image: id, source image, output files, and how they were made
-An output folder holds one run's predictions with one set of settings, written by one process at a time
+An output folder holds one run's predictions with one set of settings, written by one predict at a time
 (``engine/outputs.py``: a lock file, a settings record, and a list of finished images from which an
-interrupted ``predict`` resumes).
+interrupted ``predict`` resumes). One predict may be several processes: those of an ``accelerate launch``, or
+``--part I/N`` commands; they share the inputs and one folder (``engine/sharding.py``).
 The mask is post-processed by the run's lesion / no-lesion rule when the run has one (``postprocess.json``,
 written by ``lesiondiff postprocess``; ``postprocess.py``); predict.json records the rule and how many images
 it declared lesion-free. The npz keeps the samples and the fused map as sampled.
@@ -24,12 +25,11 @@ the order or number of inputs.
 
 from __future__ import annotations
 
-import csv
 import io as _io
-import json
 import time
 import zlib
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from ..data.io import encode_png, is_image_file, mask_image, read_image, split_n
 from ..data.layouts import known_masks
 from ..data.manifest import Manifest
 from ..data.transforms import preprocess_image, resize_prob
-from ..errors import LesiondiffError
+from ..errors import LesiondiffError, ReportedByMain
 from ..fusion import IMAGE_FUSERS, fuse
 from ..io_utils import OwnedFolder
 from ..models import Denoiser
@@ -50,18 +50,22 @@ from ..postprocess import FILE as POSTPROCESS_FILE
 from ..postprocess import PostProcess
 from ..postprocess import load as load_postprocess
 from ..render.maps import overlay, uncertainty_panel
-from ..uncertainty import SCORES, ambiguity, coherence, entropy, image_scores
+from ..uncertainty import ambiguity, coherence, entropy, image_scores
 from .average import average_probability, is_average, read_average
 from .calibration import calibration_settings
 from .calibration import load as load_selective
 from .calibration import mark as calibration_mark
 from .checkpoint import Checkpoint, run_checkpoint
-from .device import make_accelerator
+from .device import make_accelerator, process_rank
 from .ensemble import check_members, is_ensemble, member_runs
 from .members import Members, Source
-from .outputs import OutputLock, PredictionFolder, describe_change, image_outputs, is_own_output
+from .outputs import PredictionFolder, describe_change, image_outputs, is_own_output
+from .sharding import run_launch, run_one, run_part
 
 MAPS_FROM = ("probabilities", "masks")  # sample.maps
+# how long the processes of a launch wait for each other at a barrier (the process group's timeout): the
+# first to finish its share waits for the last, hours later on an archive split unevenly by a resume
+LAUNCH_TIMEOUT = timedelta(days=7)
 
 
 @dataclass
@@ -83,7 +87,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | None = Non
     ckpt = Checkpoint(run_checkpoint(run, checkpoint))
     model = build_model(cfg, cfg.data.channels)
     ckpt.load_module(model, "ema" if ckpt.section("ema") else "model")
-    return cfg, model.to(make_accelerator(device).device).eval()
+    return cfg, model.to(make_accelerator(device, timeout=LAUNCH_TIMEOUT).device).eval()
 
 
 def check_sampling(run: Path, overrides: list[str]) -> Config:
@@ -192,6 +196,7 @@ class Predictor:
         self.scoring_seconds = 0.0  # wall clock computing the per-image scores
         self.total_seconds = 0.0  # wall clock of the whole per-image work: read, sample, fuse, score, write
         self.source: dict = {}  # the run and checkpoint file the weights came from (from_run), for the record
+        self.predicted_now = 0  # images the last ``run`` predicted (in all processes of a launch)
 
     @classmethod
     def from_run(cls, run: str | Path | list, checkpoint: str = "best", device: str | None = None,
@@ -330,16 +335,20 @@ class Predictor:
                 "chosen_on": self.postprocess_record.get("chosen_on", ""),
                 "declared_empty": self.declared_empty}
 
-    def speed(self, n_images: int) -> dict:
-        """Sampling speed of the last ``run``: wall clock in the sampler only (not reading, fusion or writing),
-        one image at a time with its S samples in one batch, on this device; ``predict_s``, the whole per-image
-        work (read, sample, fuse, score, write), and ``scores_s``, the part spent on the per-image scores."""
-        secs = self.sampling_seconds
-        per_s = (lambda n: round(n / secs, 3)) if secs > 0 else (lambda n: None)
-        return {"device": str(self.device), "images": n_images, "sampling_s": round(secs, 3),
-                "images_per_s": per_s(n_images), "masks_per_s": per_s(n_images * self.cfg.sample.samples),
-                "predict_s": round(self.total_seconds, 3), "scores_s": round(self.scoring_seconds, 4),
-                "threads": torch.get_num_threads()}
+    def meta(self, checkpoint: str = "") -> dict:
+        """predict.json as far as the run and the settings decide it, the same in every process and part; the
+        rest (speed, scores, the accept / review summary, splits) comes from the finished images
+        (``sharding.write_tables``)."""
+        s = self.cfg.sample
+        return {"sampler": s.sampler, "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method,
+                "crf": self.cfg.fusion.crf, "threshold": s.threshold, "maps": s.maps, "seed": s.seed,
+                "size": self.cfg.data.size, "checkpoint": checkpoint, "preset": self.cfg.preset,
+                "prediction": self.model.prediction,
+                "network_calls": self.members.network_calls(s.steps),
+                "samples_are": self.samples_are(), "tta": s.tta, "mc_dropout": s.mc_dropout,
+                "members": {"distinct": self.members.distinct(), "runs": len(self.members.sources)},
+                "speed": None, "postprocess": self.postprocess_summary(), "scores": None, "selective": None,
+                "split": None, "splits": None}
 
     def full_mask(self, pred: Prediction) -> tuple[np.ndarray, np.ndarray, bool]:
         """The image's fused probability at its original size [H,W] float32 (resized bilinearly from the network
@@ -400,86 +409,60 @@ class Predictor:
                 "postprocess": self.postprocess_record.get("rule"), **flat}
 
     def run(self, items: list[tuple[str, str]], out: str | Path, checkpoint: str = "", overwrite: bool = False,
-            log=print, split: str | None = None, verify: bool = False) -> list[dict]:
+            log=print, split: str | None = None, verify: bool = False,
+            part: tuple[int, int] | None = None) -> list[dict]:
         """Predict ``items`` into ``out`` (see the module docstring and ``engine/outputs.py``): refused when ``out``
         holds predictions made otherwise (``overwrite``: replace them) or files lesiondiff did not write where
         its files would go; added to the predictions made there with the same settings, and resumed (``verify``:
         check finished images' files by sha256, not only by size). ``split``: the manifest split the items are
         (recorded in predict.json; ``evaluate`` scores the last split given by default). Returns the rows of
-        every image the folder holds."""
+        every image the folder holds.
+
+        Under ``accelerate launch`` the processes share the items and the folder (``sharding.run_launch``; the
+        main process returns the rows, the others an empty list). ``part``: (I, N), predict part I of N of the
+        items as one of N separate commands (``sharding.run_part``); the rows once this part merged the parts,
+        else an empty list."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        s = self.cfg.sample
         self.sampling_seconds, self.declared_empty = 0.0, 0
         self.scoring_seconds, self.total_seconds = 0.0, 0.0
-        with OutputLock(out, "predict", log):
-            folder = PredictionFolder(out, self.settings(checkpoint), items, overwrite, log, verify, split)
-            todo = [(id_, path) for id_, path in items if id_ not in folder.done]
-            if len(todo) < len(items):
-                log(f"resuming: {len(items) - len(todo)} of {len(items)} images were predicted with these settings "
-                    f"in {out} already")
-            calls = self.members.network_calls(s.steps)
-            record = self.selective_mark()
-            if self.selective is not None and record is None:
-                change = describe_change(self.selective["settings"], calibration_settings(self.settings()))
-                log(f"note: the run's selective.json was calibrated on predictions {change}; these predictions "
-                    "get no accept / review mark")
-            for id_, path in tqdm(todo, desc=f"predict ({s.sampler}, {calls['passes']} passes, S={s.samples})",
-                                  unit="img"):
-                seconds, emptied, scoring = self.sampling_seconds, self.declared_empty, self.scoring_seconds
-                start = time.perf_counter()
-                pred = self.predict(id_, path)
-                row = {**self.write(pred, folder), **self.score(pred)}
-                folder.mark_done({**row, "image": path, "declared_empty": self.declared_empty - emptied,
-                                  "sampling_s": self.sampling_seconds - seconds,
-                                  "scores_s": self.scoring_seconds - scoring, "predict_s": time.perf_counter() - start})
-            rows = folder.rows()
-            self.sampling_seconds = sum(r["sampling_s"] for r in rows)
-            self.scoring_seconds = sum(r.get("scores_s", 0.0) for r in rows)
-            self.total_seconds = sum(r.get("predict_s", 0.0) for r in rows)
-            self.declared_empty = sum(r["declared_empty"] for r in rows)
-            meta = {"sampler": s.sampler, "steps": s.steps, "samples": s.samples, "fusion": self.cfg.fusion.method,
-                    "crf": self.cfg.fusion.crf, "threshold": s.threshold, "maps": s.maps, "seed": s.seed,
-                    "size": self.cfg.data.size, "checkpoint": checkpoint, "preset": self.cfg.preset,
-                    "prediction": self.model.prediction,
-                    "network_calls": calls,
-                    "samples_are": self.samples_are(), "tta": s.tta, "mc_dropout": s.mc_dropout,
-                    "members": {"distinct": self.members.distinct(), "runs": len(self.members.sources)},
-                    "speed": self.speed(len(rows)),
-                    "postprocess": self.postprocess_summary(),
-                    "scores": score_summary(rows),
-                    "selective": selective_summary(record, rows),
-                    "split": split if split else (folder.splits[-1] if folder.splits else None),
-                    "splits": folder.splits}
-            buffer = _io.StringIO()
-            fields = ["id", "image", "mask", "probs", "overlay", "maps",
-                      *(k for k in (*SCORES, "review") if any(k in r for r in rows))]
-            writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-            folder.files.write_text("predictions.csv", buffer.getvalue())
-            folder.files.write_text("predict.json", json.dumps(meta, indent=2))
-        return [{k: r.get(k, "") for k in fields} for r in rows]
+        rank, world = process_rank()
+        if part is not None:
+            if world > 1:  # said once, by the main process
+                raise (LesiondiffError if rank == 0 else ReportedByMain)(
+                    "--part is for separate commands (a scheduler's array job), one process each; under accelerate "
+                    "launch leave it out: the processes share the inputs")
+            return run_part(self, items, out, part, checkpoint, overwrite, log, split, verify)
+        if world > 1:
+            return run_launch(self, items, out, rank, world, checkpoint, overwrite, log, split, verify)
+        return run_one(self, items, out, checkpoint, overwrite, log, split, verify)
 
+    def predict_all(self, folder: PredictionFolder, todo: list[tuple[str, str]], progress: bool = True,
+                    who: str = "") -> None:
+        """Predict, write and mark done each of ``todo`` (id, path) in ``folder``, in order. ``progress``: show a
+        progress bar (``who`` names this process in it)."""
+        s = self.cfg.sample
+        calls = self.members.network_calls(s.steps)
+        for id_, path in tqdm(todo, desc=f"predict{who} ({s.sampler}, {calls['passes']} passes, S={s.samples})",
+                              unit="img", disable=not progress):
+            seconds, emptied, scoring = self.sampling_seconds, self.declared_empty, self.scoring_seconds
+            start = time.perf_counter()
+            pred = self.predict(id_, path)
+            row = {**self.write(pred, folder), **self.score(pred)}
+            folder.mark_done({**row, "image": path, "declared_empty": self.declared_empty - emptied,
+                              "sampling_s": self.sampling_seconds - seconds,
+                              "scores_s": self.scoring_seconds - scoring, "predict_s": time.perf_counter() - start})
 
-def score_summary(rows: list[dict]) -> dict:
-    """predict.json's ``scores``: per score of ``uncertainty.SCORES``, its meaning and mean +- population std over
-    the images that have it."""
-    out = {}
-    for name, means in SCORES.items():
-        values = np.array([r[name] for r in rows if r.get(name) not in (None, "")], dtype=np.float64)
-        if values.size:
-            out[name] = {"mean": float(values.mean()), "std": float(values.std()), "n": int(values.size),
-                         "means": means}
-    return out
+    def note_selective(self, log=print) -> None:
+        """Say so when the run's calibration does not apply to these settings (no accept / review mark)."""
+        if self.selective is not None and self.selective_mark() is None:
+            change = describe_change(self.selective["settings"], calibration_settings(self.settings()))
+            log(f"note: the run's selective.json was calibrated on predictions {change}; these predictions "
+                "get no accept / review mark")
 
-
-def selective_summary(record: dict | None, rows: list[dict]) -> dict:
-    """predict.json's ``selective``: the calibration applied (score, threshold, target, delta) and how many images
-    were accepted; a plain description when there is none."""
-    if record is None:
-        return {"description": "none (the run has no selective.json, or it was calibrated with other settings)"}
-    accepted = sum(r.get("review") == "accept" for r in rows)
-    return {"score": record["score"], "threshold": record["threshold"], "target_dice": record["target_dice"],
-            "delta": record["delta"], "calibrated_on": f"split {record['split']} of {record['manifest']}",
-            "accepted": accepted, "images": len(rows), "coverage": accepted / len(rows) if rows else 0.0}
+    def add_up(self, rows: list[dict]) -> None:
+        """The run's totals (sampler, scores and per-image seconds; images the rule emptied) over ``rows``."""
+        self.sampling_seconds = sum(r["sampling_s"] for r in rows)
+        self.scoring_seconds = sum(r.get("scores_s", 0.0) for r in rows)
+        self.total_seconds = sum(r.get("predict_s", 0.0) for r in rows)
+        self.declared_empty = sum(r["declared_empty"] for r in rows)
