@@ -8,7 +8,7 @@ from PIL import Image
 
 from lesiondiff.cli import main
 from lesiondiff.engine.checkpoint import Checkpoint
-from lesiondiff.engine.stages import train_stage
+from lesiondiff.engine.phases import train_phase
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.experiments import compare as cmp
@@ -163,7 +163,7 @@ def test_changed_settings_are_refused_not_mixed(manifest, tmp_path):
     saved.data.channels = 1  # as the Trainer resolves it
     saved.save(run / "train" / "config.yaml")
     (run / "train" / "summary.json").write_text(json.dumps({"status": "finished", "step": 6}))
-    assert train_stage(cmp.run_config("unet", "feedforward", s), run, "cpu")["action"].startswith("skipped")
+    assert train_phase(cmp.run_config("unet", "feedforward", s), run, "cpu")["action"].startswith("skipped")
     changed = cmp.run_config("unet", "feedforward", settings(manifest, tmp_path / "c", overrides=[*TINY, "data.size=48"]))
     with pytest.raises(LesiondiffError, match="trained with data.size=32, but this experiment asks for 48"):
-        train_stage(changed, run, "cpu")
+        train_phase(changed, run, "cpu")

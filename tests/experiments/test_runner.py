@@ -31,17 +31,17 @@ def stages(monkeypatch):
         calls["train"] += 1
         return {"status": "interrupted", "step": 3, "elapsed_s": 2.0}
 
-    def predict_stage(run, wanted, items, device, train_dir):
+    def predict_phase(run, wanted, items, device, train_dir):
         calls["predict"].append((run.name, train_dir, wanted, len(items)))
         return "predicted"
 
-    def evaluate_stage(run, manifest, split):
+    def evaluate_phase(run, manifest, split):
         calls["evaluate"].append((run.name, split))
         return {"threshold": 0.5}, "evaluated"
 
     monkeypatch.setattr(train_module, "train_run", train_run)
-    monkeypatch.setattr(runner, "predict_stage", predict_stage)
-    monkeypatch.setattr(runner, "evaluate_stage", evaluate_stage)
+    monkeypatch.setattr(runner, "predict_phase", predict_phase)
+    monkeypatch.setattr(runner, "evaluate_phase", evaluate_phase)
     return calls
 
 

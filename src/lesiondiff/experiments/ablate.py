@@ -8,9 +8,9 @@ steps, number of samples S and fusion (feed-forward baselines: one network evalu
 of an arm is the preset, then those shared settings, then the arm's overrides, then the user's overrides.
 
 Layout of ``out/``:
-    <arm>/ and ref-<preset>/     run folders (train/, predictions/, evaluation/; ``engine/stages.py``), run
+    <arm>/ and ref-<preset>/     run folders (train/, predictions/, evaluation/; ``engine/phases.py``), run
                                  by ``experiments/runner.py``
-    ablation.json                progress and settings, rewritten after every stage
+    ablation.json                progress and settings, rewritten after every phase
     ablation.csv, ablation.md    the table (the paper's Table 2 form, plus the comparison with the first arm)
 
 Every figure is per image at the original size, thresholded at the run's threshold, mean +- population std
@@ -31,7 +31,7 @@ import yaml
 
 from ..config import Config, load_preset
 from ..engine.evaluate import fused_metrics
-from ..engine.stages import CHECKPOINT
+from ..engine.phases import CHECKPOINT
 from ..errors import LesiondiffError
 from ..metrics import paired_difference
 from . import runner

@@ -4,14 +4,14 @@ The experiment of "Analysing Diffusion Segmentation for Medical Images" (Öttl e
 Table 1 (IoU and ECE per method in feed-forward and in diffusion mode, and their difference) and Fig. 1 (mean
 and standard deviation of several predictions per method and mode). This module holds the plan (every preset x
 mode), the protocol line, the table and the figure; the runs are trained, predicted and evaluated by
-``experiments/runner.py``, into the usual run, prediction and evaluation folders (``engine/stages.py``), so
+``experiments/runner.py``, into the usual run, prediction and evaluation folders (``engine/phases.py``), so
 any of them can be inspected or rerun on its own.
 
 Layout of ``out/``:
     <preset>-<mode>/train/        a run directory (config.yaml, checkpoints/, log.csv, summary.json)
     <preset>-<mode>/predictions/  ``lesiondiff predict`` output for the split
     <preset>-<mode>/evaluation/   metrics.csv, summary.json, reliability.png
-    compare.json                  progress and settings, rewritten atomically after every stage
+    compare.json                  progress and settings, rewritten atomically after every phase
     compare.csv, compare.md       the table (Table 1 form); compare.png: the figure (Fig. 1 form)
 
 Choices, stated once here and again in the protocol line printed above the table:
@@ -30,7 +30,7 @@ Choices, stated once here and again in the protocol line printed above the table
   feed-forward row stands as a reference, like nnU-Net and SegFormer in the paper's Table 1.
 - IoU and Dice are reported in percent (x 100, as in the paper), ECE in [0, 1]; deltas are diffusion minus
   feed-forward (percentage points for IoU and Dice).
-- Resumable and idempotent, from the files themselves (``engine/stages.py``): a finished run is not retrained,
+- Resumable and idempotent, from the files themselves (``engine/phases.py``): a finished run is not retrained,
   an interrupted one is resumed, predictions and evaluations are redone only when out of date, and a run
   trained with a different config (say another ``--size``) is refused, not mixed in.
 """
@@ -49,7 +49,7 @@ from ..data.io import read_image, read_masks, read_npz
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import resize_prob
 from ..engine.outputs import read_predictions
-from ..engine.stages import CHECKPOINT
+from ..engine.phases import CHECKPOINT
 from ..errors import LesiondiffError
 from ..render.compare_figure import draw_compare_figure
 from . import runner

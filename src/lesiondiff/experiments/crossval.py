@@ -7,11 +7,11 @@ each fold holds every dataset's share. For each fold k this trains the preset wi
 the other folds' rows, validate on fold k: ``data.dataset.select_rows``), predicts fold k's rows and
 evaluates them as split ``fold:k`` (``Manifest.select``). This module holds the plan (one run per fold),
 the protocol line and the tables; the runs are trained, sampled and scored by ``experiments/runner.py`` into the
-usual run, prediction and evaluation folders (``engine/stages.py``), so each can be inspected or rerun alone.
+usual run, prediction and evaluation folders (``engine/phases.py``), so each can be inspected or rerun alone.
 
 Layout of ``out/``:
     fold-<k>/      a run folder (train/, predictions/, evaluation/)
-    cv.json        progress, settings, per-fold figures and the aggregate, rewritten after every stage
+    cv.json        progress, settings, per-fold figures and the aggregate, rewritten after every phase
     cv.md          the protocol line and the tables (Table 3 form, then one row per fold)
 
 Choices, stated once here and again in the protocol line printed above the table:
@@ -47,7 +47,7 @@ import numpy as np
 
 from ..config import Config
 from ..data.manifest import Manifest
-from ..engine.stages import CHECKPOINT
+from ..engine.phases import CHECKPOINT
 from ..errors import LesiondiffError
 from . import runner
 from .runner import CLOCK_NAMES, ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables

@@ -3,10 +3,10 @@
 The three commands differ only in which runs they plan and which tables they write (``compare.py``,
 ``ablate.py``, ``crossval.py`` beside this module). What they share is here: the settings every run of an
 experiment shares (:class:`ExperimentSettings`, :func:`run_config`, :func:`sampling`), the run spec, the
-train -> predict -> evaluate step over a plan, the state file (``<command>.json``) rewritten after every stage,
+train -> predict -> evaluate step over a plan, the state file (``<command>.json``) rewritten after every phase,
 and the table writer.
 
-Whether a stage has work to do is decided from the run folder's own files (``engine/stages.py``): a finished
+Whether a phase has work to do is decided from the run folder's own files (``engine/phases.py``): a finished
 run is not retrained, an interrupted one is resumed, a run trained with another config is refused, not mixed
 in, and predictions and evaluations are redone only when out of date. The state file only reports progress.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, load_preset
+from ..engine.phases import evaluate_phase, predict_phase, train_phase
 from ..engine.predict import collect_inputs
-from ..engine.stages import evaluate_stage, predict_stage, train_stage
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 
@@ -129,8 +129,8 @@ Record = Callable[[dict, dict, dict], None]
 
 def run_plan(specs: list[RunSpec], state: State, s: ExperimentSettings, log: Callable[[str], None] = print,
              record: Record | None = None) -> Outcome:
-    """Train, predict and evaluate every run of ``specs`` in turn (each stage skipped when its files are
-    current), rewriting ``state`` after every stage; stops at the first training that Ctrl-C interrupts."""
+    """Train, predict and evaluate every run of ``specs`` in turn (each phase skipped when its files are
+    current), rewriting ``state`` after every phase; stops at the first training that Ctrl-C interrupts."""
     inputs = {split: collect_inputs([], s.manifest, split) for split in dict.fromkeys(x.split for x in specs)}
     state.path.parent.mkdir(parents=True, exist_ok=True)  # after the inputs: a bad split leaves no folder
     outcome = Outcome(inputs)
@@ -158,10 +158,10 @@ def run_one(spec: RunSpec, entry: dict, outcome: Outcome, s: ExperimentSettings,
     advance(entry, state, "trained")
     train_dir = (spec.train_from or spec.folder) / "train"
     items = outcome.inputs[spec.split]
-    entry["predictions"] = predict_stage(spec.folder, spec.sampling, items, s.device, train_dir)
+    entry["predictions"] = predict_phase(spec.folder, spec.sampling, items, s.device, train_dir)
     log(f"{tag}: predictions of {spec.split}: {entry['predictions']}")
     advance(entry, state, "predicted")
-    ev, entry["evaluation"] = evaluate_stage(spec.folder, s.manifest, spec.split)
+    ev, entry["evaluation"] = evaluate_phase(spec.folder, s.manifest, spec.split)
     log(f"{tag}: evaluation: {entry['evaluation']}")
     outcome.evaluated[spec.name] = ev
     if record:
@@ -178,12 +178,12 @@ def advance(entry: dict, state: State, status: str) -> None:
 
 
 def train(spec: RunSpec, entry: dict, device: str | None, tag: str, log: Callable[[str], None]) -> dict:
-    """Train, resume or skip one run (``engine.stages.train_stage``), or read the summary of the run whose
+    """Train, resume or skip one run (``engine.phases.train_phase``), or read the summary of the run whose
     training it reuses; ``entry["train"]`` records what happened. Returns the training summary."""
     if spec.train_from is not None:
         entry["train"] = f"reuses {spec.train_from.name}"
         return json.loads((spec.train_from / "train" / "summary.json").read_text(encoding="utf-8"))
-    summary = train_stage(spec.cfg, spec.folder, device, log=lambda msg: log(f"{tag}: {msg}"))
+    summary = train_phase(spec.cfg, spec.folder, device, log=lambda msg: log(f"{tag}: {msg}"))
     entry["train"] = {key: summary.get(key) for key in TRAIN_KEYS}
     if summary["status"] == "interrupted":
         entry["status"] = "interrupted"

@@ -1,11 +1,11 @@
 """Train, predict and evaluate one run folder, resumably and without redoing finished work.
 
-The stages of every run of the multi-run experiments (``lesiondiff compare``, ``ablate``, ``cv``), run in turn by
+The phases of every run of the multi-run experiments (``lesiondiff compare``, ``ablate``, ``cv``), run in turn by
 ``experiments/runner.py``. A run folder holds
     train/         a run directory (config.yaml, checkpoints/, log.csv, summary.json)
     predictions/   ``lesiondiff predict`` output for the split
     evaluation/    metrics.csv, summary.json, reliability.png, rounds.md
-and each stage decides from those files alone whether it has work to do:
+and each phase decides from those files alone whether it has work to do:
 - training: a run whose summary says ``finished`` or ``time budget reached`` is not retrained; one with
   ``checkpoints/last.safetensors`` but no such summary is resumed. A run trained with a different config is
   refused, not mixed in;
@@ -31,7 +31,7 @@ from .train import train_in
 CHECKPOINT = "best"
 
 
-def train_stage(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
+def train_phase(cfg: Config, run: Path, device: str | None, log: Callable[[str], None] = print) -> dict:
     """Train, resume or skip one run of an experiment (``run/train``); returns its summary plus ``action``."""
     return train_in(cfg, run / "train", device, log)
 
@@ -48,7 +48,7 @@ def predictions_current(pred_dir: Path, wanted: dict, ids: list[str], checkpoint
     return not checkpoint.is_file() or table.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
 
 
-def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device: str | None,
+def predict_phase(run: Path, wanted: dict, items: list[tuple[str, str]], device: str | None,
                   train_dir: Path | None = None) -> str:
     """Predict ``items`` with the ``best`` checkpoint of ``train_dir`` (default: the run's own ``train/``) and
     the ``wanted`` sampling settings (keys of ``predict.json``: samples, sampler, steps, seed, and optionally
@@ -65,7 +65,7 @@ def predict_stage(run: Path, wanted: dict, items: list[tuple[str, str]], device:
     return "predicted"
 
 
-def evaluate_stage(run: Path, manifest: str, split: str) -> tuple[dict, str]:
+def evaluate_phase(run: Path, manifest: str, split: str) -> tuple[dict, str]:
     """Evaluate ``run/predictions`` on ``split`` into ``run/evaluation``, unless a current evaluation exists;
     returns its summary and what was done."""
     pred_dir, eval_dir = run / "predictions", run / "evaluation"
