@@ -32,7 +32,8 @@ def phantom_dir(tmp_path_factory) -> Path:
 def phantom_manifest(phantom_dir, tmp_path_factory) -> Path:
     """A manifest of the phantom set with the seed-0 70/15/15 split."""
     from lesiondiff.data.layouts import index_folder
-    from lesiondiff.data.manifest import Manifest, assign_splits
+    from lesiondiff.data.manifest import Manifest
+    from lesiondiff.data.splits import assign_splits
 
     path = tmp_path_factory.mktemp("manifest") / "manifest.csv"
     Manifest.from_records(assign_splits(index_folder(phantom_dir).records, seed=0)).write(path)
@@ -47,8 +48,8 @@ TINY_RUN = [*TINY_MODEL, "data.size=32",
 def train_tiny_run(phantom_manifest):
     """``train_tiny_run(preset, out, steps, *overrides) -> out``: a tiny 32 px run (8-channel base, two levels)
     trained on the phantom manifest, for tests of tools that read runs."""
-    from lesiondiff.config import load_preset
-    from lesiondiff.engine.train import train_run
+    from lesiondiff.engine.runs import train_run
+    from lesiondiff.presets import load_preset
 
     def train(preset: str, out: Path, steps: int, *overrides: str) -> Path:
         cfg = load_preset(preset).override([f"data.manifest={phantom_manifest}", f"train.steps={steps}",

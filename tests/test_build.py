@@ -8,11 +8,12 @@ import pytest
 
 import lesiondiff
 from lesiondiff.build import build_model, build_objective, build_sampler, checked_options, sampler_name
-from lesiondiff.config import Config, load_preset
+from lesiondiff.config import Config
 from lesiondiff.diffusion.objectives import OBJECTIVES
 from lesiondiff.diffusion.samplers import SAMPLERS
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import MODELS
+from lesiondiff.presets import load_preset
 from lesiondiff.pretraining import PRETRAINING
 from tiny_settings import TINY_MODEL
 

@@ -75,7 +75,7 @@ def test_missing_checkpoint_and_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(__file__, run_dir / "unused.txt")
-    from lesiondiff.config import load_preset
+    from lesiondiff.presets import load_preset
 
     load_preset("ensemdiff").save(run_dir / "config.yaml")
     code, _, err = run(capsys, "predict", "--run", run_dir, tmp_path, "--out", tmp_path / "p")
@@ -189,7 +189,7 @@ def test_index_several_folders_into_one_manifest(phantom_dir, tmp_path, capsys):
     # one folder alone: ids, cases and splits exactly as before several folders were possible
     code, out, _ = run(capsys, "data", "index", phantom_dir, "-o", tmp_path / "one.csv", "--seed", "3")
     from lesiondiff.data.layouts import index_folder
-    from lesiondiff.data.manifest import assign_splits
+    from lesiondiff.data.splits import assign_splits
 
     expected = {r["id"]: r["split"] for r in assign_splits(index_folder(phantom_dir).records, seed=3)}
     assert {i: r["split"] for i, r in _split_of(tmp_path / "one.csv").items()} == expected

@@ -1,8 +1,9 @@
 import pytest
 
 from lesiondiff.build import check_size
-from lesiondiff.config import Config, load_preset, preset_names, recipe_names
+from lesiondiff.config import Config
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.presets import load_preset, preset_names, recipe_names
 from lesiondiff.registry import Registry
 
 
@@ -105,7 +106,7 @@ def test_size_is_checked_against_the_networks_total_stride(preset, size, multipl
 
 
 def test_the_demo_overlay_lays_its_keys_over_preset_and_recipe():
-    from lesiondiff.config import load_overlay
+    from lesiondiff.presets import load_overlay
 
     overrides = load_overlay("demo")
     cfg = load_preset("ensemdiff").override(overrides)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lesiondiff.config import (
+from lesiondiff.presets import (
     DEFAULT_RECIPE,
     apply_recipe,
     load_preset,

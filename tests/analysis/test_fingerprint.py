@@ -12,10 +12,11 @@ from scipy.stats import spearmanr
 from lesiondiff.analysis.fingerprint import load_masks, model_curves
 from lesiondiff.build import build_model, build_timestep_sampler
 from lesiondiff.cli import main
-from lesiondiff.config import DiffusionConfig, load_preset
+from lesiondiff.config import DiffusionConfig
 from lesiondiff.data.dataset import SplitData, load_rows
 from lesiondiff.data.layouts import index_folder
-from lesiondiff.data.manifest import Manifest, assign_splits
+from lesiondiff.data.manifest import Manifest
+from lesiondiff.data.splits import assign_splits
 from lesiondiff.data.transforms import gaussian_blur
 from lesiondiff.diffusion.recoverability import (
     recoverability_curve,
@@ -28,6 +29,7 @@ from lesiondiff.diffusion.timesteps import fingerprint_probabilities
 from lesiondiff.engine.predict import load_run
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.presets import load_preset
 from tiny_settings import TINY_MODEL
 
 TINY = [*TINY_MODEL,

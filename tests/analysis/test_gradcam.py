@@ -16,13 +16,14 @@ from lesiondiff.analysis.gradcam.run import write_outputs
 from lesiondiff.analysis.gradcam.study import gradcam_analysis
 from lesiondiff.build import build_model
 from lesiondiff.cli import main
-from lesiondiff.config import Config, load_preset
+from lesiondiff.config import Config
 from lesiondiff.data.io import read_image
 from lesiondiff.data.manifest import Manifest
 from lesiondiff.data.transforms import preprocess_image
 from lesiondiff.engine.predict import Predictor, load_run
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import MODELS, Denoiser, DenoiserOutput
+from lesiondiff.presets import load_preset
 from lesiondiff.render.gradcam_figures import plot_grid
 
 SIZE = 32

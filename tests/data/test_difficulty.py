@@ -18,7 +18,8 @@ from lesiondiff.data.difficulty import (
     score_manifest,
 )
 from lesiondiff.data.layouts import index_folder
-from lesiondiff.data.manifest import Manifest, assign_splits
+from lesiondiff.data.manifest import Manifest
+from lesiondiff.data.splits import assign_splits
 from lesiondiff.errors import LesiondiffError
 
 S = 256

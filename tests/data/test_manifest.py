@@ -7,7 +7,8 @@ from collections import Counter, defaultdict
 import pytest
 
 from lesiondiff.data.layouts import IndexResult, Record
-from lesiondiff.data.manifest import COLUMNS, Manifest, _quotas, assign_splits, merge_indexes, summarize
+from lesiondiff.data.manifest import COLUMNS, Manifest, merge_indexes, summarize
+from lesiondiff.data.splits import _quotas, assign_splits
 from lesiondiff.errors import LesiondiffError
 
 LABELS = {"benign": 350, "malignant": 168, "normal": 106, "rare": 3, "tiny": 2}

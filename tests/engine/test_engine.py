@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lesiondiff.config import load_preset
 from lesiondiff.engine.checkpoint import Checkpoint
 from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.predict import Predictor, collect_inputs
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.presets import load_preset
 from tiny_settings import TINY_MODEL
 
 TINY = [*TINY_MODEL,

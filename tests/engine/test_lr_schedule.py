@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from lesiondiff.config import load_preset
 from lesiondiff.engine.lr_schedule import LRSchedule, training_progress
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.presets import load_preset
 from tiny_settings import TINY_MODEL
 
 

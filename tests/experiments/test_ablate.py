@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from lesiondiff.cli import main
-from lesiondiff.config import load_preset
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.experiments import ablate as abl
 from lesiondiff.experiments.runner import sampling
+from lesiondiff.presets import load_preset
 from tiny_settings import TINY_MODEL
 
 TINY = [*TINY_MODEL,

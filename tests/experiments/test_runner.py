@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from lesiondiff.config import load_preset
 from lesiondiff.data.manifest import Manifest
 from lesiondiff.engine import train as train_module
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.experiments import runner
 from lesiondiff.experiments.runner import ExperimentSettings, RunSpec, State, run_config, run_plan, sampling
+from lesiondiff.presets import load_preset
 from tiny_settings import TINY_MODEL
 
 

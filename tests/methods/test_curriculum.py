@@ -10,14 +10,16 @@ from safetensors.torch import load_file
 
 from lesiondiff.build import build_curriculum
 from lesiondiff.cli import main
-from lesiondiff.config import Config, load_preset
+from lesiondiff.config import Config
 from lesiondiff.data.difficulty import score_manifest
 from lesiondiff.data.layouts import index_folder
-from lesiondiff.data.manifest import Manifest, assign_splits
+from lesiondiff.data.manifest import Manifest
+from lesiondiff.data.splits import assign_splits
 from lesiondiff.engine.lr_schedule import training_progress
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.methods.palscdiff import ProgressiveAugmentation, row_groups
+from lesiondiff.presets import load_preset
 from tiny_settings import TINY_MODEL
 
 GROUPS = [0, 0, 0, 1, 2, 3, 0, 1, 2, 3, 3]

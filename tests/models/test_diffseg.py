@@ -10,10 +10,11 @@ import torch
 from skimage.filters import threshold_otsu
 
 from lesiondiff.build import build_model, build_objective, build_sampler
-from lesiondiff.config import Config, load_preset
+from lesiondiff.config import Config
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.methods.diffseg import ClassDifferenceSampler, ClassEps
 from lesiondiff.models.diffseg import DiffSeg
+from lesiondiff.presets import load_preset
 
 TINY = ["model.name=diffseg", "model.base_channels=8", "model.channel_mult=[1,2]",
         "model.attention_levels=[false,true]", "diffusion.objective=class_eps"]

@@ -90,7 +90,7 @@ DESIGNS = ["ensemdiff", "segdiff", "medsegdiff", "unet"]
 
 
 def preset_model(name: str, channels: int, mode: str = "diffusion"):
-    from lesiondiff.config import load_preset
+    from lesiondiff.presets import load_preset
 
     cfg = load_preset(name)
     if name != "unet":
@@ -174,7 +174,7 @@ def test_ff_parser_dc_only_filter_gives_the_channel_mean():
 
 
 def test_medsegdiff_rejects_levels_outside_the_body():
-    from lesiondiff.config import load_preset
+    from lesiondiff.presets import load_preset
 
     with pytest.raises(LesiondiffError, match="dce_levels"):
         build_model(load_preset("medsegdiff").override(["model.options.dce_levels=[7]"]), 1)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from lesiondiff.build import build_model, build_sampler
-from lesiondiff.config import Config, load_preset
+from lesiondiff.config import Config
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models.blocks import pool_to
 from lesiondiff.models.pgdiffseg import ParameterSharedAttention, PriorBranch, SlimDenseBlock
+from lesiondiff.presets import load_preset
 
 
 def small(**options) -> Config:

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from lesiondiff.build import build_model, build_sampler
-from lesiondiff.config import load_preset
 from lesiondiff.engine.evaluate import evaluate
 from lesiondiff.engine.postprocessing import choose_for_run
 from lesiondiff.engine.predict import Predictor, collect_inputs
-from lesiondiff.engine.train import train_run
+from lesiondiff.engine.runs import train_run
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.presets import load_preset
 
 SMALL = ["model.base_channels=8", "model.channel_mult=[1,2,2]", "model.attention_levels=[false,false,true]",
          "model.options.refine_channels=8", "model.options.refine_mult=[1,2]"]

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from lesiondiff.build import build_model, build_sampler
-from lesiondiff.config import Config, DiffusionConfig, load_preset
+from lesiondiff.config import Config, DiffusionConfig
 from lesiondiff.engine.checkpoint import Checkpoint
 from lesiondiff.models.blocks import DualCrossAttention
 from lesiondiff.models.unisegdiff import UniSegDiff
+from lesiondiff.presets import load_preset
 
 
 def tiny(**options) -> UniSegDiff:

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 
 from ..build import build_model, build_sampler
-from ..config import load_preset
 from ..diffusion.samplers import auto_max_batch
 from ..models import count_parameters
+from ..presets import load_preset
 
 MONAI_CANDIDATES = [(32, 64, 64, 64), (32, 64, 96, 96), (32, 64, 128, 128), (64, 64, 128, 128)]
 

@@ -83,7 +83,8 @@ def run_source(args) -> Path | list[Path]:
 
 
 def config_from_args(args) -> Config:  # noqa: F821  (imported below)
-    from ..config import Config, load_preset
+    from ..config import Config
+    from ..presets import load_preset
 
     if args.config:
         cfg = Config.load(args.config)

@@ -22,13 +22,14 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ..config import load_overlay, load_preset
     from ..data.layouts import index_folder
-    from ..data.manifest import Manifest, assign_splits
+    from ..data.manifest import Manifest
+    from ..data.splits import assign_splits
     from ..data.synthetic import generate
     from ..engine.evaluate import evaluate
     from ..engine.predict import Predictor, collect_inputs
-    from ..engine.train import train_run
+    from ..engine.runs import train_run
+    from ..presets import load_overlay, load_preset
     from ..render.tables import format_table
     from ..reporting.report import write_report
 

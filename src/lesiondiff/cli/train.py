@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 def cmd_train(args) -> int:
     from ..config import Config
-    from ..engine.train import train_run
+    from ..engine.runs import train_run
 
     if args.resume:
         cfg_path = Path(args.out) / "config.yaml"
@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from ..config import load_preset, preset_names
+    from ..presets import load_preset, preset_names
 
     for name in preset_names():
         cfg = load_preset(name)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .layouts import check_records, index_folder
-from .manifest import Manifest, assign_splits, merge_indexes, summarize
+from .manifest import Manifest, merge_indexes, summarize
+from .splits import assign_splits
 from .volumes import is_slice_record, split_ratios
 
 

@@ -26,7 +26,7 @@ from .checkpoint import run_checkpoint
 from .evaluate import evaluate
 from .outputs import read_predictions
 from .predict import Predictor
-from .train import train_in
+from .runs import train_in
 
 CHECKPOINT = "best"
 

@@ -28,11 +28,8 @@ import copy
 import csv
 import dataclasses
 import json
-import os
 import signal
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -44,8 +41,6 @@ from ..build import (
     build_objective,
     build_sampler,
     build_timestep_sampler,
-    check_size,
-    pretraining_config,
     visited_timesteps,
 )
 from ..config import Config
@@ -55,16 +50,14 @@ from ..data.transforms import Augment
 from ..diffusion.recoverability import training_slope
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
-from ..models import MODELS, count_parameters
-from .checkpoint import Checkpoint, load_frozen, run_checkpoint, save_checkpoint
+from ..models import count_parameters
+from .checkpoint import Checkpoint, load_frozen, save_checkpoint
 from .device import make_accelerator
 from .lr_schedule import LRSchedule, training_progress
-from .outputs import OutputLock
 
 # What train.max_minutes and elapsed_s count: wall-clock time, or this process's CPU time (all its threads), which
 # other work on the machine does not eat into, so budgets stay comparable on a shared machine.
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
-DONE = ("finished", "time budget reached")  # the statuses of a run that needs no more training
 
 
 def dice_at_threshold(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -127,7 +120,7 @@ class Trainer:
             load_frozen(model.pretrained_module(), pretrained)
         elif not resume and model.pretrained_part:
             raise LesiondiffError(f"{cfg.model.name}: its {model.pretrained_part} must be pre-trained first; train "
-                                  "it with lesiondiff train (engine.train.train_run), which runs both phases")
+                                  "it with lesiondiff train (engine.runs.train_run), which runs both phases")
         self.n_params = count_parameters(model)
         self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.ema = EMA(model, cfg.train.ema_decay)
@@ -449,102 +442,3 @@ class Trainer:
         if self.accelerator.is_main_process:
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
-
-
-def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resume: bool = False,
-              log=print) -> dict:
-    """Train (or resume) a run, pre-training first the part of the design that trains apart and then stays
-    frozen, when the design has one (``Denoiser.pretrained_part``; its method registers the part's training config in
-    ``pretraining.PRETRAINING``, read through ``build.pretraining_config``: UniSegDiff's CFENet, the refiner's
-    prior).
-
-    The run folder is locked while it trains (``engine/outputs.OutputLock``, as predict's): a second ``train``
-    into it gets a one-line error. The part is trained as its own run in ``out_dir/<name>`` (``pretrained_part``; resumed or skipped like any
-    run), unless ``model.options.<name>_checkpoint`` names a trained one (a run folder: its best checkpoint, else
-    its last; or a checkpoint file). Its best checkpoint (last when there
-    is no validation) is loaded into the model before the main phase starts, and the main phase's budget
-    (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
-    """
-    check_size(cfg)  # before any data or weights load
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # one writer per run folder; the other processes of one launch (DDP ranks) write nothing of their own
-    holder = OutputLock(out, "train", log) if int(os.environ.get("RANK", "0")) == 0 else nullcontext()
-    with holder:
-        return _train_run(cfg, out, device, resume, log)
-
-
-def _train_run(cfg: Config, out: Path, device: str | None, resume: bool, log) -> dict:
-    resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
-    name = MODELS.get(cfg.model.name).pretrained_part
-    pre_cfg = pretraining_config(cfg)
-    pretrained, elapsed, pre_summary = None, 0.0, None
-    if resume and pre_cfg is not None and (out / "summary.json").is_file():
-        # read before fit() rewrites it: the pre-training's summary stays with the run
-        pre_summary = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("pretraining")
-    if pre_cfg is not None and not resume:
-        given = (cfg.model.options or {}).get(f"{name}_checkpoint")
-        if given:
-            pretrained = Path(given)
-            if pretrained.is_dir():  # a trained run: its best checkpoint (last when it has none)
-                pretrained = run_checkpoint(pretrained)
-            if not pretrained.is_file():
-                raise LesiondiffError(f"{pretrained}: model.options.{name}_checkpoint not found (a run folder or "
-                                      "a .safetensors checkpoint)")
-            pre_summary = {"checkpoint": str(pretrained), "action": "given"}
-        else:
-            if not (out / "config.yaml").is_file():  # so that --resume finds the config during pre-training
-                out.mkdir(parents=True, exist_ok=True)
-                cfg.save(out / "config.yaml")
-            pre_out = out / name
-            pre_summary = train_in(pre_cfg, pre_out, device, lambda m: log(f"{name}: {m}"),
-                                   runner=_plain)
-            if pre_summary["status"] == "interrupted":
-                return {**pre_summary, "pretraining": dict(pre_summary)}
-            pretrained = run_checkpoint(pre_out)
-            elapsed = float(pre_summary["elapsed_s"])
-    summary = Trainer(cfg, out, device=device, resume=resume, pretrained=pretrained, elapsed=elapsed).fit()
-    if pre_summary is not None:
-        summary["pretraining"] = pre_summary
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
-
-
-def _plain(cfg: Config, out: Path, device: str | None, resume: bool, log=print) -> dict:
-    return Trainer(cfg, out, device=device, resume=resume).fit()
-
-
-def check_same_config(cfg: Config, train_dir: Path) -> None:
-    """Refuse to reuse ``train_dir`` when it was trained with a config other than ``cfg``."""
-    saved = Config.load(train_dir / "config.yaml").to_dict()
-    wanted = cfg.to_dict()
-    if wanted["data"]["channels"] == 0:  # resolved from the images when training starts
-        wanted["data"]["channels"] = saved["data"]["channels"]
-    for section, values in wanted.items():
-        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
-            old = saved[section][key] if key else saved[section]
-            if old != value:
-                name = f"{section}.{key}" if key else section
-                raise LesiondiffError(f"{train_dir}: trained with {name}={old!r}, but this experiment asks for "
-                                      f"{value!r}; choose another --out or delete {train_dir.parent} to retrain")
-
-
-def train_in(cfg: Config, train_dir: Path, device: str | None, log: Callable[[str], None] = print,
-             runner: Callable[..., dict] | None = None) -> dict:
-    """Train, resume or skip the run in ``train_dir``: a run whose summary says it is done is skipped, one with
-    a last checkpoint is resumed, both only if trained with ``cfg``. ``runner(cfg, dir, device, resume, log)``
-    trains (default ``engine.train.train_run``). Returns the training summary plus ``action``."""
-    summary_path = train_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        if summary.get("status") in DONE:
-            check_same_config(cfg, train_dir)
-            return {**summary, "action": "skipped (already trained)"}
-    resume = (train_dir / "checkpoints" / "last.safetensors").is_file()
-    if resume:
-        check_same_config(cfg, train_dir)
-    t = cfg.train
-    log(f"{'resuming' if resume else 'training'} (budget {t.max_minutes:g} min, at most {t.steps} steps)")
-    summary = (runner or train_run)(cfg, train_dir, device, resume, log)
-    start = summary.get("started_at_step", 0)
-    return {**summary, "action": f"resumed from step {start}" if resume else "trained from step 0"}

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, load_preset
+from ..config import Config
 from ..engine.evaluate import fused_metrics
 from ..engine.phases import CHECKPOINT
 from ..errors import LesiondiffError
 from ..metrics import paired_difference
+from ..presets import load_preset
 from . import runner
 from .runner import CLOCK_NAMES, ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config, load_preset
+from ..config import Config
 from ..data.dataset import mask_paths
 from ..data.io import read_image, read_masks, read_npz
 from ..data.manifest import Manifest, evenly_spaced
@@ -51,6 +51,7 @@ from ..data.transforms import resize_prob
 from ..engine.outputs import read_predictions
 from ..engine.phases import CHECKPOINT
 from ..errors import LesiondiffError
+from ..presets import load_preset
 from ..render.compare_figure import draw_compare_figure
 from . import runner
 from .runner import ExperimentSettings, RunSpec, State, run_plan, sampling, write_tables

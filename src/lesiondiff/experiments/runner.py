@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, load_preset
+from ..config import Config
 from ..engine.phases import evaluate_phase, predict_phase, train_phase
 from ..engine.predict import collect_inputs
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
+from ..presets import load_preset
 
 CLOCK_NAMES = {"wall": "wall clock", "process": "the run's CPU time (process time, all threads; train.clock)"}
 TRAIN_KEYS = ("action", "status", "step", "elapsed_s", "best_val_dice", "best_step", "parameters")

@@ -54,7 +54,7 @@ from .unet import UNet
 @MODELS.register("refiner")
 class Refiner(Denoiser):
     prediction = "x0"
-    pretrained_part = "prior"  # engine.train.train_run: out/prior, model.options.prior_checkpoint
+    pretrained_part = "prior"  # engine.runs.train_run: out/prior, model.options.prior_checkpoint
     validate_at_start = True
     has_prior_mask = True
 

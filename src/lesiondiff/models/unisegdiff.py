@@ -60,7 +60,7 @@ class FeatureFusion(nn.Module):
 @MODELS.register("unisegdiff")
 class UniSegDiff(Denoiser):
     predicts_both = True
-    pretrained_part = "cfenet"  # engine.train.train_run: out/cfenet, model.options.cfenet_checkpoint
+    pretrained_part = "cfenet"  # engine.runs.train_run: out/cfenet, model.options.cfenet_checkpoint
 
     def __init__(self, image_channels: int, prediction: str = "epsilon", base_channels: int = 32,
                  channel_mult: list[int] = (1, 2, 4, 4), num_res_blocks: int = 1,
