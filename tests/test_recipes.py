@@ -2,6 +2,7 @@
 
 import pytest
 
+from lesiondiff.errors import LesiondiffError
 from lesiondiff.presets import (
     DEFAULT_RECIPE,
     apply_recipe,
@@ -10,7 +11,6 @@ from lesiondiff.presets import (
     preset_names,
     recipe_names,
 )
-from lesiondiff.errors import LesiondiffError
 
 
 def test_recipes_are_listed_and_the_fast_one_is_the_default():

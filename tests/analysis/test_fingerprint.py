@@ -244,7 +244,7 @@ def test_cli_writes_curves_plots_and_settings(run_dir, manifest, tmp_path, capsy
 
 @pytest.mark.parametrize("argv,needle", [
     (["--run", "nope"], "no such run directory"),
-    (["--manifest", "MANIFEST", "--split", "nope"], "no rows in split 'nope'"),
+    (["--manifest", "MANIFEST", "--split", "nope"], "unknown split 'nope'"),
     ([], "needs --manifest or --run"),
     (["--manifest", "MANIFEST", "--name", "a", "--name", "b"], "one name per manifest"),
 ])
@@ -257,7 +257,7 @@ def test_cli_errors_are_one_line(manifest, tmp_path, capsys, argv, needle):
 
 
 def test_max_images_takes_rows_evenly_spaced_over_the_split(manifest):
-    from lesiondiff.analysis.fingerprint import split_rows
+    from lesiondiff.data.manifest import split_rows
 
     rows = Manifest.read(manifest).rows(split="train")
     _, picked = split_rows(manifest, "train", 4)

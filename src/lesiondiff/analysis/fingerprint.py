@@ -38,7 +38,7 @@ from ..build import build_objective
 from ..config import Config, DiffusionConfig
 from ..data.dataset import SplitData, load_rows, mask_paths
 from ..data.io import read_masks
-from ..data.manifest import Manifest, evenly_spaced
+from ..data.manifest import dataset_name, split_rows
 from ..data.transforms import preprocess_mask
 from ..diffusion.recoverability import (
     DEFAULT_WINDOW,
@@ -192,23 +192,6 @@ def _run_label(run: str | Path) -> str:
     """A run's name in plots: its folder, or ``<combination>`` for ``lesiondiff compare``'s ``<preset>-<mode>/train``."""
     path = Path(run).absolute()  # not resolve(): a symlink's own name is kept as the label
     return path.parent.name if path.name == "train" and path.parent.name else path.name
-
-
-def split_rows(manifest: str | Path, split: str, max_images: int | None) -> tuple[Manifest, list[dict]]:
-    """The manifest and the rows of ``split``, or ``max_images`` of them evenly spaced over it (not its first
-    rows: manifests list classes in blocks, BUSI benign first)."""
-
-    m = Manifest.read(manifest)
-    rows = m.rows(split=split or None)
-    if not rows:
-        raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
-    return m, evenly_spaced(rows, max_images) if max_images else rows
-
-
-def dataset_name(manifest: Manifest, path: str | Path) -> str:
-    """The manifest's dataset column when it holds one value, else the file's stem."""
-    values = {r["dataset"] for r in manifest.rows() if r["dataset"]}
-    return values.pop() if len(values) == 1 else Path(path).stem
 
 
 def write_fingerprint(out: str | Path, manifests: list[str] | tuple = (), runs: list[str] | tuple = (),

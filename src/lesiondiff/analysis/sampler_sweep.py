@@ -49,6 +49,7 @@ from ..build import build_sampler
 from ..config import Config
 from ..data.dataset import mask_paths
 from ..data.io import read_image, read_masks
+from ..data.manifest import dataset_name, split_rows
 from ..data.transforms import preprocess_image, resize_prob
 from ..diffusion.samplers import SAMPLERS, SchedulerSampler
 from ..engine.predict import Predictor
@@ -57,7 +58,6 @@ from ..io_utils import atomic_write_text
 from ..metrics import image_dice
 from ..models import Denoiser
 from ..render.sampler_figures import dice_vs_nfe_figure
-from .fingerprint import dataset_name, split_rows
 
 DEFAULT_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver", "dpmsolver++", "unipc")
 DEFAULT_NFE: tuple[int, ...] = (5, 10, 20, 50, 100)

@@ -314,3 +314,20 @@ def evenly_spaced(items: list, n: int) -> list:
     if len(items) <= n:
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def split_rows(manifest: str | Path, split: str, max_images: int | None) -> tuple[Manifest, list[dict]]:
+    """The manifest and the rows of ``split`` (train, val, test or fold:K, :meth:`Manifest.select`; "" or None:
+    every row), or ``max_images`` of them evenly spaced over it (not its first rows: manifests list classes in
+    blocks, BUSI benign first); a split without rows is a one-line error."""
+    m = Manifest.read(manifest)
+    rows = m.select(split or None)
+    if not rows:
+        raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
+    return m, evenly_spaced(rows, max_images) if max_images else rows
+
+
+def dataset_name(manifest: Manifest, path: str | Path) -> str:
+    """The manifest's dataset column when it holds one value, else the file's stem."""
+    values = {r["dataset"] for r in manifest.rows() if r["dataset"]}
+    return values.pop() if len(values) == 1 else Path(path).stem

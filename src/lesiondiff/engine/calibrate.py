@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 from ..config import Config
+from ..data.manifest import split_rows
 from ..errors import LesiondiffError
 from ..models import MODELS
-from .calibration import calibrate, check_request, check_score, split_rows, write
+from .calibration import calibrate, check_request, check_score, write
 from .ensemble import is_ensemble, member_runs
 from .evaluate import evaluate, fused_metrics
 from .members import count_distinct, tta_views
@@ -34,7 +35,7 @@ def calibrate_run(run: str | Path, manifest: str | Path, split: str = "val", tar
     later prediction will be) into ``RUN/calibration_<split>``, or read the predictions ``pred_dir`` made from
     this run; score them; choose the threshold; write ``RUN/selective.json``. Returns the record."""
     run = Path(run)
-    rows = split_rows(manifest, split)
+    rows = split_rows(manifest, split, None)[1]
     check_request(split, target, delta, len(rows), manifest)
     if pred_dir is None:
         check_score(score, expected_members(run, overrides or []))  # before anything is predicted

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.manifest import Manifest
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..selective import MIN_CALIBRATION, choose_threshold, confidence, failure_detection
@@ -112,11 +111,3 @@ def write(run: str | Path, record: dict) -> Path:
     path = Path(run) / FILE
     atomic_write_text(path, json.dumps(record, indent=2))
     return path
-
-
-def split_rows(manifest: str | Path, split: str) -> list[dict]:
-    rows = Manifest.read(manifest).select(split)
-    if not rows:
-        raise LesiondiffError(f"{manifest}: no rows in split {split!r}")
-    return rows
-
