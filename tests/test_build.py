@@ -11,6 +11,7 @@ from lesiondiff.build import build_model, build_objective, build_sampler, checke
 from lesiondiff.config import Config
 from lesiondiff.diffusion.objectives import OBJECTIVES
 from lesiondiff.diffusion.samplers import SAMPLERS
+from lesiondiff.diffusion.timesteps import TIMESTEP_SAMPLERS
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.models import MODELS
 from lesiondiff.presets import load_preset
@@ -28,7 +29,9 @@ def test_each_papers_parts_are_registered_from_its_methods_file():
     assert where["staged"] == where["sampler staged"] == "lesiondiff.methods.unisegdiff"
     assert where["class_eps"] == where["sampler class_difference"] == "lesiondiff.methods.diffseg"
     assert where["sampler refine"] == "lesiondiff.methods.refiner"
-    generic = {"eps_mse", "x0_hybrid", "feedforward", "sampler ddpm", "sampler ddim", "sampler oneshot"}
+    assert where["feedforward"] == "lesiondiff.methods.analysing"
+    assert TIMESTEP_SAMPLERS.get("fingerprint").__module__ == "lesiondiff.methods.analysing"
+    generic = {"eps_mse", "x0_hybrid", "x0_dice_bce", "sampler ddpm", "sampler ddim", "sampler oneshot"}
     assert {where[n] for n in generic} <= {"lesiondiff.diffusion.objectives", "lesiondiff.diffusion.samplers"}
 
 

@@ -1,12 +1,14 @@
-"""Config -> the parts of a run: model, objective, timestep sampler, sampler.
+"""Config -> the parts of a run: model, objective, timestep sampler, sampler, fuser options, curriculum, and the
+pre-training config of a design's frozen part.
 
 Every part is built here, after ``methods`` has registered each paper's own loss, sampler and pre-training, so
 that the generic layers (``models``, ``diffusion``) never import a method. Design-specific options are checked
 against the part's constructor: an unknown key or a value of the wrong type is a one-line error naming the key.
 
-The feed-forward rule lives here once: a ``diffusion.mode: feedforward`` run (the Analysing study's E1) trains
-the x0 head with Dice + BCE from pure noise (objective ``feedforward``), predicts x0, and samples in one shot
-(``oneshot``), whatever its preset's diffusion objective, prediction and sampler say.
+The feed-forward rule is applied here once: a ``diffusion.mode: feedforward`` run (the Analysing study's E1,
+``methods/analysing.py``: :data:`~lesiondiff.methods.analysing.FEEDFORWARD`) trains the x0 head with Dice + BCE
+from pure noise (objective ``feedforward``), predicts x0, and samples in one shot (``oneshot``), whatever its
+preset's diffusion objective, prediction and sampler say.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from .diffusion.samplers import SAMPLERS, Sampler
 from .diffusion.timesteps import TIMESTEP_SAMPLERS, TimestepSampler
 from .errors import LesiondiffError
 from .fusion import FUSERS, crf_kernels
+from .methods.analysing import FEEDFORWARD
 from .models import MODELS, Denoiser
 from .pretraining import PRETRAINING
 
-FEEDFORWARD_SAMPLER = "oneshot"
+FEEDFORWARD_SAMPLER = FEEDFORWARD["sampler"]
 _OWN = ("self", "cfg", "max_batch", "image_channels", "prediction", "rows", "base_lr", "log", "groups")  # set by
 # the builders, not by options
 _FUSER_OWN = (*_OWN, "probs", "image", "threshold", "return_stats")  # a fuser's call arguments, not its options
@@ -37,7 +40,7 @@ _FUSER_OWN = (*_OWN, "probs", "image", "threshold", "return_stats")  # a fuser's
 
 def prediction(cfg: Config) -> str:
     """What the network's main head predicts: x0 for feed-forward runs, else ``diffusion.prediction``."""
-    return "x0" if cfg.diffusion.feedforward else cfg.diffusion.prediction
+    return FEEDFORWARD["prediction"] if cfg.diffusion.feedforward else cfg.diffusion.prediction
 
 
 def sampler_name(cfg: Config, name: str | None = None) -> str:
@@ -112,7 +115,7 @@ def build_objective(cfg: DiffusionConfig, visited: list[int] | None = None) -> O
     """The training loss: ``diffusion.objective`` with its ``objective_options``, or ``feedforward``;
     ``visited``: the timesteps the run's sampler visits (:func:`visited_timesteps`), for objectives that take
     them (``x0_dice_bce``'s recycling)."""
-    name = "feedforward" if cfg.feedforward else cfg.objective
+    name = FEEDFORWARD["objective"] if cfg.feedforward else cfg.objective
     factory = OBJECTIVES.get(name)
     extra = {"visited": visited} if "visited" in inspect.signature(factory).parameters else {}
     return factory(cfg=cfg, **extra)
@@ -125,10 +128,13 @@ def visited_timesteps(cfg: Config) -> list[int] | None:
 
 
 def build_timestep_sampler(cfg: DiffusionConfig, slope: torch.Tensor | np.ndarray | None = None,
-                           visited: list[int] | None = None) -> TimestepSampler:
-    """The training timestep sampler ``cfg.timestep_sampling`` names; ``slope`` [T] is needed by ``fingerprint``,
-    ``visited`` (the sampler's timesteps) by ``aligned``."""
-    return TIMESTEP_SAMPLERS.build(cfg.timestep_sampling, cfg=cfg, slope=slope, visited=visited)
+                           visited: list[int] | None = None, masks: torch.Tensor | None = None,
+                           seed: int = 0) -> TimestepSampler:
+    """The training timestep sampler ``cfg.timestep_sampling`` names, given what any of them may need: the
+    training ``masks`` [N,1,H,W] and ``seed`` (``fingerprint``, which computes their ``slope`` [T] unless given)
+    and ``visited``, the run's sampler's timesteps (``aligned``)."""
+    return TIMESTEP_SAMPLERS.build(cfg.timestep_sampling, cfg=cfg, slope=slope, visited=visited, masks=masks,
+                                   seed=seed)
 
 
 def build_sampler(cfg: Config, name: str | None = None, max_batch: int | None = None) -> Sampler:

@@ -25,10 +25,10 @@ from lesiondiff.diffusion.recoverability import (
     training_slope,
 )
 from lesiondiff.diffusion.schedules import alphas_cumprod
-from lesiondiff.diffusion.timesteps import fingerprint_probabilities
 from lesiondiff.engine.predict import load_run
 from lesiondiff.engine.train import Trainer
 from lesiondiff.errors import LesiondiffError
+from lesiondiff.methods.analysing import fingerprint_probabilities
 from lesiondiff.presets import load_preset
 from tiny_settings import TINY_MODEL
 

@@ -160,7 +160,7 @@ def test_changed_settings_are_refused_not_mixed(manifest, tmp_path):
     s = settings(manifest, tmp_path / "c", presets=["unet"], modes=["feedforward"])
     run = tmp_path / "c" / "unet-feedforward"
     saved = cmp.run_config("unet", "feedforward", s)
-    saved.data.channels = 1  # as the Trainer resolves it
+    saved = saved.override(["data.channels=1"])  # as the Trainer resolves it
     saved.save(run / "train" / "config.yaml")
     (run / "train" / "summary.json").write_text(json.dumps({"status": "finished", "step": 6}))
     assert train_phase(cmp.run_config("unet", "feedforward", s), run, "cpu")["action"].startswith("skipped")

@@ -48,7 +48,7 @@ def stages(monkeypatch):
 def finished_run(s, folder):
     """A run folder whose training finished at step 6 with ``run_config(s, "unet")``."""
     saved = run_config(s, "unet")
-    saved.data.channels = 1  # as the Trainer resolves it
+    saved = saved.override(["data.channels=1"])  # as the Trainer resolves it
     saved.save(folder / "train" / "config.yaml")
     (folder / "train" / "summary.json").write_text(json.dumps({"status": "finished", "step": 6, "elapsed_s": 60.0}))
     return folder

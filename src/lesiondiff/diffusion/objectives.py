@@ -8,7 +8,6 @@ Trainer draws it that shape). Parts are detached scalars logged by name.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -150,21 +149,5 @@ class X0DiceBCE(Objective):
 
     def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
         out: DenoiserOutput = model(self.inputs(model, batch, t, noise), t, batch["image"])
-        total, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
-        return LossOutput(total, parts)
-
-
-@OBJECTIVES.register("feedforward")
-class FeedForward(Objective):
-    """Feed-forward training of a diffusion architecture: x_t is replaced by pure noise and t by T-1, and the
-    head's x0 logits are trained with Dice + BCE (Analysing Diffusion Segmentation, experiment E1). Its loss has
-    no options; the named objective's ``objective_options`` are ignored in this mode."""
-
-    def __init__(self, cfg: DiffusionConfig) -> None:
-        super().__init__(dataclasses.replace(cfg, objective_options={}))
-
-    def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
-        t_last = torch.full_like(t, self.cfg.num_train_timesteps - 1)
-        out: DenoiserOutput = model(noise, t_last, batch["image"])
         total, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
         return LossOutput(total, parts)

@@ -47,7 +47,6 @@ from ..config import Config
 from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest, evenly_spaced
 from ..data.transforms import Augment
-from ..diffusion.recoverability import training_slope
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
 from ..models import count_parameters
@@ -130,7 +129,8 @@ class Trainer:
         self.ema.model.to(self.device)
         self.visited = visited_timesteps(cfg)  # the sampler's timesteps (aligned training, recycling)
         self.objective = build_objective(cfg.diffusion, self.visited)
-        self.timestep_sampler = build_timestep_sampler(cfg.diffusion, self._fingerprint_slope(), self.visited)
+        self.timestep_sampler = build_timestep_sampler(cfg.diffusion, visited=self.visited,
+                                                       masks=self.train_data.masks, seed=cfg.train.seed)
         # aligned training validates the way it will be sampled: the run's own sampler and steps
         self.aligned = cfg.diffusion.timestep_sampling == "aligned"
         self.val_sampler = build_sampler(cfg, None if self.aligned else cfg.train.val_sampler, max_batch=0)
@@ -157,13 +157,6 @@ class Trainer:
         self._write_timestep_weights()
 
     # ---- timesteps --------------------------------------------------------------------------------------
-    def _fingerprint_slope(self):
-        """The training masks' recoverability slope [T] when ``fingerprint`` sampling needs it: un-augmented
-        masks at data.size, noise seeded by train.seed from its own generator (the training stream is untouched)."""
-        if self.cfg.diffusion.timestep_sampling != "fingerprint" or self.cfg.diffusion.feedforward:
-            return None
-        return training_slope(self.train_data.masks, self.cfg.diffusion, seed=self.cfg.train.seed)
-
     def _write_timestep_weights(self) -> None:
         if self.accelerator.is_main_process:
             lines = ["t,p"] + [f"{t},{p:.8g}" for t, p in enumerate(self.timestep_sampler.probs.tolist())]

@@ -4,13 +4,10 @@ curriculum in ``CURRICULA``. A method reads from three places: its network (``mo
 ``<name>.py`` (whose docstring lists the rest: data steps, fusion, presets) and its preset
 (``presets/<name>.yaml``).
 
-The "Analysing Diffusion Segmentation" study needs no pieces of its own here: EnsemDiff, SegDiff and MedSegDiff
-(``models/``, ``presets/``) train with the generic eps objective (``diffusion/objectives.py``) or feed-forward
-(``diffusion.mode: feedforward``, whose rule ``build.py`` applies); its comparison is ``experiments/compare.py``,
-its timestep fingerprints ``analysis/fingerprint.py`` with ``diffusion/recoverability.py`` and the fingerprint
-timestep sampler ``diffusion/timesteps.py``, its ECE ``metrics.py``.
+The "Analysing Diffusion Segmentation" study's own pieces (its feed-forward rule and objective, the fingerprint
+timestep sampler) are in ``analysing.py``, whose docstring says where the rest of the study lives.
 
 Importing this package registers every method's parts; ``lesiondiff.build`` does so before building anything.
 """
 
-from . import diffseg, palscdiff, pgdiffseg, refiner, unisegdiff  # noqa: F401  (registration)
+from . import analysing, diffseg, palscdiff, pgdiffseg, refiner, unisegdiff  # noqa: F401  (registration)
