@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lesiondiff.data.manifest import Manifest
-from lesiondiff.engine import train as train_module
+from lesiondiff.engine import runs as train_module
 from lesiondiff.errors import LesiondiffError
 from lesiondiff.experiments import runner
 from lesiondiff.experiments.runner import ExperimentSettings, RunSpec, State, run_config, run_plan, sampling
