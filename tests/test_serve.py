@@ -426,3 +426,26 @@ def test_serve_passes_its_limits_and_hosts_and_notes_an_open_host(run, monkeypat
         "note: --host 0.0.0.0 opens the page, which has no login, to the network; it answers only requests "
         "addressed to 127.0.0.1, localhost, ::1, 0.0.0.0, lab-pc, 10.0.0.5: give --allow-host NAME for each name "
         "or address others reach it by\nlesiondiff serve: http://0.0.0.0:8123/ with run (Ctrl+C stops it)\n")
+
+
+def test_a_job_shows_the_scores_and_the_calibrated_mark(run, image, tmp_path_factory):
+    """The page shows how far to trust the mask: the draws' scores, and accept / review with the calibration's
+    promise when the run was calibrated for the job's settings (RUN/selective.json), the same mark predict gives."""
+    import json
+    import shutil
+
+    calibrated = tmp_path_factory.mktemp("calibrated") / "run"
+    shutil.copytree(run, calibrated)
+    settings = {"sample.samples": int(SETTINGS["samples"]), "sample.sampler": "ddim",
+                "sample.steps": int(SETTINGS["steps"]), "sample.tta": "none", "sample.mc_dropout": False,
+                "sample.threshold": 0.5, "sample.maps": "probabilities", "fusion.method": "mean", "fusion.crf": False,
+                "postprocess": None}
+    (calibrated / "selective.json").write_text(json.dumps({
+        "score": "agreement", "threshold": -1.0, "settings": settings, "target_dice": 0.8, "delta": 0.1,
+        "split": "val", "manifest": "m.csv"}))  # a threshold every image passes
+    app = create_app(catalog({}, calibrated), root=tmp_path_factory.mktemp("jobs"), max_upload=LIMIT)
+    with TestClient(app, base_url=BASE) as c:
+        job = wait(c, upload(c, image).json()["id"])
+    trust = job["trust"]
+    assert job["status"] == "done" and trust["review"] == "accept" and trust["target_dice"] == 0.8
+    assert 0 <= trust["scores"]["agreement"] <= 1 and set(trust["scores"]) >= {"entropy", "band_entropy"}

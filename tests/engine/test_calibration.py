@@ -109,3 +109,17 @@ def test_evaluate_masks_ranks_masks_by_a_score_file(ensemble, phantom_manifest, 
     assert main(["evaluate", "--masks", str(masks), "--manifest", str(phantom_manifest), "--scores",
                  str(scores), "--out", str(tmp_path / "ev2")]) == 2
     assert "needs an id column and at least one score column" in capsys.readouterr().err
+
+
+def test_calibrate_never_writes_through_a_link_in_the_run_folder(ensemble, phantom_manifest, tmp_path):
+    """A selective.json that is a link to a file elsewhere is replaced as a name inside the run folder; the file it
+    pointed at keeps its bytes."""
+    ens, _ = ensemble
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(b"the user's own file\n")
+    (ens / FILE).unlink(missing_ok=True)
+    (ens / FILE).symlink_to(victim)
+    assert main(["calibrate", "--run", str(ens), "--manifest", str(phantom_manifest), "--split", "train",
+                 "--target-dice", "0.3", "--delta", "0.2"]) == 0
+    assert victim.read_bytes() == b"the user's own file\n"
+    assert not (ens / FILE).is_symlink() and json.loads((ens / FILE).read_text())["score"] == "agreement"

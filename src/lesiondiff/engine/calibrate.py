@@ -40,7 +40,7 @@ def calibrate_run(run: str | Path, manifest: str | Path, split: str = "val", tar
     if pred_dir is None:
         check_score(score, expected_members(run, overrides or []))  # before anything is predicted
         pred_dir = run / f"calibration_{split.replace(':', '')}"
-        predictor = Predictor.from_run(run, "best", device, overrides)
+        predictor = Predictor.from_run(run, "best", device, overrides, selective=False)
         predictor.run(collect_inputs([], str(manifest), split), pred_dir, checkpoint="best", overwrite=True, log=log)
     pred_dir = Path(pred_dir)
     record_path = pred_dir / RECORD

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from ..errors import LesiondiffError
-from ..io_utils import atomic_write_text
+from ..io_utils import atomic_write_text, inside
 from ..selective import MIN_CALIBRATION, choose_threshold, confidence, failure_detection
 from ..uncertainty import SCORES
 
@@ -108,6 +108,8 @@ def calibrate(rows: list[dict], score: str | None, target: float, delta: float, 
 
 
 def write(run: str | Path, record: dict) -> Path:
-    path = Path(run) / FILE
+    """``RUN/selective.json``, a checked name inside the run folder, written atomically (a link in its place is
+    replaced, never followed)."""
+    path = inside(run, FILE)
     atomic_write_text(path, json.dumps(record, indent=2))
     return path

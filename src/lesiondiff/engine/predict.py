@@ -200,11 +200,12 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run: str | Path | list, checkpoint: str = "best", device: str | None = None,
-                 overrides: list[str] | None = None, postprocess: bool = True) -> Predictor:
+                 overrides: list[str] | None = None, postprocess: bool = True, selective: bool = True) -> Predictor:
         """The predictor of a run folder, an ensemble folder (``ensemble.json``) or a list of runs (an ensemble
         on the fly; its settings are the first run's, with S = the number of runs unless overridden).
-        ``postprocess``: apply the run's ``postprocess.json`` when it has one; its ``selective.json`` gives the
-        accept / review mark. The settings are checked (e.g. ``sample.steps`` against the run's timesteps)
+        ``postprocess``: apply the run's ``postprocess.json`` when it has one; ``selective``: its
+        ``selective.json`` gives the accept / review mark (calibrate itself predicts without it). The settings
+        are checked (e.g. ``sample.steps`` against the run's timesteps)
         before the weights load."""
         runs = [Path(r) for r in run] if isinstance(run, (list, tuple)) else [Path(run)]
         folder = runs[0] if len(runs) == 1 else None  # where postprocess.json and selective.json are read
@@ -231,12 +232,11 @@ class Predictor:
                                           f"sampled through {wanted}")
                 model.prediction = wanted  # both heads were trained: sample through the other one
             sources.append(Source(model, build_sampler(cfg)))
-        rule, record, selective = None, None, None
+        rule, record = None, None
         if folder is not None and postprocess and (folder / POSTPROCESS_FILE).is_file():
             rule, record = load_postprocess(folder / POSTPROCESS_FILE)
-        if folder is not None:
-            selective = load_selective(folder)
-        predictor = cls(cfg, sources[0].model, rule, record, sources, selective)
+        record_of = load_selective(folder) if folder is not None and selective else None
+        predictor = cls(cfg, sources[0].model, rule, record, sources, record_of)
         predictor.source = checkpoint_source(runs, checkpoint, folder)
         if average is not None:
             ff_cfg, ff_model = load_run(average["feedforward"], checkpoint, device)
