@@ -73,7 +73,7 @@ def test_calibrated_predictions_are_marked_and_evaluated(ensemble, phantom_manif
     assert fd["optimal_aurc"] <= min(v["aurc"] for v in fd["scores"].values())
     assert 0 <= summary["pixel_uncertainty"]["ueo"] <= 1 and (out / "risk_coverage.png").is_file()
     assert main(["report", "--run", str(ens), "--pred", str(out), *base, "--out", str(tmp_path / "rep")]) == 0
-    page = (tmp_path / "rep" / "report.html").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
     assert "Which masks to trust" in page and "figures/risk_coverage.png" in page and "Sent to review" in page
     # other sampling settings: no mark, and a note saying why
     capsys.readouterr()
