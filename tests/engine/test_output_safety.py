@@ -253,3 +253,12 @@ def test_owned_folder_lists_what_it_wrote_and_refuses_the_rest(tmp_path):
     assert not (tmp_path / "a.txt").exists() and (tmp_path / "b.txt").read_bytes() == VICTIM
     (tmp_path / OWNED).write_text((tmp_path / OWNED).read_text() + '{"name": "cut')  # a kill mid-line
     assert OwnedFolder(tmp_path).files == {}
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver", "dpmsolver++", "unipc"])
+def test_more_steps_than_the_run_was_trained_with_is_one_line_before_anything_loads(run, tmp_path, capsys, sampler):
+    img = image(tmp_path / "in" / "scan.png")
+    code, _, err = predict(capsys, run, tmp_path / "out", img, "--sampler", sampler, "--steps", "1001")
+    assert code == 2 and err.count("\n") == 1
+    assert "--steps 1001: the run was trained with 1000 timesteps" in err and "at most 1000 sampling steps" in err
+    assert not (tmp_path / "out").exists()
