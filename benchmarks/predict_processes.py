@@ -59,7 +59,7 @@ def main() -> int:
             load = os.getloadavg()[0]
             start = time.perf_counter()
             done = subprocess.run(command(processes, ["predict", "--model", a.model, a.images, "--out", str(folder)]),
-                                  env=env, capture_output=True, text=True)
+                                  env=env, capture_output=True, text=True, encoding="utf-8")
             wall = time.perf_counter() - start
             if done.returncode != 0:
                 sys.stderr.write(done.stderr[-3000:])

@@ -11,7 +11,11 @@ ones resume):
 - ``unet-dropout``: the same U-Net with ``model.dropout`` 0.1, sampled with dropout on (MC dropout, S = 8);
 - ``ensemble``: 3 U-Nets with seeds seed, seed+1, seed+2 at --minutes / 3 each, read as one source (S = 3);
 - ``medsegdiff-x0``: MedSegDiff trained and sampled through x0 (``x0_hybrid``), S = 8;
-- ``refiner``: the refiner preset (prior + correction), S = 8, from noise.
+- ``refiner``: the refiner preset (prior + correction), S = 8, from noise;
+- ``--source NAME=RUN``: any further trained diffusion run (e.g. a newer configuration), predicted with its own
+  sampler, S = 8.
+``--x0-steps`` sets the DDIM steps of MedSegDiff through x0 (default: the run's own 20); ``--jobs`` how many
+trainings run side by side.
 Then, for every source (``--threads`` threads, one prediction at a time):
 1. predict and evaluate the validation split; the score with the lowest validation AURC is the source's score;
 2. ``lesiondiff calibrate`` on those validation predictions (target Dice --target, delta --delta; refused, and
@@ -55,14 +59,16 @@ def trainings(a, root: Path) -> list[tuple[str, Path, list[str], float]]:
     return jobs
 
 
-def sources(root: Path) -> list[tuple[str, Path, list[str]]]:
+def sources(a, root: Path) -> list[tuple[str, Path, list[str]]]:
     """(row name, run folder, predict options) of every source of uncertainty."""
+    x0_steps = ["--steps", str(a.x0_steps)] if a.x0_steps else []
+    extra = [(name, Path(run), ["--samples", "8"]) for name, run in (s.split("=", 1) for s in a.source)]
     return [("unet", root / "unet", []),
             (REFERENCE, root / "unet", ["--tta", "flips", "--samples", "4"]),
             ("unet + MC dropout", root / "unet-dropout", ["--mc-dropout", "--samples", "8"]),
             (f"ensemble of {MEMBERS} unets", root / "ensemble", []),
-            ("medsegdiff-x0", root / "medsegdiff-x0", ["--samples", "8"]),
-            ("refiner", root / "refiner", ["--samples", "8"])]
+            ("medsegdiff-x0", root / "medsegdiff-x0", ["--samples", "8", *x0_steps]),
+            ("refiner", root / "refiner", ["--samples", "8"]), *extra]
 
 
 def train_all(a, root: Path) -> None:
@@ -71,7 +77,7 @@ def train_all(a, root: Path) -> None:
         run.parent.mkdir(parents=True, exist_ok=True)
         return train(preset, argparse.Namespace(**{**vars(a), "minutes": minutes}), run, a.recipe, overrides)
 
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(a.jobs) as pool:
         list(pool.map(one, trainings(a, root)))
     if not (root / "ensemble" / "ensemble.json").is_file():
         sh(["ensemble", "--out", str(root / "ensemble"),
@@ -108,7 +114,7 @@ def calibrate(a, run: Path, score: str, val_pred: Path, log: Path) -> dict:
     record = run / "selective.json"
     cmd = [*LESIONDIFF, "calibrate", "--run", str(run), "--manifest", a.manifest, "--split", "val", "--pred",
            str(val_pred), "--score", score, "--target-dice", str(a.target), "--delta", str(a.delta)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8")
     with log.open("a") as f:
         f.write("+ " + " ".join(cmd[2:]) + "\n" + done.stdout + done.stderr)
     if done.returncode != 0:
@@ -136,12 +142,16 @@ def main() -> int:
     p.add_argument("--target", type=float, default=0.8, help="calibrate's target Dice")
     p.add_argument("--delta", type=float, default=0.1)
     p.add_argument("--train-only", action="store_true", help="stop after the trainings")
+    p.add_argument("--jobs", type=int, default=2, help="trainings side by side (one thread each)")
+    p.add_argument("--x0-steps", type=int, default=None, help="DDIM steps of MedSegDiff through x0")
+    p.add_argument("--source", action="append", default=[], metavar="NAME=RUN",
+                   help="a further trained diffusion run to compare (S = 8, its own sampler)")
     a, root = parse(p, minutes=30.0, size=128, threads=2)
     train_all(a, root)
     if a.train_only:
         return 0
     results, ranked = {}, {}
-    for name, run, extra in sources(root):
+    for name, run, extra in sources(a, root):
         tag, log = folder_name(name), root / f"{folder_name(name)}.log"
         val = predict_eval(a, run, extra, "val", root / "pred" / f"{tag}_val", log)
         score = min(val["failure_detection"]["scores"], key=lambda s: val["failure_detection"]["scores"][s]["aurc"])

@@ -55,7 +55,7 @@ def test_import_loads_neither_torch_nor_the_engine():
     code = ("import sys, lesiondiff; print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'numpy', 'lesiondiff')))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", env=env, check=True)
     assert out.stdout.strip() == "['lesiondiff', 'lesiondiff.errors']"
     assert "load" in dir(lesiondiff) and lesiondiff.load.__module__ == "lesiondiff.api"
 

@@ -57,7 +57,7 @@ def test_the_worked_example_trains_and_predicts(phantom_manifest, tmp_path):
     src = str(TESTS.parent / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(TESTS), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, __file__, str(root), str(phantom_manifest)], cwd=root, env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"tests": DOC_TESTS}
     run = root / "runs" / "toyseg"

@@ -242,6 +242,6 @@ def test_evaluate_masks_raises_no_warning_about_read_only_arrays(tmp_path):
     done = subprocess.run([sys.executable, "-W", "error:The given NumPy array is not writable:UserWarning", "-c",
                            "import sys; from lesiondiff.cli import main; sys.exit(main(sys.argv[1:]))",
                            "evaluate", "--masks", str(tmp_path / "tool"), "--manifest", str(tmp_path / "m.csv")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "not writable" not in done.stderr

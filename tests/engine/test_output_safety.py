@@ -138,14 +138,14 @@ def test_two_trainings_into_one_folder_the_second_is_refused(phantom_manifest, t
               "data.val_max_images=2", "train.val_every=1000", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([*TRAIN, *common, "train.steps=100000", "model.base_channels=8"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     try:
         deadline = time.monotonic() + 120
         while not (out / "log.csv").is_file() and time.monotonic() < deadline:  # training has begun
             time.sleep(0.2)
         assert (out / LOCK).is_file()
         second = subprocess.run([*TRAIN, *common, "train.steps=5", "model.base_channels=16"], env=env,
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, encoding="utf-8", timeout=300)
         assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
         assert f"another lesiondiff process (PID {first.pid}" in second.stderr
     finally:

@@ -55,7 +55,17 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
+def _printable_streams() -> None:
+    """Under a locale that cannot encode the report's characters (an ASCII terminal, PYTHONUTF8=0 with LC_ALL=C),
+    print them escaped rather than stopping with UnicodeEncodeError halfway through a command."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_streams()
     args = parse(build_parser(), argv)
     try:
         check_args(args)

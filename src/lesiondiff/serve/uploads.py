@@ -5,6 +5,7 @@ clear message before a job is made."""
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -34,14 +35,25 @@ class UploadError(LesiondiffError):
         self.status = status
 
 
+def storable(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def upload_name(filename: str | None) -> tuple[str, str]:
     """(id, suffix) of an uploaded file's name: the stem as ``split_name`` takes it for predict, in NFC, with any
     character but (Unicode) letters, digits, '.', '_' and '-' replaced by '_', so that no path can be made of it (no
     separator, drive, control or format character; no leading '.'), within 150 bytes of UTF-8 (the outputs append
-    up to 12 to it, a file name takes 255) and no Windows device name; "image" when none is left."""
+    up to 12 to it, a file name takes 255) and no Windows device name; "image" when none is left. A letter the
+    file system's encoding cannot store (an ASCII locale with Python's UTF-8 mode off) becomes '_' as well."""
     name = re.split(r"[\\/]", unicodedata.normalize("NFC", filename or ""))[-1]
     stem, suffix = split_name(name)
-    stem = re.sub(r"[^\w.-]", "_", stem).strip("._")[:100]
+    encoding = sys.getfilesystemencoding()
+    stem = "".join(c if re.fullmatch(r"[\w.-]", c) and storable(c, encoding) else "_" for c in stem)
+    stem = stem.strip("._")[:100]
     while len(stem.encode()) > 150:
         stem = stem[:-1]
     head, dot, rest = stem.partition(".")
