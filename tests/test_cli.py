@@ -1,6 +1,7 @@
 """The command line as a user meets it: one-line errors naming the file, non-zero exits, no tracebacks."""
 
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -351,3 +352,22 @@ def test_overrides_after_an_option_are_kept_and_unknown_options_still_refused(tm
             main(argv)
         assert exit_.value.code == 2
         assert "unrecognized arguments: " in capsys.readouterr().err
+
+
+def test_an_ascii_terminal_gets_escapes_not_a_traceback(monkeypatch):
+    """LC_ALL=C with PYTHONUTF8=0: the streams take only ASCII; a report's '–' or 'ü' is escaped, not fatal."""
+    import io
+
+    from lesiondiff.cli import _printable_streams
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    _printable_streams()
+    print("Dice 65.1 % – ünï")
+    out.flush()
+    assert out.buffer.getvalue() == b"Dice 65.1 % \\u2013 \\xfcn\\xef\n"
+    utf8 = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", utf8)
+    _printable_streams()
+    assert utf8.errors == "strict"  # a UTF-8 stream is left as it is
