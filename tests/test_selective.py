@@ -140,3 +140,16 @@ def test_choose_threshold_refuses_bad_input():
         choose_threshold([0.9] * 10, [1.0] * 10, 0.8, 0.1)
     everything_good = choose_threshold([0.98] * 40, np.linspace(0, 1, 40), 0.8, 0.1)
     assert everything_good["coverage"] == 1.0 and everything_good["threshold"] == 0.0
+
+
+def test_the_printed_mark_line_says_what_happened_when_nothing_is_accepted():
+    from lesiondiff.render.tables import trust_lines
+
+    sel = {"score": "entropy", "accepted": 0, "images": 93, "coverage": 0.0, "accepted_mean_dice": None,
+           "target_dice": 0.8, "delta": 0.1, "met": None}
+    assert trust_lines({"selective": sel}) == [
+        "accept / review (entropy): 0 of 93 accepted (0.0%), none accepted; target 0.8 at delta 0.1: kept trivially "
+        "(nothing accepted, every image to review)"]
+    line = trust_lines({"selective": {**sel, "accepted": 50, "coverage": 50 / 93, "accepted_mean_dice": 0.79,
+                                      "met": False}})[0]
+    assert line.endswith("50 of 93 accepted (53.8%), mean Dice 0.7900; target 0.8 at delta 0.1: NOT met")

@@ -245,7 +245,8 @@ def trust_lines(summary: dict) -> list[str]:
     sel = summary.get("selective")
     if sel:
         dice = "none accepted" if sel["accepted_mean_dice"] is None else f"mean Dice {sel['accepted_mean_dice']:.4f}"
-        met = {True: "met", False: "NOT met", None: "no target recorded"}[sel["met"]]
+        met = {True: "met", False: "NOT met"}.get(sel["met"], "no target recorded" if sel.get("target_dice") is None
+                                                 else "kept trivially (nothing accepted, every image to review)")
         lines.append(f"accept / review ({sel['score']}): {sel['accepted']} of {sel['images']} accepted "
                      f"({sel['coverage']:.1%}), {dice}; target {sel['target_dice']} at delta {sel['delta']}: {met}")
     return lines
