@@ -142,3 +142,19 @@ def test_the_average_reproduces_either_side_at_weight_1_and_0(pair, phantom_mani
     capsys.readouterr()
     assert main(["predict", "--run", str(diffusion), *base, "--steps", "5", "--out", str(tmp_path / "p5")]) == 0
     assert "trained only on the timesteps [999, 666, 332]" in capsys.readouterr().out
+
+
+def test_the_medsegdiff_aligned_preset_is_the_measured_configuration():
+    """The preset holds what benchmarks/levers_vs_unet.py trained as aligned-recycle-scale over medsegdiff."""
+    import sys
+    from pathlib import Path
+
+    from lesiondiff.presets import load_preset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from levers_vs_unet import LEVERS
+
+    measured = load_preset("medsegdiff").override(LEVERS["aligned-recycle-scale"])
+    preset = load_preset("medsegdiff-aligned")
+    for section in ("model", "diffusion", "train", "sample", "fusion", "data"):
+        assert getattr(preset, section) == getattr(measured, section), section

@@ -52,9 +52,10 @@ def cmd_train(args) -> int:
 def cmd_presets(args) -> int:
     from ..presets import load_preset, preset_names
 
+    width = max(map(len, preset_names()))
     for name in preset_names():
         cfg = load_preset(name)
-        print(f"{name:<12} model {cfg.model.name}, {cfg.diffusion.mode}, objective "
+        print(f"{name:<{width}}  model {cfg.model.name}, {cfg.diffusion.mode}, objective "
               f"{'feedforward' if cfg.diffusion.feedforward else cfg.diffusion.objective}, "
               f"sampler {cfg.sample.sampler}")
     return 0
