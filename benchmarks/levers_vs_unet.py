@@ -50,6 +50,7 @@ def main() -> int:
     p.add_argument("--reference", nargs="*", default=[], metavar="NAME=RUN",
                    help="further trained diffusion runs to set against the unet (e.g. medsegdiff-x0=RUN)")
     p.add_argument("--levers", default=",".join(LEVERS), help="which levers to train and compare")
+    p.add_argument("--train-only", action="store_true", help="stop after the trainings")
     a, root = parse(p, minutes=30.0, size=128, threads=2)
     names = [n for n in a.levers.split(",") if n]
     unknown = [n for n in names if n not in LEVERS]
@@ -61,6 +62,8 @@ def main() -> int:
     with ThreadPoolExecutor(2) as pool:
         trained = dict(zip([n for _, n, _ in jobs],
                            pool.map(lambda j: train(j[0], a, root / j[1], a.recipe, j[2]), jobs)))
+    if a.train_only:
+        return 0
     unet = Path(a.unet) if a.unet else trained.pop("unet")
     levers = {n: trained[n] for n in names}
     best = best_on_validation(levers)
