@@ -201,7 +201,7 @@ def write_tables(a, root: Path, results: dict) -> None:
             f"the ensemble: {MEMBERS} runs of {a.minutes / MEMBERS:g}), threshold 0.5, metrics per image at the "
             f"original size; risk = 1 - fused Dice; each source's score chosen by validation AURC; calibrate at "
             f"target Dice {a.target} with delta {a.delta} on the validation split; seconds per image: the whole "
-            f"predict work per image (read, sample, fuse, score, write), {a.threads} threads")
+            f"predict work per image (read, sample, fuse, score, write), {a.threads} thread(s)")
     lines = [head, "", "| source | S | score (chosen on val) | lesion-image Dice | overall Dice | AURC | e-AURC | "
              f"coverage at {a.target} | realised Dice of accepted | UEO | ECE | s / image |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
