@@ -95,5 +95,10 @@ def row(name: str, s: dict) -> dict:
             "samples": s["prediction_settings"]["samples"], "postprocess": s["postprocess"]}
 
 
+def interval_cells(d: dict) -> str:
+    """A paired difference's mean and 95 % interval, in percentage points: "+1.04 | [-1.70, +4.10]"."""
+    return f"{100 * d['mean']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+
+
 def empty_cell(r: dict) -> str:
     return f"{100 * r['normal_empty']:.1f} % of {r['normal_n']}" if r["normal_n"] else "– (none lesion-free)"

@@ -28,7 +28,18 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_runs import done, empty_cell, lesion_ids, parse, per_image_dice, predict_eval, row, sh, train
+from bench_runs import (
+    done,
+    empty_cell,
+    interval_cells,
+    lesion_ids,
+    parse,
+    per_image_dice,
+    predict_eval,
+    row,
+    sh,
+    train,
+)
 from lesiondiff.metrics import paired_difference
 
 BASE = ["diffusion.objective=x0_dice_bce", "diffusion.prediction=x0", "diffusion.timestep_sampling=aligned",
@@ -103,8 +114,7 @@ def main() -> int:
     lines += ["", "| lesion-image Dice minus unet (paired, no decision) | mean (pp) | 95 % bootstrap interval | "
               "better / worse / equal |", "| --- | --- | --- | --- |"]
     for name, d in paired.items():
-        lines.append(f"| {name} | {100 * d['mean']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] | "
-                     f"{d['better']} / {d['worse']} / {d['equal']} |")
+        lines.append(f"| {name} | {interval_cells(d)} | {d['better']} / {d['worse']} / {d['equal']} |")
     val = {n: json.loads((r / "summary.json").read_text())["best_val_dice"] for n, r in {**levers, "unet": unet}.items()}
     lines.append("\nbest validation Dice (summary.json: EMA weights, the run's own sampler, one sample, 128 px): "
                  + ", ".join(f"{n} {v:.4f}" for n, v in val.items()))

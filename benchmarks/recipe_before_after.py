@@ -23,7 +23,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_runs import empty_cell, parse, per_image_dice, predict_eval, row, train
+from bench_runs import empty_cell, interval_cells, parse, per_image_dice, predict_eval, row, train
 from lesiondiff.metrics import paired_difference
 
 PRESETS = ["unet", "ensemdiff", "segdiff", "medsegdiff", "palscdiff", "pgdiffseg", "unisegdiff"]
@@ -86,8 +86,7 @@ def main() -> int:
         if before is None:
             continue
         d = diffs[f"{name} - {before}"] = paired(results[before], results[name])
-        lines.append(f"| {name} − {before} | {100 * d['mean']:+.2f} | [{100 * d['ci_low']:+.2f}, "
-                     f"{100 * d['ci_high']:+.2f}] | {d['better']} / {d['worse']} / {d['equal']} |")
+        lines.append(f"| {name} − {before} | {interval_cells(d)} | {d['better']} / {d['worse']} / {d['equal']} |")
     for r in results.values():
         r.pop("dices")
     (root / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

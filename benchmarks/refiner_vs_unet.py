@@ -29,7 +29,18 @@ from pathlib import Path
 
 import yaml
 
-from bench_runs import done, empty_cell, lesion_ids, parse, per_image_dice, predict_eval, row, sh, train
+from bench_runs import (
+    done,
+    empty_cell,
+    interval_cells,
+    lesion_ids,
+    parse,
+    per_image_dice,
+    predict_eval,
+    row,
+    sh,
+    train,
+)
 from lesiondiff.metrics import paired_difference
 
 
@@ -94,8 +105,8 @@ def main() -> int:
     lines += ["", "| paired per-image Dice difference | mean (pp) | 95 % bootstrap interval | Wilcoxon p | better / "
               "worse / equal |", "| --- | --- | --- | --- | --- |"]
     for name, d in diffs.items():
-        lines.append(f"| {name} | {100 * d['mean']:+.2f} | [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] | "
-                     f"{d['p_wilcoxon']:.3g} | {d['better']} / {d['worse']} / {d['equal']} |")
+        lines.append(f"| {name} | {interval_cells(d)} | {d['p_wilcoxon']:.3g} | {d['better']} / {d['worse']} / "
+                     f"{d['equal']} |")
     if refine:
         lines.append(f"\nrefiner training: prior {summary.get('pretraining', {}).get('step')} steps, refiner "
                      f"{summary['step']} steps, best validation step {summary['best_step']} (0 = the prior itself)")
