@@ -168,11 +168,16 @@ def build_curriculum(cfg: Config, rows: list[dict], log: Callable[[str], None] =
     return factory(rows=rows, base_lr=cfg.train.lr, log=log, **options)
 
 
-def pretraining_config(cfg: Config) -> Config | None:
-    """The training config of the design's pre-trained part (``Denoiser.pretrained_part``, registered by its
-    method in ``pretraining.PRETRAINING``), or None when the design has none."""
+def pretraining_configs(cfg: Config) -> dict[str, Config]:
+    """The training configs of the design's pre-trained parts by run folder name (``Denoiser.pretrained_part``
+    first; registered by its method in ``pretraining.PRETRAINING``), empty when the design has none."""
     part = MODELS.get(cfg.model.name).pretrained_part
-    return PRETRAINING.get(cfg.model.name)(cfg) if part else None
+    if not part:
+        return {}
+    configs = PRETRAINING.get(cfg.model.name)(cfg)
+    if next(iter(configs), None) != part:
+        raise AssertionError(f"{cfg.model.name}: its pre-training configs must begin with {part!r}")
+    return configs
 
 
 def build_fusion(cfg: Config) -> tuple[dict, dict | None]:

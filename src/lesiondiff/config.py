@@ -50,6 +50,9 @@ class DataConfig:
     fold: int | None = None  # with k-fold manifests: train on folds != fold, validate on fold
     val_max_images: int = ranged(32, 0, None)  # validation images, spread evenly over the validation split (sorted by id)
     include_labels: list[str] | None = None  # e.g. drop BUSI "normal" from training: ["benign", "malignant"]
+    # [F, k]: train only on the training rows whose case lies outside fold k of F (data/splits.case_folds, over the
+    # training rows left after include_labels); cross-fitting, the refiner's fold priors (model.options.prior_folds)
+    train_folds: list[int] | None = None
     # DiffSeg's class-labelled data: also build each image's healthy version, its lesion filled from the
     # surrounding skin at the model size by "biharmonic" or "harmonic" (data/healthy.py); None: not built.
     healthy: str | None = None

@@ -21,6 +21,7 @@ from ..errors import LesiondiffError
 from .healthy import METHODS, remove_lesion
 from .io import read_image, read_masks
 from .manifest import Manifest
+from .splits import case_folds, fold_of_row
 from .transforms import preprocess_image, preprocess_mask
 
 
@@ -67,7 +68,22 @@ def select_rows(manifest: Manifest, cfg: DataConfig, role: str) -> list[dict]:
         rows = manifest.rows(split=cfg.train_split if role == "train" else cfg.val_split)
     if role == "train" and cfg.include_labels:
         rows = [r for r in rows if r["label"] in cfg.include_labels]
+    if role == "train" and cfg.train_folds is not None:
+        folds, k = check_train_folds(cfg.train_folds)
+        assigned = case_folds(rows, folds)
+        rows = [r for r in rows if fold_of_row(r, assigned) != k]
     return rows
+
+
+def check_train_folds(value) -> tuple[int, int]:
+    """``data.train_folds`` as (F, k), or a one-line error."""
+    try:
+        folds, k = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise LesiondiffError(f"data.train_folds must be [F, k], got {value!r}") from None
+    if folds < 2 or not 0 <= k < folds:
+        raise LesiondiffError(f"data.train_folds must be [F, k] with F >= 2 and 0 <= k < F, got {value!r}")
+    return folds, k
 
 
 def mask_paths(row: dict) -> list[str]:

@@ -160,3 +160,20 @@ def assign_splits(
 # --- several datasets ---------------------------------------------------------------------------------
 
 
+
+
+def case_folds(rows: Iterable[Row], folds: int, seed: int = 0) -> dict[tuple[str, str], int]:
+    """Cross-fitting folds of a set of rows, by case: (dataset, case) -> fold 0..folds-1. The cases, sorted, are
+    shuffled with ``seed`` and dealt round robin, so the folds differ in size by at most one case and a patient's
+    images share a fold. The same rows give the same folds on every machine (the refiner's fold priors,
+    ``data.train_folds``, and the Trainer that routes each image to the fold prior that did not see it)."""
+    if folds < 2:
+        raise LesiondiffError(f"cross-fitting needs at least 2 folds, got {folds}")
+    cases = sorted({_case_key(r) for r in rows})
+    order = np.random.default_rng(seed).permutation(len(cases))
+    return {cases[j]: k % folds for k, j in enumerate(order.tolist())}
+
+
+def fold_of_row(row: Row, folds: dict[tuple[str, str], int]) -> int:
+    """The fold ``case_folds`` gave the row's case."""
+    return folds[_case_key(row)]

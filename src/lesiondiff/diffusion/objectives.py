@@ -85,7 +85,7 @@ class EpsMSE(Objective):
     """L = || eps - eps_theta(x_t, t, image) ||^2 (Ho et al. 2020), the loss of EnsemDiff, SegDiff, MedSegDiff."""
 
     def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
-        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"])
+        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"], batch.get("fold"))
         mse = F.mse_loss(out.eps, noise)
         return LossOutput(mse, {"mse": mse.detach()})
 
@@ -95,7 +95,7 @@ class X0Hybrid(Objective):
     """For x0-predicting designs: MSE between tanh(x0/2) and the mask in diffusion space, plus Dice + BCE."""
 
     def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
-        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"])
+        out: DenoiserOutput = model(self.noisy(batch["mask"], noise, t), t, batch["image"], batch.get("fold"))
         mse = F.mse_loss(out.x0_diffusion_space(), batch["mask"])
         seg, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
         return LossOutput(mse + seg, {"mse": mse.detach(), **parts})
@@ -142,12 +142,13 @@ class X0DiceBCE(Objective):
             return x_t
         with torch.no_grad():
             earlier = self.noisy(mask[pick], torch.randn_like(mask[pick]), prev[pick])
-            estimate = model(earlier, prev[pick], batch["image"][pick]).x0_diffusion_space().detach()
+            fold = batch["fold"][pick] if "fold" in batch else None
+            estimate = model(earlier, prev[pick], batch["image"][pick], fold).x0_diffusion_space().detach()
         x_t = x_t.clone()
         x_t[pick] = self.noisy(estimate, noise[pick], t[pick])
         return x_t
 
     def __call__(self, model: Denoiser, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
-        out: DenoiserOutput = model(self.inputs(model, batch, t, noise), t, batch["image"])
+        out: DenoiserOutput = model(self.inputs(model, batch, t, noise), t, batch["image"], batch.get("fold"))
         total, parts = dice_bce(out.x0, (batch["mask"] > 0).float())
         return LossOutput(total, parts)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from ..build import check_size, pretraining_config
+from ..build import check_size, pretraining_configs
 from ..config import Config
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
@@ -26,14 +26,15 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
               log=print) -> dict:
     """Train (or resume) a run, pre-training first the part of the design that trains apart and then stays
     frozen, when the design has one (``Denoiser.pretrained_part``; its method registers the part's training config in
-    ``pretraining.PRETRAINING``, read through ``build.pretraining_config``: UniSegDiff's CFENet, the refiner's
-    prior).
+    ``pretraining.PRETRAINING``, read through ``build.pretraining_configs``: UniSegDiff's CFENet, the refiner's
+    prior and its fold priors).
 
     The run folder is locked while it trains (``engine/outputs.OutputLock``, as predict's): a second ``train``
-    into it gets a one-line error. The part is trained as its own run in ``out_dir/<name>`` (``pretrained_part``; resumed or skipped like any
-    run), unless ``model.options.<name>_checkpoint`` names a trained one (a run folder: its best checkpoint, else
-    its last; or a checkpoint file). Its best checkpoint (last when there
-    is no validation) is loaded into the model before the main phase starts, and the main phase's budget
+    into it gets a one-line error. Each part is trained as its own run in ``out_dir/<name>`` (``pretrained_part``
+    first, then any further ones such as ``prior-fold-0``; resumed or skipped like any run), unless
+    ``model.options.<name>_checkpoint`` names a trained one for a design with a single part (a run folder: its
+    best checkpoint, else its last; or a checkpoint file). Each best checkpoint (last when there is no
+    validation) is loaded into the model before the main phase starts, and the main phase's budget
     (``train.max_minutes``) counts the pre-training's time. The summary gains ``pretraining``.
     """
     check_size(cfg)  # before any data or weights load
@@ -48,32 +49,41 @@ def train_run(cfg: Config, out_dir: str | Path, device: str | None = None, resum
 def _train_run(cfg: Config, out: Path, device: str | None, resume: bool, log) -> dict:
     resume = resume and (out / "checkpoints" / "last.safetensors").is_file()
     name = MODELS.get(cfg.model.name).pretrained_part
-    pre_cfg = pretraining_config(cfg)
-    pretrained, elapsed, pre_summary = None, 0.0, None
-    if resume and pre_cfg is not None and (out / "summary.json").is_file():
+    parts = pretraining_configs(cfg)
+    pretrained: dict[str, Path] = {}
+    elapsed, pre_summary = 0.0, None
+    if resume and parts and (out / "summary.json").is_file():
         # read before fit() rewrites it: the pre-training's summary stays with the run
         pre_summary = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("pretraining")
-    if pre_cfg is not None and not resume:
+    if parts and not resume:
         given = (cfg.model.options or {}).get(f"{name}_checkpoint")
+        if given and len(parts) > 1:
+            raise LesiondiffError(f"model.options.{name}_checkpoint: {cfg.model.name} trains {len(parts)} "
+                                  f"pre-trained parts here ({', '.join(parts)}); it takes no given checkpoint")
         if given:
-            pretrained = Path(given)
-            if pretrained.is_dir():  # a trained run: its best checkpoint (last when it has none)
-                pretrained = run_checkpoint(pretrained)
-            if not pretrained.is_file():
-                raise LesiondiffError(f"{pretrained}: model.options.{name}_checkpoint not found (a run folder or "
+            checkpoint = Path(given)
+            if checkpoint.is_dir():  # a trained run: its best checkpoint (last when it has none)
+                checkpoint = run_checkpoint(checkpoint)
+            if not checkpoint.is_file():
+                raise LesiondiffError(f"{checkpoint}: model.options.{name}_checkpoint not found (a run folder or "
                                       "a .safetensors checkpoint)")
-            pre_summary = {"checkpoint": str(pretrained), "action": "given"}
+            pretrained[name] = checkpoint
+            pre_summary = {"checkpoint": str(checkpoint), "action": "given"}
         else:
             if not (out / "config.yaml").is_file():  # so that --resume finds the config during pre-training
                 out.mkdir(parents=True, exist_ok=True)
                 cfg.save(out / "config.yaml")
-            pre_out = out / name
-            pre_summary = train_in(pre_cfg, pre_out, device, lambda m: log(f"{name}: {m}"),
-                                   runner=_plain)
-            if pre_summary["status"] == "interrupted":
-                return {**pre_summary, "pretraining": dict(pre_summary)}
-            pretrained = run_checkpoint(pre_out)
-            elapsed = float(pre_summary["elapsed_s"])
+            summaries = {}
+            for part, part_cfg in parts.items():
+                summaries[part] = train_in(part_cfg, out / part, device, lambda m, p=part: log(f"{p}: {m}"),
+                                           runner=_plain)
+                if summaries[part]["status"] == "interrupted":
+                    summary = summaries[part] if len(parts) == 1 else {**summaries[part], "parts": summaries}
+                    return {**summary, "pretraining": dict(summary)}
+                pretrained[part] = run_checkpoint(out / part)
+                elapsed += float(summaries[part]["elapsed_s"])
+            # one part: its summary, as before; several: the first's, with every part's under "parts"
+            pre_summary = summaries[name] if len(parts) == 1 else {**summaries[name], "parts": summaries}
     summary = Trainer(cfg, out, device=device, resume=resume, pretrained=pretrained, elapsed=elapsed).fit()
     if pre_summary is not None:
         summary["pretraining"] = pre_summary

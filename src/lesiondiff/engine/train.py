@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import io
 import json
 import signal
 import time
@@ -46,6 +47,7 @@ from ..build import (
 from ..config import Config
 from ..data.dataset import SplitData, load_rows, select_rows
 from ..data.manifest import Manifest, evenly_spaced
+from ..data.splits import case_folds, fold_of_row
 from ..data.transforms import Augment
 from ..errors import LesiondiffError
 from ..io_utils import atomic_write_text
@@ -85,9 +87,10 @@ class EMA:
 
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, device: str | None = None, resume: bool = False,
-                 pretrained: Path | None = None, elapsed: float = 0.0) -> None:
-        """``pretrained``: a checkpoint the design's ``load_pretrained`` takes before training starts (its
-        frozen part, e.g. UniSegDiff's CFENet; ignored on resume, where the run's checkpoint holds it);
+                 pretrained: dict[str, Path] | None = None, elapsed: float = 0.0) -> None:
+        """``pretrained``: {pre-training run name: checkpoint} that the design's frozen parts load before training
+        starts (``pretrained_module(name)``, e.g. UniSegDiff's CFENet, the refiner's priors; ignored on resume,
+        where the run's checkpoint holds them);
         ``elapsed``: seconds already spent on this run (by that pre-training), counted against the budget."""
         self.out = Path(out_dir)
         self.ckpt_dir = self.out / "checkpoints"
@@ -115,11 +118,19 @@ class Trainer:
         self.val_data = load_rows(val_rows, cfg.data, cfg.data.channels, desc="loading val") if val_rows else None
 
         model = build_model(cfg, cfg.data.channels)
-        if pretrained is not None and not resume:
-            load_frozen(model.pretrained_module(), pretrained)
+        if pretrained and not resume:
+            for name, checkpoint in pretrained.items():
+                load_frozen(model.pretrained_module(name), checkpoint)
         elif not resume and model.pretrained_part:
             raise LesiondiffError(f"{cfg.model.name}: its {model.pretrained_part} must be pre-trained first; train "
                                   "it with lesiondiff train (engine.runs.train_run), which runs both phases")
+        # cross-fitting (the refiner's fold priors): each training row's fold, passed with its batch
+        self.row_fold, self.prior_folds = None, model.prior_folds
+        if model.prior_folds:
+            folds = case_folds(self.train_data.rows, model.prior_folds)
+            self.row_fold = torch.tensor([fold_of_row(r, folds) for r in self.train_data.rows])
+        self.choice_dice: dict[str, float] = {}  # the last validation's Dice of each validation choice
+        self.best_choice: dict[str, float] = {}  # ... and the best checkpoint's
         self.n_params = count_parameters(model)
         self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.ema = EMA(model, cfg.train.ema_decay)
@@ -154,6 +165,12 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         self.start_step = self.step
         cfg.save(self.out / "config.yaml")
+        if self.row_fold is not None and self.accelerator.is_main_process:
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows(
+                [("id", "case", "fold"), *((r["id"], r["case"], k)
+                                           for r, k in zip(self.train_data.rows, self.row_fold.tolist()))])
+            atomic_write_text(self.out / "folds.csv", text.getvalue())
         self._write_timestep_weights()
 
     # ---- timesteps --------------------------------------------------------------------------------------
@@ -193,6 +210,8 @@ class Trainer:
             batch = {**batch, "image": images[:, :c], "mask": torch.stack([p[1] for p in pairs])}
             if "healthy" in batch:
                 batch["healthy"] = images[:, c:]
+        if self.row_fold is not None:
+            batch["fold"] = self.row_fold[index]
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _set_level(self, level: int) -> None:
@@ -227,7 +246,8 @@ class Trainer:
     def _state(self) -> dict:
         return {"step": self.step, "pos": self.pos, "best": self.best, "best_step": self.best_step,
                 "elapsed": self.elapsed, "preset": self.cfg.preset, "level": self.level,
-                "level_steps": self.level_steps, "warmup_progress": self.lr_schedule.warmup_progress}
+                "level_steps": self.level_steps, "warmup_progress": self.lr_schedule.warmup_progress,
+                "best_choice": self.best_choice}
 
     def _all_agree(self, flag: bool) -> bool:
         """True when any process says so: with several processes (DDP) every rank must stop at the same step,
@@ -263,6 +283,7 @@ class Trainer:
         if best_file.is_file():  # a kill between saving best and last: the state follows the best file on disk
             b = Checkpoint(best_file).state
             self.best, self.best_step = b["best"], b["best_step"]
+            self.best_choice = dict(b.get("best_choice") or {})
         if s.get("warmup_progress") is not None:
             self.lr_schedule.warmup_progress = float(s["warmup_progress"])
         if self.curriculum is not None:  # "stage": checkpoints written before curricula had levels
@@ -283,9 +304,25 @@ class Trainer:
     # ---- validation -------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, data: SplitData | None = None, chunk: int = 16) -> float:
+        """Per-image mean Dice on ``data`` (the validation rows). A design with ``validation_choices`` is
+        validated with each, keeps the best (the first on a tie) in both its EMA and its trained copy, and
+        returns that one's Dice; ``choice_dice`` holds them all."""
         data = data if data is not None else self.val_data
         if data is None:
             return float("nan")
+        model = self.ema.model
+        if not model.validation_choices:
+            return self._validate(data, chunk)
+        self.choice_dice = {}
+        for name in model.validation_choices:
+            model.choose(name)
+            self.choice_dice[name] = self._validate(data, chunk)
+        best = max(self.choice_dice, key=self.choice_dice.get)  # max keeps the first of equal values
+        model.choose(best)
+        self.accelerator.unwrap_model(self.model).choose(best)
+        return self.choice_dice[best]
+
+    def _validate(self, data: SplitData, chunk: int) -> float:
         model = self.ema.model.eval()
         gen = torch.Generator().manual_seed(self.cfg.train.seed)
         dices = []
@@ -335,7 +372,8 @@ class Trainer:
         try:
             if self.step == 0 and self.validate_at_start and self.val_data is not None:
                 dice = self._validate_and_save()
-                self.log_rows.append({"step": 0, "elapsed_s": f"{self.elapsed:.1f}", "val_dice": f"{dice:.4f}"})
+                self.log_rows.append({"step": 0, "elapsed_s": f"{self.elapsed:.1f}", "val_dice": f"{dice:.4f}",
+                                      **self._choice_columns()})
                 self._write_log()
             while self.step < cfg.steps:
                 if self.curriculum is not None:
@@ -375,6 +413,7 @@ class Trainer:
                     running = {}
                     if self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time:
                         row["val_dice"] = f"{self._validate_and_save():.4f}"
+                        row.update(self._choice_columns())
                     self.log_rows.append(row)
                     self._write_log()
                     bar.set_postfix(step=self.step, loss=row["loss"],
@@ -395,11 +434,19 @@ class Trainer:
                                   "--resume")
         return summary
 
+    def _choice_columns(self) -> dict[str, str]:
+        """log.csv's columns of the last validation's choices: val_dice_<choice> and the one chosen."""
+        if not self.choice_dice:
+            return {}
+        cols = {f"val_dice_{name.replace(' ', '_')}": f"{d:.4f}" for name, d in self.choice_dice.items()}
+        return {**cols, "chosen": max(self.choice_dice, key=self.choice_dice.get).replace(" ", "_")}
+
     def _validate_and_save(self) -> float:
         dice = self.validate()
         improved = self.val_data is None or dice > self.best
         if improved:
             self.best, self.best_step = (dice if self.val_data is not None else -1.0), self.step
+            self.best_choice = dict(self.choice_dice)
         if improved:  # best before last: a kill between the two leaves a best that _restore adopts
             self._save("best")
         self._save("last")
@@ -422,6 +469,12 @@ class Trainer:
             "best_val_dice": self.best, "best_step": self.best_step, "device": str(self.device),
             "processes": self.accelerator.num_processes,
             **({"aligned_timesteps": self.timestep_sampler.visited.tolist()} if self.aligned else {}),
+            **({"cross_fitting": {"folds": self.prior_folds,
+                                  "train_images_per_fold": torch.bincount(self.row_fold,
+                                                                          minlength=self.prior_folds).tolist(),
+                                  "record": "folds.csv"}} if self.row_fold is not None else {}),
+            **({"validation_choice": {"chosen": max(self.best_choice, key=self.best_choice.get),
+                                      "val_dice": self.best_choice}} if self.best_choice else {}),
             "recipe": self.cfg.recipe, "lr_schedule": self.lr_schedule.describe(self.cfg.train.lr),
             **({"curriculum": [{**level, "began_at_step": self.level_steps[k] if k < len(self.level_steps) else None}
                                for k, level in enumerate(self.curriculum.schedule())]} if self.curriculum else {}),

@@ -13,6 +13,8 @@ Where the method lives:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..config import Config, DiffusionConfig
@@ -87,8 +89,16 @@ class RefineSampler(Sampler):
 
 
 @PRETRAINING.register("refiner")
-def prior_config(cfg: Config) -> Config:
+def prior_config(cfg: Config) -> dict[str, Config]:
     """The prior's training run: the feed-forward U-Net with the model section's layout, Dice + BCE on the
-    same data, for ``prior_fraction`` of the steps and of the time budget."""
-    fraction = float((cfg.model.options or {}).get("prior_fraction", 0.6))
-    return segmenter_pretrain_config(cfg, fraction, cfg.model.base_channels, "prior")
+    same data, for ``prior_fraction`` of the steps and of the time budget. With ``prior_folds`` = F, F + 1 runs
+    share that fraction equally: the full prior ("prior") and fold prior k ("prior-fold-<k>") on the training
+    images outside fold k (``data.train_folds`` [F, k])."""
+    options = cfg.model.options or {}
+    fraction, folds = float(options.get("prior_fraction", 0.6)), int(options.get("prior_folds", 0) or 0)
+    share = fraction / (folds + 1)
+    runs = {"prior": segmenter_pretrain_config(cfg, share, cfg.model.base_channels, "prior")}
+    for k in range(folds):
+        run = segmenter_pretrain_config(cfg, share, cfg.model.base_channels, f"prior-fold-{k}")
+        runs[f"prior-fold-{k}"] = dataclasses.replace(run, data=dataclasses.replace(run.data, train_folds=[folds, k]))
+    return runs

@@ -257,10 +257,11 @@ class StagedSampler(Sampler):
 
 
 @PRETRAINING.register("unisegdiff")
-def cfenet_config(cfg: Config) -> Config:
+def cfenet_config(cfg: Config) -> dict[str, Config]:
     """The config of the CFENet pre-training run: the feed-forward U-Net with CFENet's layout, Dice + BCE on the
     same data, for ``cfenet_fraction`` of the steps and of the time budget."""
     options = cfg.model.options or {}
     fraction = float(options.get("cfenet_fraction", 0.3))
-    return segmenter_pretrain_config(cfg, fraction, int(options.get("cfenet_channels") or cfg.model.base_channels),
-                                     "cfenet")
+    return {"cfenet": segmenter_pretrain_config(cfg, fraction,
+                                                int(options.get("cfenet_channels") or cfg.model.base_channels),
+                                                "cfenet")}

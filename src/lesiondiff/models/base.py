@@ -57,7 +57,12 @@ class Denoiser(nn.Module):
       (``pretrained_module``; UniSegDiff's "cfenet", the refiner's "prior"; ``pretraining.py``);
     - ``validate_at_start``: the Trainer validates before the first step (the untrained design is meaningful);
     - ``cam_layers``: Grad-CAM's default target layers by name (read by ``analysis/gradcam/layers.py``);
-    - ``multiple``: what the input side must be a multiple of, the total stride (default: the U-Net body's).
+    - ``multiple``: what the input side must be a multiple of, the total stride (default: the U-Net body's);
+    - ``prior_folds``: > 0 when the design's frozen prior is cross-fitted over that many folds of the training
+      images (the refiner's fold priors): the Trainer puts each training image's fold in ``batch["fold"]`` and
+      the objectives pass it to ``forward``, which hands it to ``encode``;
+    - ``validation_choices``: settings of a trained network that the Trainer chooses between on validation at
+      every validation (``choose``; the choice is a buffer, so each checkpoint carries the one it was saved with).
     """
 
     prediction: str = "epsilon"
@@ -68,6 +73,8 @@ class Denoiser(nn.Module):
     pretrained_part: str | None = None
     validate_at_start: bool = False
     cam_layers: dict[str, Any] = {}
+    prior_folds: int = 0
+    validation_choices: tuple[str, ...] = ()
     _multiple: int = 0
 
     @property
@@ -78,8 +85,9 @@ class Denoiser(nn.Module):
     def multiple(self, value: int) -> None:
         self._multiple = int(value)
 
-    def pretrained_module(self) -> nn.Module:
-        """The frozen segmenter ``pretrained_part`` names, that pre-trained weights load into."""
+    def pretrained_module(self, name: str) -> nn.Module:
+        """The frozen segmenter that the pre-training run ``name`` loads into (``pretrained_part`` names the
+        first; ``pretraining.py``)."""
         raise NotImplementedError(f"{type(self).__name__} has no pre-trained part")
 
     def start_mask(self, condition: Condition) -> torch.Tensor:
@@ -90,12 +98,18 @@ class Denoiser(nn.Module):
         """image [B,C,H,W] in [-1,1] -> condition reused across samples and steps."""
         return image
 
+    def choose(self, name: str) -> None:
+        """Use the setting ``name`` of ``validation_choices``."""
+        raise NotImplementedError(f"{type(self).__name__} has no validation choices")
+
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition: Condition) -> DenoiserOutput:
         """x_t [B,1,H,W] noisy mask, t [B] integer timesteps in [0, T) -> DenoiserOutput."""
         raise NotImplementedError
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> DenoiserOutput:
-        return self.denoise(x_t, t, self.encode(image))
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor,
+                fold: torch.Tensor | None = None) -> DenoiserOutput:
+        """One training pass; ``fold`` [B]: each image's cross-fitting fold (``prior_folds`` designs only)."""
+        return self.denoise(x_t, t, self.encode(image) if fold is None else self.encode(image, fold=fold))
 
     @staticmethod
     def take_condition(condition: Condition, index: torch.Tensor) -> Condition:

@@ -116,6 +116,6 @@ class UniSegDiff(Denoiser):
         x0 = self.body.decode(h, skips, temb, decoder=(d["up"], d["upsample"], d["out"]))
         return DenoiserOutput(eps=eps, x0=x0)
 
-    def pretrained_module(self) -> nn.Module:
+    def pretrained_module(self, name: str = "cfenet") -> nn.Module:
         """CFENet: a feed-forward ``unet`` run with CFENet's layout loads into it (its EMA weights)."""
         return self.cfenet
