@@ -10,6 +10,9 @@ are skipped, interrupted ones resume; ``--unet`` reuses a trained unet run of th
   3 timesteps its 3-step DDIM sampler visits (``diffusion.timestep_sampling=aligned``), S = 8;
 - ``aligned-recycle``: the same with recycling (``objective_options.recycle`` 0.5);
 - ``aligned-recycle-scale``: the same with input scaling (``diffusion.input_scale`` 0.5);
+- ``medsegdiff-aligned``: the preset of that configuration (the same settings, trained from its own preset);
+- ``refiner-folds``: the refiner with cross-fitted priors (``model.options.prior_folds`` 2), against the plain
+  refiner given with ``--reference``;
 - ``--levers`` picks among them. The best of them by validation Dice (each run's best checkpoint's figure) is
   then averaged with the unet (``lesiondiff average``, w chosen on validation).
 Then for the unet, every lever, the reference run given with ``--reference`` (e.g. MedSegDiff through x0 of
@@ -44,9 +47,12 @@ from lesiondiff.metrics import paired_difference
 
 BASE = ["diffusion.objective=x0_dice_bce", "diffusion.prediction=x0", "diffusion.timestep_sampling=aligned",
         "sample.sampler=ddim", "sample.steps=3", "sample.samples=8"]
-LEVERS = {"aligned": BASE,
-          "aligned-recycle": [*BASE, "diffusion.objective_options={recycle: 0.5}"],
-          "aligned-recycle-scale": [*BASE, "diffusion.objective_options={recycle: 0.5}", "diffusion.input_scale=0.5"]}
+LEVERS = {"aligned": ("medsegdiff", BASE),  # name: (preset, overrides)
+          "aligned-recycle": ("medsegdiff", [*BASE, "diffusion.objective_options={recycle: 0.5}"]),
+          "aligned-recycle-scale": ("medsegdiff", [*BASE, "diffusion.objective_options={recycle: 0.5}",
+                                                   "diffusion.input_scale=0.5"]),
+          "medsegdiff-aligned": ("medsegdiff-aligned", []),
+          "refiner-folds": ("refiner", ["model.options.prior_folds=2"])}
 
 
 def best_on_validation(runs: dict[str, Path]) -> str:
@@ -67,7 +73,7 @@ def main() -> int:
     unknown = [n for n in names if n not in LEVERS]
     if unknown:
         raise SystemExit(f"unknown lever {unknown[0]!r}; known: {', '.join(LEVERS)}")
-    jobs = [("medsegdiff", n, LEVERS[n]) for n in names]
+    jobs = [(LEVERS[n][0], n, LEVERS[n][1]) for n in names]
     if a.unet is None:
         jobs.insert(0, ("unet", "unet", []))
     with ThreadPoolExecutor(2) as pool:

@@ -154,7 +154,8 @@ def test_the_medsegdiff_aligned_preset_is_the_measured_configuration():
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from levers_vs_unet import LEVERS
 
-    measured = load_preset("medsegdiff").override(LEVERS["aligned-recycle-scale"])
+    preset, overrides = LEVERS["aligned-recycle-scale"]
+    measured = load_preset(preset).override(overrides)
     preset = load_preset("medsegdiff-aligned")
     for section in ("model", "diffusion", "train", "sample", "fusion", "data"):
         assert getattr(preset, section) == getattr(measured, section), section
