@@ -94,15 +94,14 @@ class Refiner(Denoiser):
         refine_mult = list(refine_mult)
         if not 1 <= len(refine_mult) <= len(channel_mult):
             raise ValueError(f"refine_mult needs 1 to {len(channel_mult)} levels (the prior's), got {refine_mult}")
-        self.prior = UNet(image_channels, "x0", base_channels, channel_mult=list(channel_mult),
-                          num_res_blocks=num_res_blocks, attention_levels=list(attention_levels),
-                          num_groups=num_groups, dropout=dropout)
-        self.prior.requires_grad_(False)
+        def segmenter() -> UNet:  # a prior: the feed-forward unet with the model section's layout, frozen
+            return UNet(image_channels, "x0", base_channels, channel_mult=list(channel_mult),
+                        num_res_blocks=num_res_blocks, attention_levels=list(attention_levels),
+                        num_groups=num_groups, dropout=dropout).requires_grad_(False)
+
+        self.prior = segmenter()
         self.prior_folds = int(prior_folds)
-        self.fold_priors = nn.ModuleList(
-            UNet(image_channels, "x0", base_channels, channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
-                 attention_levels=list(attention_levels), num_groups=num_groups, dropout=dropout)
-            for _ in range(self.prior_folds)).requires_grad_(False)
+        self.fold_priors = nn.ModuleList(segmenter() for _ in range(self.prior_folds))
         if self.prior_folds:
             self.validation_choices = CHOICES
         self.register_buffer("prior_choice", torch.zeros((), dtype=torch.long))  # index into CHOICES
