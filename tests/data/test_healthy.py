@@ -141,11 +141,11 @@ def test_load_rows_builds_healthy_images_and_lesion_flags(tmp_path):
 
 
 def _fake_trainer(data, augment) -> SimpleNamespace:
-    """What ``Trainer._next_batch`` reads from ``self``: one process, a fixed order, no curriculum."""
+    """What ``Trainer._next_batch`` reads from ``self``: one process, a fixed order, no curriculum, no cross-fitting folds."""
     cfg = Config().override([f"train.batch_size={len(data)}"])
     return SimpleNamespace(accelerator=SimpleNamespace(num_processes=1, process_index=0), cfg=cfg,
                            perm=torch.arange(len(data)), pos=0, train_data=data, augment=augment, curriculum=None,
-                           gen=torch.Generator().manual_seed(3), device="cpu", level=0)
+                           gen=torch.Generator().manual_seed(3), device="cpu", level=0, row_fold=None)
 
 
 def test_next_batch_keeps_healthy_and_lesion_and_augments_healthy_like_the_image(tmp_path):
