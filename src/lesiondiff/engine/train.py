@@ -69,6 +69,11 @@ def dice_at_threshold(probs: torch.Tensor, masks: torch.Tensor, threshold: float
     return torch.where(denom == 0, torch.ones_like(denom), 2 * (pred * gt).sum(1) / denom.clamp_min(1))
 
 
+def _chosen(choice_dice: dict[str, float]) -> str:
+    """The validation choice with the highest Dice (the first of equal ones)."""
+    return max(choice_dice, key=choice_dice.get)
+
+
 class EMA:
     """Exponential moving average of the weights, with the usual warm-up decay min(d, (1+n)/(10+n))."""
 
@@ -317,7 +322,7 @@ class Trainer:
         for name in model.validation_choices:
             model.choose(name)
             self.choice_dice[name] = self._validate(data, chunk)
-        best = max(self.choice_dice, key=self.choice_dice.get)  # max keeps the first of equal values
+        best = _chosen(self.choice_dice)
         model.choose(best)
         self.accelerator.unwrap_model(self.model).choose(best)
         return self.choice_dice[best]
@@ -439,7 +444,7 @@ class Trainer:
         if not self.choice_dice:
             return {}
         cols = {f"val_dice_{name.replace(' ', '_')}": f"{d:.4f}" for name, d in self.choice_dice.items()}
-        return {**cols, "chosen": max(self.choice_dice, key=self.choice_dice.get).replace(" ", "_")}
+        return {**cols, "chosen": _chosen(self.choice_dice).replace(" ", "_")}
 
     def _validate_and_save(self) -> float:
         dice = self.validate()
@@ -473,7 +478,7 @@ class Trainer:
                                   "train_images_per_fold": torch.bincount(self.row_fold,
                                                                           minlength=self.prior_folds).tolist(),
                                   "record": "folds.csv"}} if self.row_fold is not None else {}),
-            **({"validation_choice": {"chosen": max(self.best_choice, key=self.best_choice.get),
+            **({"validation_choice": {"chosen": _chosen(self.best_choice),
                                       "val_dice": self.best_choice}} if self.best_choice else {}),
             "recipe": self.cfg.recipe, "lr_schedule": self.lr_schedule.describe(self.cfg.train.lr),
             **({"curriculum": [{**level, "began_at_step": self.level_steps[k] if k < len(self.level_steps) else None}
