@@ -25,16 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bench_runs import interval_cells, lesion_ids, parse, per_image_dice, predict_eval, train
-from lesiondiff.metrics import paired_difference
+from lesiondiff.metrics import bootstrap_mean, paired_difference
 from lesiondiff.render.budget_figures import budget_curve_figure
-
-
-def mean_interval(values: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95 % percentile-bootstrap interval of the mean."""
-    x = np.asarray(values, dtype=float)
-    boots = x[np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return float(x.mean()), float(lo), float(hi)
 
 
 def log_fit(minutes: list[float], dice: list[float]) -> tuple[float, float]:
@@ -83,7 +75,7 @@ def main() -> int:
     steps = {k: json.loads((run / "summary.json").read_text())["step"] for k, run in runs.items()}
     for m in budgets:
         for pr in presets:
-            points[pr].append((m, *mean_interval([dices[(m, pr)][i] for i in lesions])))
+            points[pr].append((m, *bootstrap_mean([dices[(m, pr)][i] for i in lesions])))
         paired[m] = paired_difference([dices[(m, a.baseline)][i] for i in lesions],
                                       [dices[(m, a.diffusion)][i] for i in lesions])
     fits = {pr: log_fit([p[0] for p in pts], [p[1] for p in pts]) for pr, pts in points.items() if len(pts) >= 2}

@@ -9,7 +9,7 @@ import pytest
 from lesiondiff.render.budget_figures import budget_curve_figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from budget_curve import crossing, log_fit, mean_interval  # noqa: E402
+from budget_curve import crossing, log_fit  # noqa: E402
 
 
 def test_the_log_fit_recovers_a_line_and_the_crossing_solves_it():
@@ -19,12 +19,6 @@ def test_the_log_fit_recovers_a_line_and_the_crossing_solves_it():
     # 0.2 + 0.2 x = 0.5 + 0.05 x at x = 2: 100 minutes
     assert crossing((0.2, 0.2), (0.5, 0.05)) == pytest.approx(100.0)
     assert crossing((0.2, 0.1), (0.5, 0.1)) is None
-
-
-def test_mean_interval_brackets_the_mean_and_collapses_on_constant_values():
-    m, lo, hi = mean_interval([0.2, 0.4, 0.6, 0.8])
-    assert m == pytest.approx(0.5) and lo < m < hi
-    assert mean_interval([0.3] * 5) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
 
 
 def test_the_figure_is_written(tmp_path):

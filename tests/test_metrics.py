@@ -245,3 +245,19 @@ def test_evaluate_masks_raises_no_warning_about_read_only_arrays(tmp_path):
                           capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "not writable" not in done.stderr
+
+
+def test_bootstrap_mean_brackets_the_mean_collapses_on_constants_and_serves_paired_difference():
+    from lesiondiff.metrics import bootstrap_mean, paired_difference
+
+    m, lo, hi = bootstrap_mean([0.2, 0.4, 0.6, 0.8])
+    assert m == pytest.approx(0.5) and 0.2 <= lo < m < hi <= 0.8
+    assert bootstrap_mean([0.3] * 5) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
+    assert bootstrap_mean([0.1, 0.9, 0.5], seed=4) == bootstrap_mean([0.1, 0.9, 0.5], seed=4)
+    # paired_difference's interval is the bootstrap interval of the per-item differences, same resamples
+    a, b = [0.5, 0.6, 0.7, 0.2, 0.9], [0.55, 0.5, 0.9, 0.3, 0.95]
+    d = paired_difference(a, b, n_boot=500, seed=2)
+    _, lo, hi = bootstrap_mean(np.subtract(b, a), n_boot=500, seed=2)
+    assert (d["ci_low"], d["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    with pytest.raises(LesiondiffError, match="non-empty"):
+        bootstrap_mean([])

@@ -265,6 +265,19 @@ class MetricAggregator:
         return {name: _pooled_from_counts(*(int(v) for v in c)) for name, c in self._counts.items()}
 
 
+def bootstrap_mean(values: Sequence[float], n_boot: int = 10_000, seed: int = 0,
+                   confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of ``values`` and its percentile-bootstrap ``confidence`` interval, from
+    ``n_boot`` resamples of the items with replacement (``numpy.random.default_rng(seed)``)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise LesiondiffError(f"bootstrap_mean needs a non-empty 1D sequence, got shape {x.shape}")
+    boots = x[np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return float(x.mean()), float(lo), float(hi)
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0,
                       confidence: float = 0.95) -> dict[str, float | int]:
     """How much ``b`` beats ``a`` on the same items (e.g. per-image Dice of two models on one test split).
@@ -282,10 +295,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 10_0
         raise LesiondiffError(f"paired_difference needs two equal-length non-empty 1D sequences, got {x.shape}, "
                               f"{y.shape}")
     d = y - x
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    _, lo, hi = bootstrap_mean(d, n_boot, seed, confidence)
     p = 1.0 if not np.any(d != 0) else float(wilcoxon(d, zero_method="wilcox").pvalue)
     return {"mean": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "confidence": confidence,
             "p_wilcoxon": p, "n": int(d.size), "better": int((d > 0).sum()), "worse": int((d < 0).sum()),
