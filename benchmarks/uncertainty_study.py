@@ -16,7 +16,8 @@ ones resume):
   sampler, S = 8.
 ``--x0-steps`` sets the DDIM steps of MedSegDiff through x0 (default: the run's own 20); ``--jobs`` how many
 trainings run side by side.
-Then, for every source (``--threads`` threads, one prediction at a time):
+Then, for every source (``--threads`` threads, one prediction at a time; the fused masks as sampled, without
+a run's lesion / no-lesion rule, ``--no-postprocess``):
 1. predict and evaluate the validation split; the score with the lowest validation AURC is the source's score;
 2. ``lesiondiff calibrate`` on those validation predictions (target Dice --target, delta --delta; refused, and
    reported as such, when the validation split has fewer than 20 images);
@@ -91,7 +92,7 @@ def folder_name(name: str) -> str:
 def predict_eval(a, run: Path, extra: list[str], split: str, out: Path, log: Path) -> dict:
     if not (out / "summary.json").is_file():
         sh(["predict", "--run", str(run), "--manifest", a.manifest, "--split", split, "--out", str(out),
-            "--seed", str(a.seed), *extra], log, a.threads)
+            "--seed", str(a.seed), "--no-postprocess", *extra], log, a.threads)
         sh(["evaluate", "--pred", str(out), "--manifest", a.manifest, "--split", split], log, a.threads)
     return json.loads((out / "summary.json").read_text())
 
