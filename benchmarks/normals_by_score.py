@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_runs import per_image_dice
 from lesiondiff.engine.evaluate import fused_metrics
 
 SCORES = ("agreement", "lesion_fraction")  # low = the draws see no lesion
@@ -70,11 +69,10 @@ def read_split(folder: Path, score: str) -> tuple[np.ndarray, np.ndarray, np.nda
         rows = list(csv.DictReader(f))
     if not rows or score not in rows[0] or not rows[0][score]:
         raise SystemExit(f"error: {folder / 'predictions.csv'} has no {score!r} scores (a run with S >= 2 draws)")
-    labels = {r["id"]: r["label"] for r in fused_metrics(folder)}
-    dice = per_image_dice(folder)
+    metrics = {r["id"]: r for r in fused_metrics(folder)}  # one read of metrics.csv: labels and Dice
     ids = [r["id"] for r in rows]
-    return (np.array([float(r[score]) for r in rows]), np.array([labels[i] == "normal" for i in ids]),
-            np.array([dice[i] for i in ids]))
+    return (np.array([float(r[score]) for r in rows]), np.array([metrics[i]["label"] == "normal" for i in ids]),
+            np.array([float(metrics[i]["dice"]) for i in ids]))
 
 
 def main() -> int:
