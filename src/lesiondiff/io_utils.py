@@ -230,6 +230,11 @@ class OwnedFolder:
     damaged since, e.g. cut short by a full disk, is still lesiondiff's and may be written again); a file of the
     same name that the user put there is never replaced: :meth:`claim` refuses it in one line. :meth:`intact`
     tells whether a file is still as written. Every name is checked with :func:`inside`.
+
+    A name is listed twice when lesiondiff first writes it: ``{"name"}`` before the file is written (the intent),
+    and ``{"name", "bytes", "sha256"}`` after. A kill between the file's rename and its full line thus leaves a
+    file that is still lesiondiff's (not :meth:`intact`, so written again on resume) rather than one that looks
+    like the user's and blocks the folder for good.
     """
 
     def __init__(self, folder: str | Path, writer: str | None = None) -> None:
@@ -286,6 +291,7 @@ class OwnedFolder:
         names = list(names)
         self.claim(names, hint)
         paths = {n: self.path(n) for n in names}
+        self.intend(names)
         try:
             yield paths
         finally:  # what was claimed is lesiondiff's, also when the block stopped half-way
@@ -297,6 +303,7 @@ class OwnedFolder:
         """Write ``name`` atomically with ``writer(tmp_path)`` after :meth:`claim`, and list it."""
         self.claim([name])
         path = self.path(name)
+        self.intend([name])
         atomic_write(path, writer)
         self.record(name, sha)
         return path
@@ -306,6 +313,15 @@ class OwnedFolder:
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         return self.write(name, lambda tmp: tmp.write_bytes(data))
+
+    def intend(self, names: Iterable[str]) -> None:
+        """List those of ``names`` not yet listed as lesiondiff's before they are written (class docstring), in
+        one append; an intent alone is not :meth:`intact`."""
+        new = [n for n in dict.fromkeys(names) if n not in self.files]
+        if new:
+            for name in new:
+                self.files[name] = {"name": name}
+            append_line(self.write_path, "\n".join(json.dumps({"name": n}) for n in new))
 
     def record(self, name: str, sha: bool = True) -> None:
         """List ``name`` (already written) as lesiondiff's, with its size and, with ``sha``, its sha256."""

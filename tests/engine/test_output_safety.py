@@ -255,6 +255,27 @@ def test_owned_folder_lists_what_it_wrote_and_refuses_the_rest(tmp_path):
     assert OwnedFolder(tmp_path).files == {}
 
 
+def test_a_kill_between_a_files_rename_and_its_line_leaves_it_lesiondiffs(tmp_path, monkeypatch):
+    def killed(self, name, sha=True):
+        raise KeyboardInterrupt  # stands for SIGKILL after the rename, before the full line is appended
+
+    monkeypatch.setattr(OwnedFolder, "record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        OwnedFolder(tmp_path).write_bytes("p_probs.npz", b"half a run")
+    monkeypatch.undo()
+    assert (tmp_path / "p_probs.npz").read_bytes() == b"half a run"
+    again = OwnedFolder(tmp_path)
+    assert again.owns("p_probs.npz") and not again.intact("p_probs.npz")  # lesiondiff's, so written again
+    again.write_bytes("p_probs.npz", b"whole")
+    assert OwnedFolder(tmp_path).intact("p_probs.npz", verify=True)
+    lines = [json.loads(x) for x in (tmp_path / OWNED).read_text().splitlines()]
+    assert lines == [{"name": "p_probs.npz"}, {"name": "p_probs.npz", "bytes": 5, "sha256": lines[1]["sha256"]}]
+    (tmp_path / "user.txt").write_bytes(VICTIM)  # the intent covers only the names lesiondiff writes
+    with pytest.raises(LesiondiffError, match="would replace user.txt"):
+        again.write_text("user.txt", "x")
+    assert (tmp_path / "user.txt").read_bytes() == VICTIM
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver", "dpmsolver++", "unipc"])
 def test_more_steps_than_the_run_was_trained_with_is_one_line_before_anything_loads(run, tmp_path, capsys, sampler):
     img = image(tmp_path / "in" / "scan.png")
