@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 from lesiondiff.engine.evaluate import fused_metrics
 
@@ -35,12 +36,12 @@ SCORES = ("agreement", "lesion_fraction")  # low = the draws see no lesion
 
 
 def separation_auroc(scores: np.ndarray, normal: np.ndarray) -> float:
-    """P(score of a normal image < score of a lesion image) + P(equal) / 2 (Mann-Whitney); nan without both."""
+    """P(score of a normal image < score of a lesion image) + P(equal) / 2: the Mann-Whitney U of the lesion
+    images' scores against the normal images', over the number of pairs; nan without both."""
     s_n, s_l = scores[normal], scores[~normal]
     if not s_n.size or not s_l.size:
         return math.nan
-    diff = s_n[:, None] - s_l[None, :]
-    return float((diff < 0).mean() + 0.5 * (diff == 0).mean())
+    return float(mannwhitneyu(s_l, s_n, method="asymptotic").statistic / (s_l.size * s_n.size))
 
 
 def threshold_for(scores: np.ndarray, normal: np.ndarray, target: float) -> float:
