@@ -10,7 +10,8 @@ are skipped, interrupted ones resume; ``--unet`` reuses a trained unet run of th
   3 timesteps its 3-step DDIM sampler visits (``diffusion.timestep_sampling=aligned``), S = 8;
 - ``aligned-recycle``: the same with recycling (``objective_options.recycle`` 0.5);
 - ``aligned-recycle-scale``: the same with input scaling (``diffusion.input_scale`` 0.5);
-- ``medsegdiff-aligned``: the preset of that configuration (the same settings, trained from its own preset);
+- ``medsegdiff-aligned``: the preset of that configuration (the same settings, trained from its own preset; S = 8
+  like the levers, where the preset's own default is 4);
 - ``refiner-folds``: the refiner with cross-fitted priors (``model.options.prior_folds`` 2), against the plain
   refiner given with ``--reference``;
 - ``--levers`` picks among them. The best of them by validation Dice (each run's best checkpoint's figure) is
@@ -51,7 +52,7 @@ LEVERS = {"aligned": ("medsegdiff", BASE),  # name: (preset, overrides)
           "aligned-recycle": ("medsegdiff", [*BASE, "diffusion.objective_options={recycle: 0.5}"]),
           "aligned-recycle-scale": ("medsegdiff", [*BASE, "diffusion.objective_options={recycle: 0.5}",
                                                    "diffusion.input_scale=0.5"]),
-          "medsegdiff-aligned": ("medsegdiff-aligned", []),
+          "medsegdiff-aligned": ("medsegdiff-aligned", ["sample.samples=8"]),  # S = 8 like the levers
           "refiner-folds": ("refiner", ["model.options.prior_folds=2"])}
 
 
