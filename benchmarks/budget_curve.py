@@ -49,6 +49,9 @@ def main() -> int:
     p.add_argument("--diffusion", default="medsegdiff-aligned", help="the diffusion preset")
     p.add_argument("--recipe", default="fast")
     p.add_argument("--reuse", action="append", default=[], metavar="MINUTES:PRESET=RUN")
+    p.add_argument("--diffusion-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for the diffusion trainings only (e.g. sample.samples=8, to keep the "
+                        "samples of runs made before a preset default changed)")
     a, root = parse(p, minutes=30.0, size=128, threads=1)
     budgets = [float(b) for b in a.budgets.split(",") if b]
     reuse = {}
@@ -62,7 +65,8 @@ def main() -> int:
 
     def one(job):
         m, pr = job
-        return train(pr, argparse.Namespace(**{**vars(a), "minutes": m}), runs[job], a.recipe)
+        extra = a.diffusion_override if pr == a.diffusion else []
+        return train(pr, argparse.Namespace(**{**vars(a), "minutes": m}), runs[job], a.recipe, extra)
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one, jobs))
