@@ -234,7 +234,10 @@ class OwnedFolder:
     A name is listed twice when lesiondiff first writes it: ``{"name"}`` before the file is written (the intent),
     and ``{"name", "bytes", "sha256"}`` after. A kill between the file's rename and its full line thus leaves a
     file that is still lesiondiff's (not :meth:`intact`, so written again on resume) rather than one that looks
-    like the user's and blocks the folder for good.
+    like the user's and blocks the folder for good. A write that fails before its file is in place withdraws
+    the intent (``{"name", "withdrawn": true}``), so that a file of that name the user puts there later stays
+    the user's; only a kill in that same window leaves an intent without a file, which lesiondiff's resume then
+    writes.
     """
 
     def __init__(self, folder: str | Path, writer: str | None = None) -> None:
@@ -250,7 +253,10 @@ class OwnedFolder:
         for line in record_lines(self.list_path):
             try:
                 entry = json.loads(line)
-                self.files[str(entry["name"])] = entry
+                if entry.get("withdrawn"):
+                    self.files.pop(str(entry["name"]), None)
+                else:
+                    self.files[str(entry["name"])] = entry
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a kill: that file counts as not written by lesiondiff
 
@@ -291,20 +297,25 @@ class OwnedFolder:
         names = list(names)
         self.claim(names, hint)
         paths = {n: self.path(n) for n in names}
-        self.intend(names)
+        new = self.intend(names)
         try:
             yield paths
-        finally:  # what was claimed is lesiondiff's, also when the block stopped half-way
+        finally:  # what was claimed and written is lesiondiff's, also when the block stopped half-way
             for name, path in paths.items():
                 if path.is_file():
                     self.record(name)
+            self.withdraw(n for n in new if not paths[n].is_file())
 
     def write(self, name: str, writer: Callable[[Path], None], sha: bool = True) -> Path:
         """Write ``name`` atomically with ``writer(tmp_path)`` after :meth:`claim`, and list it."""
         self.claim([name])
         path = self.path(name)
-        self.intend([name])
-        atomic_write(path, writer)
+        new = self.intend([name])
+        try:
+            atomic_write(path, writer)
+        except BaseException:
+            self.withdraw(n for n in new if not path.is_file())
+            raise
         self.record(name, sha)
         return path
 
@@ -314,14 +325,21 @@ class OwnedFolder:
     def write_bytes(self, name: str, data: bytes) -> Path:
         return self.write(name, lambda tmp: tmp.write_bytes(data))
 
-    def intend(self, names: Iterable[str]) -> None:
+    def intend(self, names: Iterable[str]) -> list[str]:
         """List those of ``names`` not yet listed as lesiondiff's before they are written (class docstring), in
-        one append; an intent alone is not :meth:`intact`."""
+        one append, and return them; an intent alone is not :meth:`intact`."""
         new = [n for n in dict.fromkeys(names) if n not in self.files]
         if new:
             for name in new:
                 self.files[name] = {"name": name}
             append_line(self.write_path, "\n".join(json.dumps({"name": n}) for n in new))
+        return new
+
+    def withdraw(self, names: Iterable[str]) -> None:
+        """Unlist ``names``, intended but never written (their write failed), in one append."""
+        gone = [n for n in dict.fromkeys(names) if self.files.pop(n, None) is not None]
+        if gone:
+            append_line(self.write_path, "\n".join(json.dumps({"name": n, "withdrawn": True}) for n in gone))
 
     def record(self, name: str, sha: bool = True) -> None:
         """List ``name`` (already written) as lesiondiff's, with its size and, with ``sha``, its sha256."""

@@ -276,6 +276,32 @@ def test_a_kill_between_a_files_rename_and_its_line_leaves_it_lesiondiffs(tmp_pa
     assert (tmp_path / "user.txt").read_bytes() == VICTIM
 
 
+def test_a_write_that_fails_before_its_file_is_in_place_leaves_the_name_to_the_user(tmp_path):
+    def full_disk(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    folder = OwnedFolder(tmp_path)
+    with pytest.raises(OSError, match="No space"):
+        folder.write("p_probs.npz", full_disk)
+    with pytest.raises(RuntimeError), folder.writing(["p_overlay.png", "p_mask.png"]) as paths:
+        paths["p_mask.png"].write_bytes(b"one of two")  # the block stops before the overlay is written
+        raise RuntimeError("figure failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OWNED, "p_mask.png"]  # no temporary file is left
+    lines = [json.loads(x) for x in (tmp_path / OWNED).read_text().splitlines()]
+    kinds = [(e["name"], "withdrawn" if e.get("withdrawn") else "written" if "bytes" in e else "intent")
+             for e in lines]
+    assert kinds == [("p_probs.npz", "intent"), ("p_probs.npz", "withdrawn"), ("p_overlay.png", "intent"),
+                     ("p_mask.png", "intent"), ("p_mask.png", "written"), ("p_overlay.png", "withdrawn")]
+    again = OwnedFolder(tmp_path)
+    assert set(again.files) == {"p_mask.png"} and again.intact("p_mask.png", verify=True)
+    for name in ("p_probs.npz", "p_overlay.png"):  # the user's file of a withdrawn name is refused
+        (tmp_path / name).write_bytes(VICTIM)
+        with pytest.raises(LesiondiffError, match=f"would replace {name}"):
+            again.write_text(name, "x")
+        assert (tmp_path / name).read_bytes() == VICTIM
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver", "dpmsolver++", "unipc"])
 def test_more_steps_than_the_run_was_trained_with_is_one_line_before_anything_loads(run, tmp_path, capsys, sampler):
     img = image(tmp_path / "in" / "scan.png")
