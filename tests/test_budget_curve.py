@@ -27,3 +27,21 @@ def test_the_figure_is_written(tmp_path):
     fits = {k: log_fit([p[0] for p in v], [p[1] for p in v]) for k, v in points.items()}
     budget_curve_figure(points, fits, tmp_path / "curve.png", "test")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_drawn_fit_stops_at_100_percent(tmp_path, monkeypatch):
+    import lesiondiff.render.budget_figures as bf
+
+    drawn = []
+    monkeypatch.setattr(bf, "save", lambda fig, path: drawn.append(fig))
+    # the diffusion line rises 31.4 points per decade from 80 % at 10 minutes: past 100 % beyond 43.4 minutes
+    points = {"unet": [(10, 0.5, 0.45, 0.55), (30, 0.6, 0.55, 0.65)],
+              "diffusion": [(10, 0.8, 0.75, 0.85), (30, 0.95, 0.9, 1.0)]}
+    fits = {k: log_fit([p[0] for p in v], [p[1] for p in v]) for k, v in points.items()}
+    budget_curve_figure(points, fits, tmp_path / "curve.png", "test")
+    lines = {ln.get_label(): ln for ln in drawn[0].axes[0].get_lines() if ln.get_linestyle() == "--"}
+    x, y = (np.asarray(v, float) for v in lines[next(k for k in lines if k.startswith("diffusion"))].get_data())
+    assert np.nanmax(y) <= 100 and np.isnan(y[x > 43.5]).all() and not np.isnan(y[x < 43.3]).any()
+    unet = lines[next(k for k in lines if k.startswith("unet"))].get_ydata()
+    assert not np.isnan(np.asarray(unet, float)).any()  # 0.5 + 0.21 log10(m / 10) stays below 1 up to 300 minutes
+    bf.pyplot().close(drawn[0])

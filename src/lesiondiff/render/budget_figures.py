@@ -13,7 +13,8 @@ def budget_curve_figure(points: dict[str, list[tuple[float, float, float, float]
                         fits: dict[str, tuple[float, float]], path: Path, title: str) -> None:
     """``points``: method -> [(CPU minutes, mean lesion-image Dice, interval low, interval high)], drawn with
     error bars on a log-minutes axis; ``fits``: method -> (a, b) of Dice = a + b log10(minutes), drawn dashed
-    from the smallest budget to ten times the largest (the extrapolation)."""
+    from the smallest budget to ten times the largest (the extrapolation), and not past 100 % (a line in
+    log-minutes rises without bound; a Dice cannot)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     xs = [m for pts in points.values() for m, *_ in pts]
@@ -25,7 +26,8 @@ def budget_curve_figure(points: dict[str, list[tuple[float, float, float, float]
                     label=name)
         if name in fits:
             a, b = fits[name]
-            ax.plot(grid, 100 * (a + b * np.log10(grid)), "--", color=colour, lw=1,
+            line = a + b * np.log10(grid)
+            ax.plot(grid, np.where(line <= 1, 100 * line, np.nan), "--", color=colour, lw=1,
                     label=f"{name}: fit {100 * a:.1f} + {100 * b:.1f} log10(min)")
     ax.set_xscale("log")
     ax.set(xlabel="training CPU minutes (train.clock=process, one thread)", ylabel="lesion-image Dice (%)")
