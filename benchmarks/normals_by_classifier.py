@@ -27,7 +27,6 @@ those images; tau is therefore chosen on validation, never on the training split
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -40,10 +39,11 @@ from scipy.special import expit
 from torch import nn
 
 from lesiondiff.data.io import read_image
+from lesiondiff.data.manifest import split_rows
 from lesiondiff.data.transforms import preprocess_image
 from lesiondiff.engine.evaluate import fused_metrics
 from lesiondiff.engine.predict import load_run
-from normals_by_score import apply_rule, separation_auroc, threshold_for
+from normals_by_score import apply_rule, rule_cells, separation_auroc, threshold_for
 
 PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)  # L2 weight on the summed log-loss, standardised features
 
@@ -159,10 +159,7 @@ def choose(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarr
 
 def split_paths(manifest: Path, split: str) -> tuple[list[str], list[str], np.ndarray]:
     """(ids, image paths, normal) of one split of a manifest, in its order."""
-    with manifest.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
-    if not rows:
-        raise SystemExit(f"error: {manifest} has no {split!r} rows")
+    _, rows = split_rows(manifest, split, None)
     return [r["id"] for r in rows], [r["image"] for r in rows], np.array([r["label"] == "normal" for r in rows])
 
 
@@ -239,11 +236,7 @@ def main() -> int:
              "at the original size; test split once.", "",
              "| source | test normal empty: before -> after | test lesion images emptied "
              "| test lesion-image Dice: before -> after (pp) |", "| --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['source']} | {100 * r['normal_empty_before']:.1f} % -> "
-                     f"{100 * r['normal_empty_after']:.1f} % of {r['normal_n']} | {100 * r['lesion_emptied']:.1f} % "
-                     f"of {r['lesion_n']} | {100 * r['lesion_dice_before']:.2f} -> {100 * r['lesion_dice_after']:.2f}"
-                     f" ({100 * (r['lesion_dice_after'] - r['lesion_dice_before']):+.2f}) |")
+    lines += [f"| {r['source']} | {rule_cells(r)} |" for r in rows]
     (a.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

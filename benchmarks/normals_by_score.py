@@ -64,6 +64,14 @@ def apply_rule(scores: np.ndarray, normal: np.ndarray, dice: np.ndarray, tau: fl
             "lesion_dice_after": float(after[lesion].mean())}
 
 
+def rule_cells(r: dict) -> str:
+    """The three table cells of an :func:`apply_rule` result: normal images empty before -> after, lesion
+    images emptied, lesion-image Dice before -> after (pp)."""
+    return (f"{100 * r['normal_empty_before']:.1f} % -> {100 * r['normal_empty_after']:.1f} % of {r['normal_n']} | "
+            f"{100 * r['lesion_emptied']:.1f} % of {r['lesion_n']} | {100 * r['lesion_dice_before']:.2f} -> "
+            f"{100 * r['lesion_dice_after']:.2f} ({100 * (r['lesion_dice_after'] - r['lesion_dice_before']):+.2f})")
+
+
 def read_split(folder: Path, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, normal, fused Dice) per image of an evaluated prediction folder, in predictions.csv order."""
     with (folder / "predictions.csv").open(newline="") as f:
@@ -103,10 +111,7 @@ def main() -> int:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         lines.append(f"| {r['source']} | {r['score']} | {r['val_auroc']:.3f} / {r['test_auroc']:.3f} | "
-                     f"{r['tau']:.3f} | {100 * r['normal_empty_before']:.1f} % -> {100 * r['normal_empty_after']:.1f}"
-                     f" % of {r['normal_n']} | {100 * r['lesion_emptied']:.1f} % of {r['lesion_n']} | "
-                     f"{100 * r['lesion_dice_before']:.2f} -> {100 * r['lesion_dice_after']:.2f} "
-                     f"({100 * (r['lesion_dice_after'] - r['lesion_dice_before']):+.2f}) |")
+                     f"{r['tau']:.3f} | {rule_cells(r)} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
